@@ -1,0 +1,1 @@
+"""Kubernetes operator for DPE EvolutionRuns (kopf handlers, Job builders, metrics)."""

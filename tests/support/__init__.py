@@ -1,0 +1,1 @@
+"""Test infrastructure shared by several suites (servers, schema checks)."""

@@ -1,0 +1,255 @@
+"""EvolutionRun validation: every malformed document is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dpe.manifest import SpecError, load_run, parse_run, parse_yaml
+from dpe.spec import EvolutionRun, Execution, Resources, StageName
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {
+    "apiVersion": "dpe.dev/v1alpha1",
+    "kind": "EvolutionRun",
+    "metadata": {"name": "demo"},
+    "spec": {"baseModel": "builtin:tiny-qwen2.5-vl"},
+}
+
+
+def with_value(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of the minimal run with the dotted `path` set (or removed when value is DELETE)."""
+    document = copy.deepcopy(base or MINIMAL)
+    *parents, leaf = path.split(".")
+    node = document
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return document
+
+
+DELETE = object()
+
+
+@dataclass(frozen=True)
+class Malformed:
+    name: str
+    document: Any
+    field: str
+    words: str = ""
+
+
+AGENT = {"baseUrl": "https://gw.example/v1", "model": "m"}
+
+MALFORMED = [
+    Malformed("wrong kind", with_value("kind", "Deployment"), "kind", "EvolutionRun"),
+    Malformed("wrong api version", with_value("apiVersion", "dpe.dev/v1"), "apiVersion"),
+    Malformed("missing metadata", with_value("metadata", DELETE), "metadata", "required"),
+    Malformed("uppercase name", with_value("metadata.name", "Demo"), "metadata.name"),
+    Malformed("name with underscore", with_value("metadata.name", "my_run"), "metadata.name"),
+    Malformed("name too long", with_value("metadata.name", "a" * 64), "metadata.name"),
+    Malformed("bad namespace", with_value("metadata.namespace", "Team A"), "metadata.namespace"),
+    Malformed("missing spec", with_value("spec", DELETE), "spec", "required"),
+    Malformed("missing base model", with_value("spec.baseModel", DELETE), "spec.baseModel", "required"),
+    Malformed("base model with spaces", with_value("spec.baseModel", "my model"), "spec.baseModel"),
+    Malformed("unknown spec field", with_value("spec.iterations", 3), "spec.iterations", "unknown field"),
+    Malformed("unknown nested field", with_value("spec.score.windowLow", 0.2), "spec.score.windowLow", "unknown"),
+    Malformed("snake case key", with_value("spec.stop.max_iterations_typo", 2), "spec.stop.max_iterations_typo"),
+    Malformed("negative probe size", with_value("spec.diagnose.probeSize", -1), "spec.diagnose.probeSize"),
+    Malformed("zero samples", with_value("spec.generate.samplesPerIteration", 0), "spec.generate.samplesPerIteration"),
+    Malformed("string count", with_value("spec.score.samplesPerItem", "9"), "spec.score.samplesPerItem"),
+    Malformed("float count", with_value("spec.score.targetSize", 10.5), "spec.score.targetSize"),
+    Malformed("bool as count", with_value("spec.train.maxSteps", True), "spec.train.maxSteps"),
+    Malformed(
+        "window low above high",
+        with_value("spec.score.window", {"low": 0.8, "high": 0.3}),
+        "spec.score.window",
+        "below high",
+    ),
+    Malformed("window equal ends", with_value("spec.score.window", {"low": 0.5, "high": 0.5}), "spec.score.window"),
+    Malformed("window above one", with_value("spec.score.window", {"low": 0.3, "high": 1.5}), "spec.score.window.high"),
+    Malformed("negative learning rate", with_value("spec.train.learningRate", -1e-6), "spec.train.learningRate"),
+    Malformed("deepspeed stage 1", with_value("spec.train.deepspeedStage", 1), "spec.train.deepspeedStage"),
+    Malformed("unknown rollout backend", with_value("spec.train.rolloutBackend", "sglang"), "spec.train.rolloutBackend"),
+    Malformed("one generation", with_value("spec.train.numGenerations", 1), "spec.train.numGenerations"),
+    Malformed("unknown mixture policy", with_value("spec.diagnose.mixture.policy", "greedy"), "spec.diagnose.mixture.policy"),
+    Malformed("exploration share of one", with_value("spec.diagnose.mixture.explorationShare", 1.0), "spec.diagnose.mixture.explorationShare"),
+    Malformed(
+        "inline api key",
+        with_value("spec.diagnose.judge", {**AGENT, "apiKey": "sk-abcdef123456"}),
+        "spec.diagnose.judge",
+        "secret",
+    ),
+    Malformed(
+        "inline s3 secret key",
+        with_value("spec.storage", {"s3": {"endpoint": "minio:9000", "bucket": "dpe-data", "secretKey": "x"}}),
+        "spec.storage.s3",
+        "secret",
+    ),
+    Malformed(
+        "credentials in url",
+        with_value("spec.diagnose.judge", {**AGENT, "baseUrl": "https://user:pw@gw.example/v1"}),
+        "spec.diagnose.judge.baseUrl",
+        "credentials",
+    ),
+    Malformed(
+        "key in query string",
+        with_value("spec.diagnose.judge", {**AGENT, "baseUrl": "https://gw.example/v1?key=abc"}),
+        "spec.diagnose.judge.baseUrl",
+        "query",
+    ),
+    Malformed(
+        "secret ref without key",
+        with_value("spec.diagnose.judge", {**AGENT, "apiKeySecret": {"name": "keys"}}),
+        "spec.diagnose.judge.apiKeySecret.key",
+        "required",
+    ),
+    Malformed(
+        "secret ref as a string",
+        with_value("spec.diagnose.judge", {**AGENT, "apiKeySecret": "sk-live-123"}),
+        "spec.diagnose.judge.apiKeySecret",
+    ),
+    Malformed("judge without model", with_value("spec.diagnose.judge", {"baseUrl": "https://gw.example/v1"}), "spec.diagnose.judge.model"),
+    Malformed("agents without planner", with_value("spec.generate.agents", {"validator": AGENT}), "spec.generate.agents.planner"),
+    Malformed("serper without url", with_value("spec.generate.tools", {"search": {"provider": "serper"}}), "spec.generate.tools.search", "baseUrl"),
+    Malformed("unknown search provider", with_value("spec.generate.tools", {"search": {"provider": "bing"}}), "spec.generate.tools.search.provider"),
+    Malformed(
+        "both storages",
+        with_value("spec.storage", {"local": {"path": "runs"}, "s3": {"endpoint": "minio:9000", "bucket": "dpe-data"}}),
+        "spec.storage",
+        "exactly one",
+    ),
+    Malformed("no storage", with_value("spec.storage", {}), "spec.storage", "exactly one"),
+    Malformed("bucket with capitals", with_value("spec.storage", {"s3": {"endpoint": "minio:9000", "bucket": "DPE"}}), "spec.storage.s3.bucket"),
+    Malformed("bad quantity", with_value("spec.execution", {"resources": {"limits": {"memory": "lots"}}}), "spec.execution.resources.limits.memory"),
+    Malformed("negative quantity", with_value("spec.execution", {"resources": {"limits": {"nvidia.com/gpu": -1}}}), "spec.execution.resources.limits.nvidia.com/gpu"),
+    Malformed("bad toleration operator", with_value("spec.execution", {"tolerations": [{"operator": "In"}]}), "spec.execution.tolerations[0].operator"),
+    Malformed("negative backoff limit", with_value("spec.train.execution", {"backoffLimit": -2}), "spec.train.execution.backoffLimit"),
+    Malformed("zero deadline", with_value("spec.execution", {"activeDeadlineSeconds": 0}), "spec.execution.activeDeadlineSeconds"),
+    Malformed("bad pull policy", with_value("spec.execution", {"imagePullPolicy": "Sometimes"}), "spec.execution.imagePullPolicy"),
+    Malformed("suspend as string", with_value("spec.suspend", "yes"), "spec.suspend"),
+    Malformed("zero iterations", with_value("spec.stop.maxIterations", 0), "spec.stop.maxIterations"),
+    Malformed("target score above one", with_value("spec.stop.targetScore", 75), "spec.stop.targetScore"),
+    Malformed("empty budget", with_value("spec.stop.budget", {}), "spec.stop.budget", "gpuHours"),
+    Malformed("zero patience", with_value("spec.stop.plateau", {"patience": 0}), "spec.stop.plateau.patience"),
+    Malformed("empty benchmark suite", with_value("spec.evaluate.benchmarks", []), "spec.evaluate.benchmarks"),
+    Malformed(
+        "duplicate benchmarks",
+        with_value("spec.evaluate.benchmarks", [{"name": "a", "uri": "builtin:world"}, {"name": "a", "uri": "builtin:world"}]),
+        "spec.evaluate.benchmarks",
+        "unique",
+    ),
+    Malformed("benchmark bad uri", with_value("spec.evaluate.benchmarks", [{"name": "a", "uri": "ftp://x"}]), "spec.evaluate.benchmarks[0].uri"),
+    Malformed("retry multiplier below one", with_value("spec.retry.backoffMultiplier", 0.5), "spec.retry.backoffMultiplier"),
+    Malformed("spec is a list", with_value("spec", [1, 2]), "spec"),
+    Malformed("document is a list", [MINIMAL], "(document)", "mapping"),
+    Malformed("document is a string", "just text", "(document)", "mapping"),
+    Malformed("empty document", None, "(document)", "empty"),
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=[c.name for c in MALFORMED])
+def test_malformed_document_is_refused_naming_the_field(case: Malformed) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_run(case.document)
+    problems = caught.value.problems
+    assert any(p.startswith(f"{case.field}:") for p in problems), problems
+    if case.words:
+        assert any(case.words in p for p in problems), problems
+
+
+def test_at_least_thirty_malformed_cases() -> None:
+    assert len(MALFORMED) >= 30
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("spec: [unclosed", "not valid YAML at line 1"),
+        ("a: b\n  c: d: e", "not valid YAML"),
+        ("kind: EvolutionRun\n---\nkind: EvolutionRun\n", "one YAML document"),
+    ],
+)
+def test_broken_yaml_is_refused(text: str, words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_run(parse_yaml(text))
+    assert words in caught.value.problems[0]
+
+
+def test_secret_values_never_echoed() -> None:
+    document = with_value("spec.diagnose.judge", {**AGENT, "apiKey": "sk-very-secret-value"})
+    with pytest.raises(SpecError) as caught:
+        parse_run(document)
+    assert "sk-very-secret-value" not in str(caught.value)
+
+
+def test_minimal_run_takes_the_paper_defaults() -> None:
+    run = parse_run(MINIMAL)
+    spec = run.spec
+    assert run.metadata.namespace == "default"
+    assert spec.diagnose.probe_size == 200 and spec.diagnose.probe_seed == 42
+    assert (spec.diagnose.sampling.temperature, spec.diagnose.sampling.top_p, spec.diagnose.sampling.top_k) == (0.7, 0.9, 40)
+    assert spec.score.samples_per_item == 9 and spec.score.sampling.temperature == 1.0
+    assert (spec.score.window.low, spec.score.window.high, spec.score.target_size) == (0.3, 0.8, 1024)
+    assert spec.generate.samples_per_iteration == 1000
+    assert spec.train.num_generations == 8 and spec.train.learning_rate == 1e-6 and spec.train.beta == 0.01
+    assert (spec.train.epsilon_low, spec.train.epsilon_high) == (0.2, 0.3)
+    assert (spec.train.reward_weights.accuracy, spec.train.reward_weights.format) == (0.9, 0.1)
+    assert spec.stop.max_iterations == 3
+    assert spec.storage.local is not None and spec.storage.s3 is None
+
+
+def test_stage_execution_merges_overrides_over_defaults() -> None:
+    document = with_value(
+        "spec.execution", {"image": "img:1", "backoffLimit": 1, "nodeSelector": {"pool": "cpu"}}
+    )
+    document = with_value(
+        "spec.train.execution", {"resources": {"limits": {"nvidia.com/gpu": 8}}, "backoffLimit": 0}, document
+    )
+    spec = parse_run(document).spec
+    train = spec.stage_execution(StageName.train)
+    assert train.image == "img:1" and train.backoff_limit == 0 and train.node_selector == {"pool": "cpu"}
+    assert train.resources == Resources(limits={"nvidia.com/gpu": 8})
+    assert spec.stage_execution(StageName.score) == Execution(image="img:1", backoff_limit=1, node_selector={"pool": "cpu"})
+
+
+def test_round_trip_through_yaml_is_lossless() -> None:
+    run = load_run(ROOT / "examples" / "evolutionrun.yaml")
+    again = EvolutionRun.model_validate(yaml.safe_load(yaml.safe_dump(run.to_yaml_dict())))
+    assert again == run
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_runs_validate(path: Path) -> None:
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    runs = [d for d in documents if d.get("kind") == "EvolutionRun"]
+    for document in runs:
+        parse_run(document)
+
+
+def test_cli_validate_reports_every_problem_and_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(with_value("spec.score", {"window": {"low": 0.9, "high": 0.1}, "samplesPerItem": 0}))
+    )
+    good = ROOT / "examples" / "evolutionrun.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "dpe", "validate", str(good), str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert any("spec.score.window: low (0.9) must be below high (0.1)" in line for line in lines), lines
+    assert any("spec.score.samplesPerItem:" in line for line in lines), lines
+    assert "valid EvolutionRun ml-research/qwen25vl-7b-dpe" in result.stdout
+    ok = subprocess.run([sys.executable, "-m", "dpe", "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,61 @@
+"""The `dpe` command line: one entry point for users, Jobs and the local executor."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dpe import __version__
+from dpe.crd import stale_crds, write_crds
+from dpe.manifest import SpecError, load_run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """DPE: diagnose a vision-language model, generate data for its blind spots, train, repeat."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"dpe {__version__}")
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("crds"),
+    show_default=True,
+    help="Directory to write the CRD YAML files into.",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files differ from the models.")
+def crds(out: Path, check: bool) -> None:
+    """Generate the EvolutionRun and Iteration CRDs from the spec models."""
+    if check:
+        stale = stale_crds(out)
+        for name in stale:
+            click.echo(f"{out / name}: out of date; run `dpe crds --out {out}`", err=True)
+        sys.exit(1 if stale else 0)
+    for path in write_crds(out):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check EvolutionRun YAML files; print one line per problem naming the field."""
+    failed = False
+    for path in files:
+        try:
+            run = load_run(path)
+        except SpecError as error:
+            failed = True
+            for problem in error.problems:
+                click.echo(f"{path}: {problem}", err=True)
+            continue
+        click.echo(f"{path}: valid EvolutionRun {run.metadata.namespace}/{run.metadata.name}")
+    sys.exit(1 if failed else 0)
