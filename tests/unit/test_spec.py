@@ -142,6 +142,7 @@ MALFORMED = [
     Malformed("target score above one", with_value("spec.stop.targetScore", 75), "spec.stop.targetScore"),
     Malformed("empty budget", with_value("spec.stop.budget", {}), "spec.stop.budget", "gpuHours"),
     Malformed("zero patience", with_value("spec.stop.plateau", {"patience": 0}), "spec.stop.plateau.patience"),
+    Malformed("plateau on unknown metric", with_value("spec.stop.plateau", {"metric": "mmstar"}), "spec", "stop.plateau.metric"),
     Malformed("empty benchmark suite", with_value("spec.evaluate.benchmarks", []), "spec.evaluate.benchmarks"),
     Malformed(
         "duplicate benchmarks",

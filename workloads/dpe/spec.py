@@ -732,6 +732,18 @@ class EvolutionRunSpec(SpecModel):
     storage: Storage = Field(default_factory=_default_storage)
     """Artifact store."""
 
+    @model_validator(mode="after")
+    def _metrics_exist(self) -> Self:
+        known = {"overall", *(b.name for b in self.evaluate.benchmarks)}
+        named = {"stop.plateau.metric": self.stop.plateau.metric if self.stop.plateau else None,
+                 "regressionGuard.metric": self.regression_guard.metric}
+        for where, metric in named.items():
+            if metric is not None and metric not in known:
+                raise ValueError(
+                    f"{where} '{metric}' is neither 'overall' nor a benchmark name ({', '.join(sorted(known))})"
+                )
+        return self
+
     def stage_execution(self, stage: StageName) -> Execution:
         """The effective Job settings of one stage (its overrides over spec.execution)."""
         override: Execution | None = getattr(self, stage.value).execution
