@@ -59,3 +59,29 @@ def validate(files: tuple[Path, ...]) -> None:
             continue
         click.echo(f"{path}: valid EvolutionRun {run.metadata.namespace}/{run.metadata.name}")
     sys.exit(1 if failed else 0)
+
+
+@main.group()
+def model() -> None:
+    """Build and inspect vision-language models."""
+
+
+@model.command("tiny")
+@click.option("--arch", type=click.Choice(["qwen2.5-vl", "qwen3-vl"]), default="qwen2.5-vl", show_default=True)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to save to.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
+def model_tiny(arch: str, out: Path, seed: int) -> None:
+    """Build a tiny randomly initialised VLM (about 0.2 M parameters) with an offline tokenizer."""
+    from dpe.models.tiny import build_tiny_model, world_corpus
+
+    build_tiny_model(arch, out, corpus=world_corpus(), seed=seed)
+    click.echo(f"wrote {arch} to {out}")
+
+
+def _register_commands() -> None:
+    from dpe.world.command import world
+
+    main.add_command(world)
+
+
+_register_commands()

@@ -176,6 +176,10 @@ class ModelEndpoint(SpecModel):
     """Client-side token rate limit, matching the provider's quota."""
     temperature: NonNegativeFloat = 0.7
     """Sampling temperature for this role."""
+    input_usd_per_million_tokens: NonNegativeFloat = 0.0
+    """Price of prompt tokens, for cost accounting and budgets."""
+    output_usd_per_million_tokens: NonNegativeFloat = 0.0
+    """Price of completion tokens, for cost accounting and budgets."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,6 +570,8 @@ class DataSources(SpecModel):
     """Unlabeled images for the agents (indexed with `dpe pool index`)."""
     seed_pool: ArtifactRef | None = None
     """Seed questions and images that inspire generation; defaults to the probe pool."""
+    world_image_size: Annotated[int, Strict(), Field(ge=28, le=2048)] = 448
+    """Side in pixels of images drawn by the built-in capability world (builtin:world)."""
 
 
 class Plateau(SpecModel):

@@ -1,0 +1,1 @@
+"""Vision-language models: building tiny ones, loading any, answering with them."""

@@ -1,0 +1,81 @@
+"""Processors for Qwen-family VLMs, with or without torchvision.
+
+transformers 5 declares a video processor on every Qwen-VL processor and type-checks it even when
+it is None; that check needs torchvision, which does not install beside the CPU torch wheel. The
+image-only subclass below drops the video argument (transformers derives a processor's parts from
+its `__init__` signature). Saved directories still name the standard class, so a machine with
+torchvision loads them with `AutoProcessor` unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""A ChatML template that turns an image part into vision_start, image_pad, vision_end."""
+
+_IMAGE_ONLY_SUFFIX = "ImageOnly"
+
+
+def torchvision_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@cache
+def image_only_processor_class(base_name: str) -> type:
+    """A subclass of transformers' `base_name` processor without the video processor."""
+    import transformers
+
+    base = getattr(transformers, base_name)
+
+    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any) -> None:
+        base.__init__(self, image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+
+    return type(base_name + _IMAGE_ONLY_SUFFIX, (base,), {"__init__": __init__})
+
+
+def publish_standard_processor_class(directory: Path, base_name: str) -> None:
+    """Record the standard class name in the saved configs so AutoProcessor can load the directory."""
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if str(data.get("processor_class", "")).endswith(_IMAGE_ONLY_SUFFIX):
+            data["processor_class"] = base_name
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _processor_class_name(directory: Path) -> str | None:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = directory / name
+        if path.is_file():
+            found = json.loads(path.read_text()).get("processor_class")
+            if found:
+                return str(found).removesuffix(_IMAGE_ONLY_SUFFIX)
+    return None
+
+
+def load_processor(directory: Path) -> Any:
+    """The directory's processor: AutoProcessor with torchvision, the image-only shim without it."""
+    import transformers
+
+    base_name = _processor_class_name(directory)
+    if torchvision_available() or base_name is None or not hasattr(transformers, base_name):
+        return transformers.AutoProcessor.from_pretrained(directory)
+    return image_only_processor_class(base_name).from_pretrained(directory)
