@@ -79,9 +79,11 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
 
 
 def _register_commands() -> None:
+    from dpe.stages.command import stage
     from dpe.world.command import world
 
     main.add_command(world)
+    main.add_command(stage)
 
 
 _register_commands()

@@ -1,0 +1,164 @@
+"""The diagnose and evaluate stages on CPU: a real tiny model, and a ground-truth test double."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpe.grading import solver_prompt
+from dpe.manifest import parse_run
+from dpe.models.inference import Prompt, TransformersAnswerer
+from dpe.models.loading import resolve_model
+from dpe.spec import Sampling, StageName
+from dpe.stages import diagnose, evaluate
+from dpe.stages.context import Shard, StageContext, open_context
+from dpe.taxonomy import CapabilityType
+
+WEAK = {
+    CapabilityType.chart_graph, CapabilityType.geometric, CapabilityType.text_dense, CapabilityType.diagram,
+    CapabilityType.math_formula, CapabilityType.map, CapabilityType.medical, CapabilityType.mixed,
+}
+
+
+def write_run(tmp_path: Path, **spec: Any) -> Path:
+    import yaml
+
+    document = {
+        "apiVersion": "dpe.dev/v1alpha1",
+        "kind": "EvolutionRun",
+        "metadata": {"name": "stage-test"},
+        "spec": {
+            "baseModel": "builtin:tiny-qwen2.5-vl",
+            "data": {"worldImageSize": 56},
+            "diagnose": {"sampling": {"maxTokens": 16}},
+            "evaluate": {"benchmarks": [{"name": "world", "uri": "builtin:world", "limit": 300}], "sampling": {"temperature": 0.0, "maxTokens": 16}},
+            "storage": {"local": {"path": str(tmp_path / "store")}},
+            **spec,
+        },
+    }
+    parse_run(document)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class GroundTruthAnswerer:
+    """Test double for a model (no GPU-size model runs here): right on some types, wrong on the rest.
+
+    It recognises each prompt by its text and image, looks up the record's gold answer, and answers it in the
+    instructed format for the types it "knows", and with a wrong option otherwise.
+    """
+
+    def __init__(self, records: Sequence[Any], weak: set[CapabilityType]):
+        self.by_prompt = {(solver_prompt(r.question, r.question_format), r.image): r for r in records}
+        self.weak = weak
+        self.calls = 0
+
+    def answer(self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seed: int = 0) -> list[list[str]]:
+        self.calls += 1
+        replies = []
+        for prompt in prompts:
+            record = self.by_prompt[(prompt.text, prompt.image)]
+            answer = record.answer
+            if record.capability_type in self.weak:
+                answer = "Z" if record.options else answer + "0"
+            replies.append([f"<think>looked</think>\\boxed{{{answer}}}"] * n)
+        return replies
+
+
+def context(run_file: Path, stage: StageName, k: int, shard: Shard | None = None) -> StageContext:
+    return open_context(run_file, k, stage, None, shard=shard)
+
+
+def test_mixture_concentrates_on_the_types_the_model_gets_wrong(tmp_path: Path) -> None:
+    ctx = context(write_run(tmp_path), StageName.diagnose, 1)
+    probe = diagnose.load_probe(ctx)
+    answerer = GroundTruthAnswerer(probe, WEAK)
+    result = diagnose.run(ctx, lambda: answerer)
+    weights = result["mixture_weights"]
+    assert sum(weights[t.value] for t in WEAK) >= 0.8
+    for capability in CapabilityType:
+        expected = 0.0 if capability in WEAK else 1.0
+        assert result["capability_accuracy"][capability.value] == expected
+    assert sum(result["quotas"].values()) == 1000
+    assert ctx.store.exists(ctx.key("judged.parquet")) and ctx.store.exists(ctx.key("accuracy.png"))
+    table = ctx.store.get_json(ctx.run_key("weakness_table.json"))
+    assert "1" in {str(k) for k in table["iterations"]}
+    brief = ctx.store.get_bytes(ctx.key("brief.txt")).decode()
+    assert "HIGH PRIORITY" in brief and "chart_graph" in brief
+
+
+def test_diagnose_resumes_without_answering_again(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path)
+    ctx = context(run_file, StageName.diagnose, 1)
+    probe = diagnose.load_probe(ctx)
+
+    class Crashing(GroundTruthAnswerer):
+        def answer(self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seed: int = 0) -> list[list[str]]:
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return super().answer(prompts, n, sampling, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        diagnose.run(ctx, lambda: Crashing(probe, WEAK))
+    assert not ctx.complete()
+    assert len(ctx.store.list(ctx.key("answers") + "/")) == 3
+    again = GroundTruthAnswerer(probe, WEAK)
+    first = diagnose.run(ctx, lambda: again)
+    assert again.calls == len(range(0, len(probe), 32)) - 3
+    third = GroundTruthAnswerer(probe, WEAK)
+    assert diagnose.run(ctx, lambda: third) == first and third.calls == 0
+
+
+def test_probe_set_is_identical_every_iteration(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path)
+    one = [r.id for r in diagnose.load_probe(context(run_file, StageName.diagnose, 1))]
+    two = [r.id for r in diagnose.load_probe(context(run_file, StageName.diagnose, 2))]
+    assert one == two and len(one) == 200
+
+
+def test_sharded_evaluation_merges_to_the_unsharded_score(tmp_path: Path) -> None:
+    sharded = write_run(tmp_path / "a", evaluate={"benchmarks": [{"name": "world", "uri": "builtin:world", "limit": 90}], "shards": 3})
+    whole = write_run(tmp_path / "b", evaluate={"benchmarks": [{"name": "world", "uri": "builtin:world", "limit": 90}]})
+    records = evaluate.load_benchmark(context(whole, StageName.evaluate, 0), parse_run_benchmark(whole))
+    answerer = GroundTruthAnswerer(records.records, WEAK)
+    expected = evaluate.run(context(whole, StageName.evaluate, 0), lambda: answerer)
+    for index in range(3):
+        evaluate.run(context(sharded, StageName.evaluate, 0, Shard(index, 3)), lambda: answerer)
+    merged = evaluate.run(context(sharded, StageName.evaluate, 0), lambda: answerer, merge=True)
+    assert merged["scores"] == expected["scores"]
+    known = {t.value for t in CapabilityType} - {t.value for t in WEAK}
+    assert all(v == 1.0 for t, v in merged["benchmarks"]["world"]["by_capability_type"].items() if t in known)
+
+
+def parse_run_benchmark(run_file: Path) -> Any:
+    from dpe.manifest import load_run
+
+    return load_run(run_file).spec.evaluate.benchmarks[0]
+
+
+def test_merge_refuses_missing_shards(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path, evaluate={"benchmarks": [{"name": "world", "uri": "builtin:world", "limit": 20}], "shards": 2})
+    ctx = context(run_file, StageName.evaluate, 0)
+    answerer = GroundTruthAnswerer(evaluate.load_benchmark(ctx, parse_run_benchmark(run_file)).records, WEAK)
+    evaluate.run(context(run_file, StageName.evaluate, 0, Shard(0, 2)), lambda: answerer)
+    with pytest.raises(RuntimeError, match="shard 1/2 has not finished"):
+        evaluate.run(ctx, lambda: answerer, merge=True)
+
+
+def test_tiny_model_diagnosis_and_evaluation_on_cpu_within_two_minutes(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path)
+    started = time.monotonic()
+    diagnosis_ctx = context(run_file, StageName.diagnose, 1)
+    model_dir = resolve_model("builtin:tiny-qwen2.5-vl", diagnosis_ctx.storage, diagnosis_ctx.store, tmp_path / "cache")
+    result = diagnose.run(diagnosis_ctx, lambda: TransformersAnswerer(model_dir, min_image_side=56))
+    assert result["counts"]["items"] == 200
+    evaluation = evaluate.run(context(run_file, StageName.evaluate, 0), lambda: TransformersAnswerer(model_dir, min_image_side=56))
+    assert evaluation["benchmarks"]["world"]["items"] == 300
+    assert 0.0 <= evaluation["scores"]["overall"] <= 1.0
+    assert time.monotonic() - started < 120

@@ -1,0 +1,87 @@
+"""The judge path of diagnosis, with the real `openai` client against a local fake endpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from support.openai_server import FakeOpenAIServer, image_parts, malformed_body, rate_limited, reply_content, server_error
+from test_diagnose_evaluate import WEAK, GroundTruthAnswerer, context, write_run
+
+from dpe.diagnosis import rule_verdict
+from dpe.grading import solver_prompt
+from dpe.judge import LlmJudge
+from dpe.models.inference import Prompt
+from dpe.llm import RetryPolicy
+from dpe.spec import ModelEndpoint, Sampling, StageName
+from dpe.stages import diagnose
+from dpe.taxonomy import ErrorType
+
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seconds=0.05, max_retry_seconds=5)
+
+
+def judge_responder(request: dict[str, Any]) -> str:
+    """Replies that look at the request: a verdict for grading prompts, a direction otherwise."""
+    text = " ".join(
+        part.get("text", "") if isinstance(part, dict) else str(part)
+        for message in request["messages"]
+        for part in (message["content"] if isinstance(message["content"], list) else [message["content"]])
+    )
+    if "You grade" in text:
+        assert image_parts(request), "the judge must see the image"
+        gold = re.search(r"Reference answer: (.*)", text).group(1).strip()
+        answer = re.search(r"\\boxed\{(.*?)\}", text)
+        correct = answer is not None and answer.group(1) == gold
+        return json.dumps(
+            {"is_correct": correct, "error_type": "visual_recognition_error", "error_description": "misread the picture"}
+        )
+    kind = re.search(r'images of\s+type "(\w+)"', text).group(1)
+    return json.dumps({"generation_direction": f"Draw more {kind} images whose answer hinges on one small visible detail."})
+
+
+def judge_for(server: FakeOpenAIServer) -> LlmJudge:
+    endpoint = ModelEndpoint(base_url=server.base_url, model="fake-model", max_concurrency=8, timeout_seconds=5.0)
+    return LlmJudge(endpoint, None, retry=FAST_RETRY)
+
+
+def test_judge_types_errors_and_writes_directions(tmp_path: Path) -> None:
+    with FakeOpenAIServer(judge_responder, latency=0.02) as server:
+        server.fail_next(3, rate_limited(0.05))
+        server.fail_every(7, server_error(500))
+        server.fail_every(11, malformed_body())
+        ctx = context(write_run(tmp_path), StageName.diagnose, 1)
+        probe = diagnose.load_probe(ctx)
+        judge = judge_for(server)
+        result = diagnose.run(ctx, lambda: GroundTruthAnswerer(probe, WEAK), judge)
+        assert server.peak_in_flight <= 8
+    report = ctx.store.get_json(ctx.key("report.json"))
+    typed = sum(e["errors"].get(ErrorType.visual_recognition_error.value, 0) for e in report["types"].values())
+    untyped = sum(e["errors"].get(ErrorType.other.value, 0) for e in report["types"].values())
+    # Retries absorb nearly every injected fault; a call unlucky enough to exhaust them is a
+    # judge failure, which keeps the rules' error type and is counted apart.
+    assert untyped == result["counts"]["judge_failures"] <= 3
+    assert typed >= 80
+    brief = ctx.store.get_bytes(ctx.key("brief.txt")).decode()
+    assert "hinges on one small visible detail" in brief
+    assert 429 in server.statuses() and 500 in server.statuses()
+    usage = judge.ledger.snapshot()
+    assert usage["roles"]["judge"]["calls"] > 0
+
+
+def test_judge_failures_are_counted_apart_not_as_model_errors(tmp_path: Path) -> None:
+    with FakeOpenAIServer(judge_responder) as server:
+        ctx = context(write_run(tmp_path), StageName.diagnose, 1)
+        probe = diagnose.load_probe(ctx)
+        server.fail_every(1, reply_content("I cannot comply."))
+        result = diagnose.run(ctx, lambda: GroundTruthAnswerer(probe, WEAK), judge_for(server))
+    wrong_items = sum(1 for r in probe if r.capability_type in WEAK)
+    assert result["counts"]["judge_failures"] == wrong_items
+    answers = GroundTruthAnswerer(probe, WEAK)
+    unreadable = [
+        r for r in probe
+        if rule_verdict(r, answers.answer([Prompt(r.image, solver_prompt(r.question, r.question_format))], 1, Sampling())[0][0])[0].correct is None
+    ]
+    assert result["counts"]["unsettled"] == len(unreadable)
+    assert all(result["capability_accuracy"][t.value] == 0.0 for t in WEAK if t.value in result["capability_accuracy"])

@@ -1,0 +1,124 @@
+"""The judge: a vision-language model that types errors, settles unreadable answers, writes directions.
+
+The rules in `dpe.grading` decide correctness wherever they can read the answer; the judge looks at
+the image to say *why* a wrong answer is wrong (one of the five error types) and decides the answers
+the rules could not read. It also writes the two or three sentences of generation direction for each
+weak (type, error) pair of the weakness brief. All calls run concurrently under the endpoint's
+limits, unlike the reference's one-call-every-two-seconds judge and serial direction writer.
+
+A reply that never parses counts as a judge failure (None), which the diagnosis keeps apart from
+the model's own errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dpe.spec import ModelEndpoint
+from dpe.taxonomy import CapabilityType, ErrorType
+
+
+def prompt_template(name: str) -> str:
+    """A prompt file shipped in `dpe/prompts/` (prompts live in files, not in code)."""
+    return resources.files("dpe").joinpath("prompts", f"{name}.md").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    image: bytes
+    question: str
+    gold: str
+    answer: str
+    capability_type: CapabilityType | None = None
+
+
+class JudgeReply(BaseModel):
+    """What the judge must return for one answer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    is_correct: bool
+    error_type: ErrorType = ErrorType.other
+    error_description: str = Field(default="", max_length=2000)
+
+
+@dataclass(frozen=True)
+class DirectionRequest:
+    capability_type: CapabilityType
+    error_type: ErrorType
+    examples: list[str]
+
+
+class DirectionReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    generation_direction: str = Field(min_length=20, max_length=1500)
+
+
+class Judge(Protocol):
+    def verdicts(self, requests: Sequence[JudgeRequest], advance: Callable[[int], None] | None = None) -> list[JudgeReply | None]:
+        """One reply per request, or None where the judge failed."""
+        ...
+
+    def directions(self, requests: Sequence[DirectionRequest]) -> list[str | None]:
+        """One generation direction per weak (type, error) pair, or None where it failed."""
+        ...
+
+
+class LlmJudge:
+    """The judge over an OpenAI-compatible endpoint."""
+
+    def __init__(self, endpoint: ModelEndpoint, api_key: str | None, *, attempts: int = 3, retry: Any = None):
+        from dpe.llm import ChatClient, RetryPolicy, UsageLedger
+
+        self.ledger = UsageLedger()
+        self.client = ChatClient(endpoint, api_key, role="judge", ledger=self.ledger, retry=retry or RetryPolicy())
+        self.attempts = attempts
+
+    async def _verdict(self, request: JudgeRequest, advance: Callable[[int], None] | None) -> JudgeReply | None:
+        from dpe.llm import LLMError, ask_json, image_part
+
+        text = prompt_template("judge").format(question=request.question, gold=request.gold, answer=request.answer[-4000:])
+        messages = [{"role": "user", "content": [image_part(request.image), {"type": "text", "text": text}]}]
+        try:
+            return await ask_json(self.client, messages, JudgeReply, attempts=self.attempts, ledger=self.ledger)
+        except LLMError:
+            return None
+        finally:
+            if advance is not None:
+                advance(1)
+
+    async def _direction(self, request: DirectionRequest) -> str | None:
+        from dpe.llm import LLMError, ask_json
+
+        examples = "\n".join(f"- {e}" for e in request.examples[:5]) or "- (no descriptions recorded)"
+        text = prompt_template("direction").format(
+            capability_type=request.capability_type.value,
+            capability_description=request.capability_type.description,
+            error_type=request.error_type.value,
+            error_description=request.error_type.description,
+            examples=examples,
+        )
+        try:
+            reply = await ask_json(self.client, [{"role": "user", "content": text}], DirectionReply, attempts=self.attempts, ledger=self.ledger)
+        except LLMError:
+            return None
+        return reply.generation_direction
+
+    def verdicts(self, requests: Sequence[JudgeRequest], advance: Callable[[int], None] | None = None) -> list[JudgeReply | None]:
+        async def all_of() -> list[JudgeReply | None]:
+            return list(await asyncio.gather(*(self._verdict(r, advance) for r in requests)))
+
+        return asyncio.run(all_of())
+
+    def directions(self, requests: Sequence[DirectionRequest]) -> list[str | None]:
+        async def all_of() -> list[str | None]:
+            return list(await asyncio.gather(*(self._direction(r) for r in requests)))
+
+        return asyncio.run(all_of())

@@ -1,0 +1,77 @@
+"""Turning a model reference into a local Hugging Face directory.
+
+References are what `spec.baseModel` and status fields hold: `builtin:tiny-qwen2.5-vl` (built on
+first use, deterministically), a store URI (`s3://...` or `file:///...` inside the run's store,
+downloaded once into the cache), a local path, or a hub id (where the network allows it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dpe import layout
+from dpe.spec import Storage
+from dpe.store import ArtifactStore
+
+BUILTIN_PREFIX = "builtin:tiny-"
+
+
+def _fresh_dir(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+
+
+def _publish(staging: Path, target: Path) -> Path:
+    """Move a fully written directory into place; a concurrent winner is kept."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_dir: Path) -> Path:
+    """A local directory holding the referenced model."""
+    if reference.startswith(BUILTIN_PREFIX):
+        from dpe.models.tiny import ARCHITECTURES, build_tiny_model, world_corpus
+
+        arch = reference.removeprefix(BUILTIN_PREFIX)
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown built-in model '{reference}'; choose builtin:tiny-{' or builtin:tiny-'.join(ARCHITECTURES)}")
+        target = cache_dir / "builtin" / arch
+        if not (target / "config.json").is_file():
+            _publish(build_tiny_model(arch, _fresh_dir(target), corpus=world_corpus()), target)
+        return target
+    if reference.startswith(("s3://", "file://")):
+        try:
+            prefix = layout.key_from_uri(storage, reference).rstrip("/") + "/"
+        except ValueError:
+            if reference.startswith("file://"):
+                return Path(reference.removeprefix("file://"))
+            raise
+        if storage.local is not None:
+            return Path(storage.local.path).absolute() / prefix
+        target = cache_dir / "store" / hashlib.sha256(reference.encode()).hexdigest()[:16]
+        if not (target / "config.json").is_file():
+            keys = store.list(prefix)
+            if not keys:
+                raise FileNotFoundError(f"no model files under {reference}")
+            staging = _fresh_dir(target)
+            for key in keys:
+                destination = staging / key[len(prefix) :]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                store.get_file(key, destination)
+            _publish(staging, target)
+        return target
+    path = Path(reference)
+    if reference.startswith(("/", "./", "../")):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{reference} is not a model directory (no config.json)")
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(reference.removeprefix("hf://")))

@@ -1,0 +1,120 @@
+"""`dpe stage NAME --run FILE --iteration K [--model URI] [--shard i/n]`: one stage, in a Job or a subprocess.
+
+Exit status tells the executor what to do: 0 the stage is complete (its result.json exists), 1 a
+failure worth retrying, 3 a permanent failure (invalid spec, missing model, refused credentials)
+that no retry can fix. The last line of a failure is also written to the Kubernetes termination
+log when one exists, so the operator can show it in status without reading Pod logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dpe.manifest import SpecError
+from dpe.spec import ModelEndpoint, StageName
+from dpe.stages.context import Shard, StageContext, open_context
+from dpe.store import PermanentStoreError
+
+PERMANENT_EXIT = 3
+TERMINATION_LOG = Path("/dev/termination-log")
+
+log = logging.getLogger("dpe.stage")
+
+
+def _answerer_factory(ctx: StageContext, min_image_side: int) -> Callable[[], Any]:
+    def build() -> Any:
+        from dpe.models.inference import open_answerer
+        from dpe.models.loading import resolve_model
+
+        directory = resolve_model(ctx.model_uri, ctx.storage, ctx.store, ctx.cache_dir)
+        return open_answerer(directory, min_image_side=min_image_side)
+
+    return build
+
+
+def _judge(endpoint: ModelEndpoint | None) -> Any:
+    if endpoint is None:
+        return None
+    from dpe.judge import LlmJudge
+    from dpe.secrets import resolve_secret
+
+    key = None if endpoint.api_key_secret is None else resolve_secret(endpoint.api_key_secret)
+    return LlmJudge(endpoint, key)
+
+
+def _report_failure(message: str, permanent: bool) -> None:
+    log.error(message)
+    click.echo(f"error: {message}", err=True)
+    if TERMINATION_LOG.parent.is_dir() and os.access(TERMINATION_LOG.parent, os.W_OK):
+        try:
+            TERMINATION_LOG.write_text(("permanent: " if permanent else "") + message[-3500:])
+        except OSError:
+            pass
+    sys.exit(PERMANENT_EXIT if permanent else 1)
+
+
+def _run_stage(stage: StageName, run_file: Path, iteration: int, model: str | None, store: Path | None, shard: str | None, body: Callable[[StageContext], dict[str, Any]]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        ctx = open_context(run_file, iteration, stage, model, store_dir=store, shard=None if shard is None else Shard.parse(shard))
+        result = body(ctx)
+    except SpecError as error:
+        _report_failure(f"invalid EvolutionRun: {'; '.join(error.problems)}", permanent=True)
+    except (PermanentStoreError, FileNotFoundError, ValueError) as error:
+        _report_failure(f"{type(error).__name__}: {error}", permanent=True)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "weakness_table"}, sort_keys=True))
+
+
+def common(function: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--run", "run_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="EvolutionRun YAML."),
+        click.option("--iteration", type=int, required=True, help="Iteration index (0 is the baseline)."),
+        click.option("--model", default=None, help="Model to use (default: the run's base model)."),
+        click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, help="Use this local directory as the store."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group()
+def stage() -> None:
+    """Run one stage of one iteration (what a Job or the local executor runs)."""
+
+
+@stage.command()
+@common
+def diagnose(run_file: Path, iteration: int, model: str | None, store: Path | None) -> None:
+    """Answer the fixed probe set, grade, attribute failures, write weights, quotas and the brief."""
+    from dpe.stages import diagnose as stage_module
+
+    def body(ctx: StageContext) -> dict[str, Any]:
+        settings = ctx.run.spec.diagnose
+        return stage_module.run(ctx, _answerer_factory(ctx, settings.min_image_side), _judge(settings.judge))
+
+    _run_stage(StageName.diagnose, run_file, iteration, model, store, None, body)
+
+
+@stage.command()
+@common
+@click.option("--shard", default=None, help="Evaluate only part i of n (i/n); merge afterwards with --merge.")
+@click.option("--merge", is_flag=True, help="Combine the finished shards and write the stage's result.")
+def evaluate(run_file: Path, iteration: int, model: str | None, store: Path | None, shard: str | None, merge: bool) -> None:
+    """Evaluate a model on the benchmark suite."""
+    from dpe.stages import evaluate as stage_module
+
+    def body(ctx: StageContext) -> dict[str, Any]:
+        settings = ctx.run.spec
+        return stage_module.run(
+            ctx, _answerer_factory(ctx, settings.diagnose.min_image_side), _judge(settings.evaluate.judge), merge=merge
+        )
+
+    _run_stage(StageName.evaluate, run_file, iteration, model, store, shard, body)

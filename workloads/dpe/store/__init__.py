@@ -1,0 +1,69 @@
+"""The artifact store: one interface, a local-directory backend and an S3 backend.
+
+Stages and executors call `open_store(spec.storage)` and then use only the ArtifactStore methods,
+so the same code runs against a directory on a laptop and a MinIO bucket in a cluster. Keys come
+from dpe.layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dpe.spec import Storage
+from dpe.store.base import ArtifactStore
+from dpe.store.errors import (
+    IntegrityError,
+    NotFound,
+    PermanentStoreError,
+    StoreError,
+    TransientStoreError,
+    Unreachable,
+)
+from dpe.store.local import LocalStore
+from dpe.store.retry import RetryPolicy
+from dpe.store.s3 import S3Store
+
+ACCESS_KEY_ENV = "DPE_S3_ACCESS_KEY"
+"""Environment variable holding the S3 access key id (in a Job: filled from credentialsSecret)."""
+SECRET_KEY_ENV = "DPE_S3_SECRET_KEY"
+"""Environment variable holding the S3 secret access key (in a Job: filled from credentialsSecret)."""
+
+__all__ = [
+    "ACCESS_KEY_ENV",
+    "SECRET_KEY_ENV",
+    "ArtifactStore",
+    "IntegrityError",
+    "LocalStore",
+    "NotFound",
+    "PermanentStoreError",
+    "RetryPolicy",
+    "S3Store",
+    "StoreError",
+    "TransientStoreError",
+    "Unreachable",
+    "open_store",
+]
+
+
+def open_store(storage: Storage, env: Mapping[str, str] = os.environ) -> ArtifactStore:
+    """The store that a run's `spec.storage` describes; S3 credentials are read from `env`."""
+    if storage.s3 is None:
+        assert storage.local is not None
+        return LocalStore(storage.local.path)
+    missing = [name for name in (ACCESS_KEY_ENV, SECRET_KEY_ENV) if not env.get(name)]
+    if missing:
+        raise PermanentStoreError(
+            f"S3 credentials for bucket '{storage.s3.bucket}' are missing: set {' and '.join(missing)} "
+            "(in Kubernetes the operator fills them from storage.s3.credentialsSecret)"
+        )
+    s3 = storage.s3
+    return S3Store(
+        s3.endpoint,
+        s3.bucket,
+        env[ACCESS_KEY_ENV],
+        env[SECRET_KEY_ENV],
+        region=s3.region,
+        secure=s3.secure,
+        prefix=s3.prefix,
+    )
