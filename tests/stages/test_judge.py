@@ -85,3 +85,54 @@ def test_judge_failures_are_counted_apart_not_as_model_errors(tmp_path: Path) ->
     ]
     assert result["counts"]["unsettled"] == len(unreadable)
     assert all(result["capability_accuracy"][t.value] == 0.0 for t in WEAK if t.value in result["capability_accuracy"])
+
+
+def test_unlabelled_probe_items_get_their_type_from_the_image(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def picture(colour: tuple[int, int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    colours = [(250, 0, 0), (0, 0, 250)] * 10
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"p{i}" for i in range(20)],
+                "question": ["What is the answer?"] * 20,
+                "answer": ["yes"] * 20,
+                "image": [{"bytes": picture(c), "path": None} for c in colours],
+            }
+        ),
+        pool / "probe.parquet",
+    )
+
+    def classifier(request: dict[str, Any]) -> str:
+        text = str(request["messages"])
+        if "which one of these image types" in text:
+            url = image_parts(request)[0]
+            data = base64.b64decode(url.split(",", 1)[1])
+            red, _, blue = Image.open(io.BytesIO(data)).convert("RGB").getpixel((5, 5))
+            return json.dumps({"capability_type": "chart_graph" if red > blue else "map"})
+        return judge_responder(request)
+
+    with FakeOpenAIServer(classifier) as server:
+        run_file = write_run(tmp_path, data={"probeSet": str(pool), "worldImageSize": 56}, diagnose={"probeSize": 20})
+        ctx = context(run_file, StageName.diagnose, 1)
+
+        class AlwaysYes:
+            def answer(self, prompts: Any, n: int, sampling: Any, seed: int = 0) -> list[list[str]]:
+                return [["<think>ok</think>\\boxed{yes}"] * n for _ in prompts]
+
+        result = diagnose.run(ctx, lambda: AlwaysYes(), judge_for(server))
+    assert result["capability_accuracy"] == {"chart_graph": 1.0, "map": 1.0}
+    report = ctx.store.get_json(ctx.key("report.json"))
+    assert report["types"]["chart_graph"]["items"] == 10 and report["unlabelled_items"] == 0

@@ -61,6 +61,12 @@ class DirectionReply(BaseModel):
     generation_direction: str = Field(min_length=20, max_length=1500)
 
 
+class ClassifyReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    capability_type: CapabilityType
+
+
 class Judge(Protocol):
     def verdicts(self, requests: Sequence[JudgeRequest], advance: Callable[[int], None] | None = None) -> list[JudgeReply | None]:
         """One reply per request, or None where the judge failed."""
@@ -68,6 +74,10 @@ class Judge(Protocol):
 
     def directions(self, requests: Sequence[DirectionRequest]) -> list[str | None]:
         """One generation direction per weak (type, error) pair, or None where it failed."""
+        ...
+
+    def classify(self, items: Sequence[tuple[bytes, str]]) -> list[CapabilityType | None]:
+        """The capability type of each (image, question), decided by looking at the image."""
         ...
 
 
@@ -110,6 +120,24 @@ class LlmJudge:
         except LLMError:
             return None
         return reply.generation_direction
+
+    async def _classify(self, image: bytes, question: str) -> CapabilityType | None:
+        from dpe.llm import LLMError, ask_json, image_part
+
+        types = "\n".join(f"- {t.value}: {t.description}" for t in CapabilityType)
+        text = prompt_template("classify").format(types=types, question=question)
+        messages = [{"role": "user", "content": [image_part(image), {"type": "text", "text": text}]}]
+        try:
+            reply = await ask_json(self.client, messages, ClassifyReply, attempts=self.attempts, ledger=self.ledger)
+        except LLMError:
+            return None
+        return reply.capability_type
+
+    def classify(self, items: Sequence[tuple[bytes, str]]) -> list[CapabilityType | None]:
+        async def all_of() -> list[CapabilityType | None]:
+            return list(await asyncio.gather(*(self._classify(image, question) for image, question in items)))
+
+        return asyncio.run(all_of())
 
     def verdicts(self, requests: Sequence[JudgeRequest], advance: Callable[[int], None] | None = None) -> list[JudgeReply | None]:
         async def all_of() -> list[JudgeReply | None]:

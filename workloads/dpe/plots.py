@@ -36,8 +36,8 @@ def accuracy_bars(
     errors = None
     if intervals:
         errors = [
-            [values[i] - intervals[n][0] for i, n in enumerate(names)],
-            [intervals[n][1] - values[i] for i, n in enumerate(names)],
+            [max(values[i] - intervals[n][0], 0.0) for i, n in enumerate(names)],
+            [max(intervals[n][1] - values[i], 0.0) for i, n in enumerate(names)],
         ]
     axis.barh(names, values, xerr=errors, color="#4c72b0", ecolor="#333333", capsize=3)
     axis.set_xlim(0, 1)

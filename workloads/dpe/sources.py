@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from dpe import layout
+from dpe.grading import parse_options
 from dpe.records import OPTION_LETTERS, ReadResult, Rejection, SampleRecord, png_bytes, read_records
 from dpe.spec import Storage
 from dpe.store import ArtifactStore
@@ -161,6 +162,10 @@ def adapt_row(row: dict[str, Any], *, source: str, row_id: str) -> SampleRecord:
         raise ValueError("several images per question are not supported")
     image = _image(row[image_column])
     options = _options(row)
+    if not options and answer in OPTION_LETTERS:
+        inline = parse_options(question)
+        if answer in inline:
+            options = [inline[letter] for letter in sorted(inline)]
     capability, category = _capability(row)
     if options:
         if answer not in OPTION_LETTERS[: len(options)]:
@@ -168,7 +173,7 @@ def adapt_row(row: dict[str, Any], *, source: str, row_id: str) -> SampleRecord:
                 raise ValueError(f"answer {answer!r} is neither an option letter nor an option")
             answer = OPTION_LETTERS[options.index(answer)]
         listed = "\n".join(f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options))
-        if f"A. {options[0]}" not in question:
+        if any(f"{OPTION_LETTERS[i]}. {o}" not in question for i, o in enumerate(options)):
             question = f"{question}\n{listed}"
         question_format = QuestionFormat.multiple_choice
     else:
@@ -213,7 +218,8 @@ def load_records(
             loaded.rejected += [Rejection(r.row_index, f"{stem}: {r.reason}") for r in result.rejected]
             continue
         for index, row in enumerate(_rows(name, data)):
-            row_id = str(row.get("index") or row.get("id") or row.get("pid") or f"{stem}-{index}")
+            given = next((row[c] for c in ("index", "id", "pid") if row.get(c) not in (None, "")), None)
+            row_id = f"{stem}-{index}" if given is None else str(given)
             try:
                 loaded.records.append(adapt_row(row, source=source, row_id=row_id))
             except (ValueError, SyntaxError, ValidationError) as error:

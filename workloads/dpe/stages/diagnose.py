@@ -1,7 +1,7 @@
 """The diagnose stage: the current model on the fixed probe set, graded, attributed, turned into a plan.
 
 Outputs under `iterations/<k>/diagnose/`: `answers/` (one JSON file per chunk of probe items, the
-resume points), `judged.parquet` (one row per item), `report.json` and `report.md`, `mixture.json`
+resume points), `answers.parquet` and `judged.parquet` (one row per item), `report.json` and `report.md`, `mixture.json`
 (weights and quotas), `brief.json` and `brief.txt` (the weakness brief), `accuracy.png` and
 `errors.png`; the run's `weakness_table.json` is updated; `result.json` comes last.
 """
@@ -34,7 +34,7 @@ from dpe.sources import load_records
 from dpe.spec import StageName
 from dpe.stages.answering import answer_records
 from dpe.stages.context import StageContext
-from dpe.taxonomy import ErrorType
+from dpe.taxonomy import CapabilityType, ErrorType
 from dpe.weakness import WeaknessBrief, WeaknessTable, build_brief, render_text, rows, update
 
 PROBE_KEY = ("probe", "probe.parquet")
@@ -65,6 +65,31 @@ def load_probe(ctx: StageContext) -> list[SampleRecord]:
         records = random.Random(settings.probe_seed).sample(records, settings.probe_size)
     ctx.store.put_bytes(key, records_to_parquet(records))
     return records
+
+
+def classify_unlabelled(ctx: StageContext, probe: list[SampleRecord], judge: Judge | None) -> list[SampleRecord]:
+    """Give probe items without a capability label the type the judge sees in their image.
+
+    Without a judge they stay `mixed` (and the report says how many were unlabelled): the type is
+    never guessed from the question text alone.
+    """
+    unlabelled = [i for i, r in enumerate(probe) if r.provenance.get("capability_labelled") is False]
+    if not unlabelled or judge is None:
+        return probe
+    key = ctx.run_key("probe", "capability_types.json")
+    stored: dict[str, str | None] = ctx.store.get_json(key) if ctx.store.exists(key) else {}
+    todo = [i for i in unlabelled if probe[i].id not in stored]
+    if todo:
+        found = judge.classify([(probe[i].image, probe[i].question) for i in todo])
+        stored.update({probe[i].id: None if t is None else t.value for i, t in zip(todo, found, strict=True)})
+        ctx.store.put_json(key, stored)
+    labelled = list(probe)
+    for i in unlabelled:
+        value = stored.get(probe[i].id)
+        if value is not None:
+            provenance = {**probe[i].provenance, "capability_labelled": "judge"}
+            labelled[i] = probe[i].model_copy(update={"capability_type": CapabilityType(value), "provenance": provenance})
+    return labelled
 
 
 def judge_items(
@@ -136,8 +161,8 @@ def update_weakness_table(ctx: StageContext, summary: DiagnosisSummary) -> list[
     return [row.model_dump(mode="json") for row in rows(table)]
 
 
-def _judged_table(probe: Sequence[SampleRecord], answers: dict[str, str], verdicts: Sequence[ItemVerdict]) -> bytes:
-    table = pa.table(
+def _judged_table(probe: Sequence[SampleRecord], answers: dict[str, str], verdicts: Sequence[ItemVerdict]) -> pa.Table:
+    return pa.table(
         {
             "id": [v.item_id for v in verdicts],
             "capability_type": [v.capability_type.value for v in verdicts],
@@ -153,9 +178,6 @@ def _judged_table(probe: Sequence[SampleRecord], answers: dict[str, str], verdic
             "judge_failed": [v.judge_failed for v in verdicts],
         }
     )
-    sink = pa.BufferOutputStream()
-    pa.parquet.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
 
 
 def _report_markdown(ctx: StageContext, summary: DiagnosisSummary, quotas: dict[str, int], weights: dict[str, float], brief: str) -> str:
@@ -187,7 +209,7 @@ def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], judge: 
     """Run (or finish) the diagnosis of iteration `ctx.iteration`; returns the result summary."""
     if ctx.complete():
         return dict(ctx.store.get_json(ctx.result_key))
-    probe = load_probe(ctx)
+    probe = classify_unlabelled(ctx, load_probe(ctx), judge)
     settings = ctx.run.spec.diagnose
     replies = answer_records(
         ctx, probe, answerer_factory(), settings.sampling, n=1, folder="answers", seed=settings.probe_seed,
@@ -202,12 +224,14 @@ def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], judge: 
     brief = write_brief(ctx, summary, judge)
     table_rows = update_weakness_table(ctx, summary)
 
-    ctx.store.put_bytes(ctx.key("judged.parquet"), _judged_table(probe, answers, verdicts))
+    ctx.store.put_parquet(ctx.key("judged.parquet"), _judged_table(probe, answers, verdicts))
+    ctx.store.put_parquet(ctx.key("answers.parquet"), pa.table({"id": list(answers), "answer": list(answers.values())}))
     report = {
         "overall_accuracy": summary.accuracy,
         "types": {t.value: s.as_dict() for t, s in summary.types.items()},
         "unsettled": summary.unsettled,
         "judge_failures": summary.judge_failures,
+        "unlabelled_items": sum(1 for r in probe if r.provenance.get("capability_labelled") is False),
     }
     ctx.store.put_json(ctx.key("report.json"), report)
     ctx.store.put_json(
