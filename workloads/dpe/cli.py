@@ -80,10 +80,12 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
 
 def _register_commands() -> None:
     from dpe.stages.command import stage
+    from dpe.tools.pool_command import pool
     from dpe.world.command import world
 
     main.add_command(world)
     main.add_command(stage)
+    main.add_command(pool)
 
 
 _register_commands()
