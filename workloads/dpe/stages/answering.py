@@ -50,3 +50,18 @@ def answer_records(
             answers.update(stored)
             advance(len(chunk))
     return answers
+
+
+def merged_answers(ctx: StageContext, shards: int, folder: str) -> dict[str, list[str]]:
+    """The answers every finished shard of this stage stored under `folder`."""
+    from dpe import layout
+
+    answers: dict[str, list[str]] = {}
+    for index in range(shards):
+        result_key = layout.shard_result_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards)
+        if not ctx.store.exists(result_key):
+            raise RuntimeError(f"shard {index}/{shards} has not finished (no {result_key})")
+        prefix = layout.shard_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards, folder) + "/"
+        for key in ctx.store.list(prefix):
+            answers.update(ctx.store.get_json(key))
+    return answers

@@ -118,3 +118,28 @@ def evaluate(run_file: Path, iteration: int, model: str | None, store: Path | No
         )
 
     _run_stage(StageName.evaluate, run_file, iteration, model, store, shard, body)
+
+
+@stage.command()
+@common
+@click.option("--shard", default=None, help="Generate only part i of n (i/n); merge afterwards with --merge.")
+@click.option("--merge", is_flag=True, help="Combine the finished shards and write the stage's result.")
+def generate(run_file: Path, iteration: int, model: str | None, store: Path | None, shard: str | None, merge: bool) -> None:
+    """Generate new samples for the diagnosed weaknesses, held to the per-type quotas."""
+    from dpe.stages import generate as stage_module
+
+    _run_stage(StageName.generate, run_file, iteration, model, store, shard, lambda ctx: stage_module.run(ctx, merge=merge))
+
+
+@stage.command()
+@common
+@click.option("--shard", default=None, help="Score only part i of n (i/n); merge afterwards with --merge.")
+@click.option("--merge", is_flag=True, help="Combine the finished shards, compute pass rates and select.")
+def score(run_file: Path, iteration: int, model: str | None, store: Path | None, shard: str | None, merge: bool) -> None:
+    """Answer every new sample n times and keep those the model solves only sometimes."""
+    from dpe.stages import score as stage_module
+
+    def body(ctx: StageContext) -> dict[str, Any]:
+        return stage_module.run(ctx, _answerer_factory(ctx, ctx.run.spec.diagnose.min_image_side), merge=merge)
+
+    _run_stage(StageName.score, run_file, iteration, model, store, shard, body)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dpe import layout
 from dpe.diagnosis import ItemVerdict, Settled, merge_judgement, rule_verdict
 from dpe.judge import Judge, JudgeReply, JudgeRequest
 from dpe.models.inference import AnswerSource
@@ -21,7 +20,7 @@ from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.sources import load_records
 from dpe.spec import Benchmark
 from dpe.spiral import OVERALL
-from dpe.stages.answering import answer_records
+from dpe.stages.answering import answer_records, merged_answers
 from dpe.stages.context import Shard, StageContext
 
 BENCHMARK_SEED = 7919
@@ -133,19 +132,13 @@ def score(items: Sequence[BenchmarkItems], answers: dict[str, dict[str, str]], j
 
 
 def _merged_answers(ctx: StageContext, items: Sequence[BenchmarkItems], shards: int) -> dict[str, dict[str, str]]:
-    answers: dict[str, dict[str, str]] = {entry.benchmark.name: {} for entry in items}
-    for index in range(shards):
-        result_key = layout.shard_result_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards)
-        if not ctx.store.exists(result_key):
-            raise RuntimeError(f"shard {index}/{shards} has not finished (no {result_key})")
-        for entry in items:
-            prefix = layout.shard_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards, "answers", entry.benchmark.name) + "/"
-            for key in ctx.store.list(prefix):
-                answers[entry.benchmark.name].update({i: texts[0] for i, texts in ctx.store.get_json(key).items()})
+    answers: dict[str, dict[str, str]] = {}
     for entry in items:
-        missing = len(entry.records) - len(answers[entry.benchmark.name])
+        found = merged_answers(ctx, shards, f"answers/{entry.benchmark.name}")
+        missing = len(entry.records) - len(found)
         if missing:
             raise RuntimeError(f"benchmark {entry.benchmark.name}: {missing} items have no answer after merging {shards} shards")
+        answers[entry.benchmark.name] = {item: texts[0] for item, texts in found.items()}
     return answers
 
 
