@@ -50,20 +50,22 @@ DEFAULT_IN_FLIGHT = 16
 
 
 class Fingerprint:
-    """How images are compared: perceptual hashes for found and edited images, exact digests for
-    procedurally drawn ones (whose layouts repeat by design, so perceptual closeness means nothing)."""
+    """How samples are compared: perceptual hashes of found and edited images; for procedurally drawn
+    ones an exact digest of image and question (their layouts repeat by design, so perceptual
+    closeness means nothing, and one picture may carry several different questions)."""
 
-    def __init__(self, name: str, function: Callable[[bytes], int], distance: int):
+    def __init__(self, name: str, function: Callable[[SampleRecord], int], distance: int):
         self.name = name
         self.function = function
         self.distance = distance
 
 
-def exact_digest(data: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+def exact_digest(record: SampleRecord) -> int:
+    digest = hashlib.sha256(record.image + record.question.encode()).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
-PERCEPTUAL = Fingerprint("phash", phash, DUPLICATE_DISTANCE)
+PERCEPTUAL = Fingerprint("phash", lambda record: phash(record.image), DUPLICATE_DISTANCE)
 EXACT = Fingerprint("exact", exact_digest, 0)
 
 
@@ -77,7 +79,7 @@ def reference_hashes(ctx: StageContext, fingerprint: Fingerprint) -> list[tuple[
         if not record_key.endswith(".parquet") or not ctx.store.exists(record_key):
             continue
         for record in read_records(ctx.store.get_bytes(record_key)).records:
-            hashes.append((f"{record.source}:{record.id}", fingerprint.function(record.image)))
+            hashes.append((f"{record.source}:{record.id}", fingerprint.function(record)))
     ctx.store.put_json(key, hashes)
     return hashes
 
@@ -106,6 +108,7 @@ class Generation:
         in_flight: int,
         spent_limit: float | None,
         fingerprint: Fingerprint = PERCEPTUAL,
+        shard_number: int | None = None,
     ):
         self.ctx = ctx
         self.provider = provider
@@ -114,7 +117,7 @@ class Generation:
         self.seeds = seeds
         self.in_flight = in_flight
         self.spent_limit = spent_limit
-        self.shard = 0 if ctx.shard is None else ctx.shard.index
+        self.shard = shard_number if shard_number is not None else (0 if ctx.shard is None else ctx.shard.index)
         self.numbers: Counter[CapabilityType] = Counter()
         self.accepted: dict[CapabilityType, list[SampleRecord]] = {t: [] for t in CapabilityType}
         self.rejections: Counter[str] = Counter()
@@ -133,9 +136,10 @@ class Generation:
             for record in result.records:
                 self._count(record.id)
                 self.accepted[record.capability_type].append(record)
-                self.plan.types[record.capability_type].accepted += 1
+                if record.capability_type in self.plan.types:
+                    self.plan.types[record.capability_type].accepted += 1
                 self.spent += float(record.provenance.get("cost_usd", 0.0))
-                self.duplicates.add(record.id, self.fingerprint.function(record.image))
+                self.duplicates.add(record.id, self.fingerprint.function(record))
         for key in self.ctx.store.list(self.ctx.key("rejected") + "/"):
             event = self.ctx.store.get_json(key)
             self._count(event["task_id"])
@@ -169,7 +173,7 @@ class Generation:
         problem = multiple_choice_problem(record)
         if problem is not None:
             return f"format: {problem}"
-        image_hash = self.fingerprint.function(record.image)
+        image_hash = self.fingerprint.function(record)
         near = self.contamination.match(image_hash)
         if near is not None:
             return f"contamination: near-copy of {near}"
@@ -189,7 +193,7 @@ class Generation:
                     update={"provenance": {**outcome.record.provenance, "task_id": task.task_id, "cost_usd": outcome.cost_usd, "divergent": task.divergent}}
                 )
                 self.ctx.store.put_bytes(self.ctx.key("accepted", f"{task.task_id}.parquet"), records_to_parquet([record]))
-                self.duplicates.add(record.id, self.fingerprint.function(record.image))
+                self.duplicates.add(record.id, self.fingerprint.function(record))
                 self.accepted[capability].append(record)
                 self.plan.types[capability].accepted += 1
                 return
@@ -300,7 +304,7 @@ def run(ctx: StageContext, provider_factory: ProviderFactory | None = None, *, m
     settings = ctx.run.spec.generate
     provider, in_flight, fingerprint = (provider_factory or (lambda: _provider(ctx)))()
     if merge:
-        return _merge(ctx, quotas, fingerprint)
+        return _merge(ctx, quotas, provider, in_flight, fingerprint)
     shards = 1 if ctx.shard is None else ctx.shard.count
     mine = split_quotas(quotas, shards)[0 if ctx.shard is None else ctx.shard.index]
     brief = ctx.store.get_bytes(ctx.stage_key(StageName.diagnose, "brief.txt")).decode()
@@ -342,11 +346,19 @@ def run(ctx: StageContext, provider_factory: ProviderFactory | None = None, *, m
 
 def _finish(ctx: StageContext, records: list[SampleRecord], summary: dict[str, Any], fingerprint: Fingerprint) -> dict[str, Any]:
     ctx.store.put_bytes(ctx.key("samples.parquet"), records_to_parquet(records))
-    ctx.store.put_json(ctx.key(f"hashes-{fingerprint.name}.json"), [(r.id, fingerprint.function(r.image)) for r in records])
+    ctx.store.put_json(ctx.key(f"hashes-{fingerprint.name}.json"), [(r.id, fingerprint.function(r)) for r in records])
     return ctx.finish({**summary, "artifacts": {"samples": ctx.uri(ctx.key("samples.parquet"))}, "agent_spend_usd": summary["spent_usd"]})
 
 
-def _merge(ctx: StageContext, quotas: Mapping[CapabilityType, int], fingerprint: Fingerprint) -> dict[str, Any]:
+def _merge(
+    ctx: StageContext, quotas: Mapping[CapabilityType, int], provider: SampleProvider, in_flight: int, fingerprint: Fingerprint
+) -> dict[str, Any]:
+    """Combine the shards, drop near-copies made by different shards, and fill the gaps they leave.
+
+    Shards cannot see each other's samples while they run, so a duplicate across shards is only
+    found here; the gap-filling pass then produces replacements (task ids of a shard number one past
+    the last) under the same checks, so the merged set still meets every quota.
+    """
     shards = ctx.run.spec.generate.shards
     keys: list[str] = []
     totals: Counter[str] = Counter()
@@ -361,20 +373,42 @@ def _merge(ctx: StageContext, quotas: Mapping[CapabilityType, int], fingerprint:
         spent += float(shard_result.get("spent_usd", 0.0))
         seeds += int(shard_result.get("seeds_used", 0))
         keys += ctx.store.list(layout.shard_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards, "accepted") + "/")
-    records = _consolidate(ctx, keys)
-    index = NearDuplicates()
-    cross = 0
-    for record in records:
-        value = phash(record.image)
-        cross += index.match(value) is not None
-        index.add(record.id, value)
+    kept: list[SampleRecord] = []
+    seen: list[tuple[str, int]] = []
+    index = NearDuplicates(fingerprint.distance)
+    for record in _consolidate(ctx, keys):
+        value = fingerprint.function(record)
+        if index.match(value) is None:
+            index.add(record.id, value)
+            seen.append((record.id, value))
+            kept.append(record)
+    cross = len(keys) - len(kept)
+    counts = Counter(r.capability_type for r in kept)
+    gaps = {t: q - counts[t] for t, q in quotas.items() if q > counts[t]}
+    filling = Generation(
+        ctx, provider, gaps, ctx.store.get_bytes(ctx.stage_key(StageName.diagnose, "brief.txt")).decode(), [],
+        in_flight=in_flight, spent_limit=None, fingerprint=fingerprint, shard_number=shards,
+    )
+    for record in kept:
+        filling.accepted[record.capability_type].append(record)
+    filling.restore()
+    for item, value in seen:
+        filling.duplicates.add(item, value)
+    for item, value in reference_hashes(ctx, fingerprint):
+        filling.contamination.add(item, value)
+    with progress(sum(gaps.values()), f"generate: filling {sum(gaps.values())} gaps after merging") as advance:
+        asyncio.run(filling.run(advance))
+    records = sorted((r for group in filling.accepted.values() for r in group), key=lambda r: r.id)
+    totals.update(filling.rejections)
+    spent += filling.spent
     summary = {
         **_summary(records, {t.value: q for t, q in quotas.items()}),
         "rejected": dict(sorted(totals.items())),
         "spent_usd": round(spent, 6),
         "cost_per_accepted_usd": round(spent / len(records), 6) if records else None,
         "seeds_used": seeds,
-        "cross_shard_near_duplicates": cross,
+        "cross_shard_duplicates": cross,
+        "gap_filled": sum(len(v) for v in filling.accepted.values()) - len(kept),
         "shards": shards,
     }
     return _finish(ctx, records, summary, fingerprint)

@@ -1,0 +1,191 @@
+"""Generation and scoring on CPU with the offline provider: exact quotas, resume, shards, budget, QC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_diagnose_evaluate import WEAK, GroundTruthAnswerer, context, write_run
+
+from dpe.generation import Failed, Produced, SampleTask
+from dpe.models.inference import Prompt
+from dpe.offline import WorldProvider
+from dpe.records import read_records
+from dpe.spec import Sampling, StageName
+from dpe.stages import diagnose, generate, score
+from dpe.stages.context import Shard
+from dpe.stages.generate import EXACT
+from dpe.taxonomy import CapabilityType
+
+
+def diagnosed(tmp_path: Path, **spec: Any) -> Path:
+    run_file = write_run(tmp_path, **spec)
+    ctx = context(run_file, StageName.diagnose, 1)
+    probe = diagnose.load_probe(ctx)
+    diagnose.run(ctx, lambda: GroundTruthAnswerer(probe, WEAK))
+    return run_file
+
+
+def accepted_ids(run_file: Path) -> list[str]:
+    ctx = context(run_file, StageName.generate, 1)
+    return [r.id for r in read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records]
+
+
+class Interrupting(WorldProvider):
+    """Offline provider that dies (like a killed Job) after a number of samples."""
+
+    def __init__(self, run: str, limit: int):
+        super().__init__(run, 56)
+        self.limit = limit
+        self.calls = 0
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        self.calls += 1
+        if self.calls > self.limit:
+            raise KeyboardInterrupt
+        return await super().produce(task)
+
+
+def test_offline_generation_meets_every_quota(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 120})
+    ctx = context(run_file, StageName.generate, 1)
+    result = generate.run(ctx)
+    quotas = ctx.result_of(StageName.diagnose)["quotas"]
+    assert result["accepted"] == 120 and result["shortfall"] == {}
+    assert result["accepted_by_type"] == {t: q for t, q in quotas.items() if q}
+    records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records
+    assert all(r.provenance["provider"] == "world" and r.provenance["task_id"] == r.id for r in records)
+
+
+def test_killed_generation_resumes_to_exactly_the_target(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 100})
+    ctx = context(run_file, StageName.generate, 1)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(ctx, lambda: (Interrupting(ctx.name, 37), 4, EXACT))
+    stored = ctx.store.list(ctx.key("accepted") + "/")
+    assert 0 < len(stored) <= 37 and not ctx.complete()
+    before = {key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in stored}
+    generate.run(ctx, lambda: (WorldProvider(ctx.name, 56), 4, EXACT))
+    ids = accepted_ids(run_file)
+    assert len(ids) == 100 and len(set(ids)) == 100
+    assert before <= set(ids)
+
+
+def test_sharded_generation_merges_to_the_target(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 90, "shards": 3})
+    for index in range(3):
+        generate.run(context(run_file, StageName.generate, 1, Shard(index, 3)))
+    result = generate.run(context(run_file, StageName.generate, 1), merge=True)
+    ids = accepted_ids(run_file)
+    assert result["accepted"] == 90 and len(set(ids)) == 90
+    assert result["gap_filled"] == result["cross_shard_duplicates"]
+
+
+class Costly(WorldProvider):
+    """Offline provider that reports an agent cost per sample, to exercise the budget."""
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        produced = await super().produce(task)
+        assert isinstance(produced, Produced)
+        return Produced(produced.record, cost_usd=0.5)
+
+
+def test_budget_stops_generation_cleanly(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 100, "budgetUsd": 10.0})
+    ctx = context(run_file, StageName.generate, 1)
+    result = generate.run(ctx, lambda: (Costly(ctx.name, 56), 4, EXACT))
+    assert result["stopped"] == "budget"
+    assert 20 <= result["accepted"] < 24 and result["spent_usd"] >= 10.0
+    assert result["cost_per_accepted_usd"] == 0.5
+
+
+class Sloppy(WorldProvider):
+    """Every third sample repeats an earlier image or breaks the multiple-choice format."""
+
+    def __init__(self, run: str):
+        super().__init__(run, 56)
+        self.first: Any = None
+        self.count = 0
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        produced = await super().produce(task)
+        assert isinstance(produced, Produced)
+        self.count += 1
+        if self.first is None:
+            self.first = produced.record
+        if self.count % 3 == 0:
+            return Produced(produced.record.model_copy(update={"image": self.first.image}))
+        if self.count % 5 == 0:
+            return Failed("validator rejected the question", "validator", 0.01)
+        return produced
+
+
+def test_rejected_samples_are_replaced_and_counted(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 60})
+    ctx = context(run_file, StageName.generate, 1)
+    result = generate.run(ctx, lambda: (Sloppy(ctx.name), 1, EXACT))
+    assert result["accepted"] == 60
+    assert result["rejected"]["duplicate"] > 0 and result["rejected"]["validator"] > 0
+    rejected = ctx.store.list(ctx.key("rejected") + "/")
+    assert len(rejected) == sum(result["rejected"].values())
+
+
+class PassRates:
+    """Test double for the scoring model: answers sample i correctly on a varying share of its n tries."""
+
+    def __init__(self, records: Sequence[Any]):
+        self.by_key = {(r.image, i): r for i, r in enumerate(records)}
+        self.records = {r.image: (i, r) for i, r in enumerate(records)}
+
+    def answer(self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seed: int = 0) -> list[list[str]]:
+        replies = []
+        for prompt in prompts:
+            index, record = self.records[prompt.image]
+            right = index % (n + 1)
+            wrong = "Z" if record.options else record.answer + "9"
+            replies.append([f"<think>.</think>\\boxed{{{record.answer if j < right else wrong}}}" for j in range(n)])
+        return replies
+
+
+def test_offline_generation_then_scoring_gives_a_training_parquet(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 120}, score={"targetSize": 48})
+    generate.run(context(run_file, StageName.generate, 1))
+    ctx = context(run_file, StageName.score, 1)
+    records = read_records(ctx.store.get_bytes(ctx.stage_key(StageName.generate, "samples.parquet"))).records
+    result = score.run(ctx, lambda: PassRates(records))
+    assert result["kept"] == 48 and result["samples"] == 120
+    training = read_records(ctx.store.get_bytes(ctx.key("train.parquet")))
+    assert not training.rejected and len(training.records) == 48
+    rates = [r.provenance["pass_rate"] for r in training.records if r.provenance["selected"] == "window"]
+    assert rates and all(0.3 <= rate <= 0.8 for rate in rates)
+    assert set(result["selected"]) <= {"window", "filled", "redistributed"}
+    assert score.run(ctx, lambda: PassRates(records)) == result
+
+
+class ShardBlind(WorldProvider):
+    """Ignores the shard when drawing, so two shards produce the same samples (cross-shard copies)."""
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        from dpe.generation import parse_task_id
+        from dpe.world import sample_at
+
+        _, _, capability, number = parse_task_id(task.task_id)
+        record = sample_at(capability, 5, number, image_size=56)
+        return Produced(record.model_copy(update={"id": task.task_id, "provenance": {**record.provenance, "provider": "world", "task_id": task.task_id}}))
+
+
+def test_merge_drops_cross_shard_copies_and_fills_the_gaps(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 48, "shards": 2})
+    for index in range(2):
+        ctx = context(run_file, StageName.generate, 1, Shard(index, 2))
+        generate.run(ctx, lambda: (ShardBlind(ctx.name, 56), 4, EXACT))
+    ctx = context(run_file, StageName.generate, 1)
+    result = generate.run(ctx, lambda: (ShardBlind(ctx.name, 56), 4, EXACT), merge=True)
+    assert result["cross_shard_duplicates"] > 0
+    assert result["gap_filled"] == result["cross_shard_duplicates"]
+    assert result["accepted"] == 48 and result["shortfall"] == {}
+    records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records
+    assert len({(r.image, r.question) for r in records}) == 48

@@ -1,0 +1,82 @@
+"""Pure parts of generation: quota split, seed draws, the per-type plan, task ids, format checks."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dpe.generation import Plan, multiple_choice_problem, parse_task_id, seed_positions, split_quotas, task_id
+from dpe.taxonomy import CapabilityType, QuestionFormat
+from dpe.world import generate
+
+TYPES = list(CapabilityType)
+
+
+@given(st.dictionaries(st.sampled_from(TYPES), st.integers(0, 400)), st.integers(1, 9))
+def test_shard_quotas_add_up_exactly(quotas: dict[CapabilityType, int], shards: int) -> None:
+    parts = split_quotas(quotas, shards)
+    assert len(parts) == shards
+    for capability in TYPES:
+        shares = [p[capability] for p in parts]
+        assert sum(shares) == quotas.get(capability, 0)
+        assert max(shares) - min(shares) <= 1
+    totals = [sum(p.values()) for p in parts]
+    assert max(totals) - min(totals) <= len(TYPES)
+
+
+def test_small_quotas_spread_over_shards() -> None:
+    parts = split_quotas({t: 1 for t in TYPES}, 4)
+    assert sorted(sum(p.values()) for p in parts) == [3, 3, 3, 3]
+
+
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 5), st.integers(1, 4))
+def test_seeds_never_repeat_until_the_pool_is_used_up(pool: int, count: int, shards: int, iterations: int) -> None:
+    drawn: dict[int, int] = {}
+    start = 0
+    for _ in range(iterations):
+        for shard in range(shards):
+            for j, position in enumerate(seed_positions(pool, start, count, shard, shards, run_seed=7)):
+                drawn[start + shard + j * shards] = position
+        start += count * shards
+    assert all(0 <= p < pool for p in drawn.values())
+    for epoch_start in range(0, len(drawn), pool):
+        one_pass = [drawn[i] for i in range(epoch_start, min(epoch_start + pool, len(drawn)))]
+        assert len(set(one_pass)) == len(one_pass)
+
+
+def test_seed_draw_is_not_the_first_rows() -> None:
+    assert seed_positions(1000, 0, 10, 0, 1, run_seed=1) != list(range(10))
+
+
+def test_plan_never_puts_more_in_flight_than_a_type_needs() -> None:
+    plan = Plan.from_quotas({CapabilityType.map: 2, CapabilityType.medical: 1})
+    started = []
+    while (capability := plan.next_type()) is not None:
+        plan.types[capability].in_flight += 1
+        plan.types[capability].attempts += 1
+        started.append(capability)
+    assert sorted(started) == sorted([CapabilityType.map, CapabilityType.map, CapabilityType.medical])
+
+
+def test_plan_gives_up_on_a_type_after_its_attempt_budget() -> None:
+    plan = Plan.from_quotas({CapabilityType.map: 1})
+    budget = plan.types[CapabilityType.map].budget
+    for _ in range(budget):
+        assert plan.next_type() is CapabilityType.map
+        plan.types[CapabilityType.map].attempts += 1
+    assert plan.next_type() is None and plan.done() and plan.shortfall() == {CapabilityType.map: 1}
+    assert plan.divergent(CapabilityType.map)
+
+
+def test_task_ids_round_trip() -> None:
+    value = task_id(3, 1, CapabilityType.everyday_object, 42)
+    assert parse_task_id(value) == (3, 1, CapabilityType.everyday_object, 42)
+
+
+def test_multiple_choice_checks() -> None:
+    (record,) = generate([CapabilityType.diagram], 1, 1, image_size=56, formats=[QuestionFormat.multiple_choice])
+    assert multiple_choice_problem(record) is None
+    broken = record.model_construct(**{**record.__dict__, "question": "No options here"})
+    assert "at least two options" in (multiple_choice_problem(broken) or "")
+    wrong = record.model_construct(**{**record.__dict__, "answer": "Q"})
+    assert "not one of the options" in (multiple_choice_problem(wrong) or "")
