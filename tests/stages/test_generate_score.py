@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_diagnose_evaluate import WEAK, GroundTruthAnswerer, context, write_run
+from support.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.generation import Failed, Produced, SampleTask
 from dpe.models.inference import Prompt

@@ -213,6 +213,17 @@ class Generation:
         return self.spent_limit is not None and self.spent >= self.spent_limit
 
     async def run(self, advance: Callable[[int], None]) -> None:
+        budget = getattr(self.provider, "budget", None)
+        if budget is not None and self.spent:
+            budget.charge(self.spent)
+        try:
+            await self._loop(advance)
+        finally:
+            close = getattr(self.provider, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _loop(self, advance: Callable[[int], None]) -> None:
         running: set[asyncio.Task[None]] = set()
         owner: dict[asyncio.Task[None], CapabilityType] = {}
         while True:
@@ -339,6 +350,9 @@ def run(ctx: StageContext, provider_factory: ProviderFactory | None = None, *, m
         "seconds": round(time.monotonic() - started, 3),
         "provider": type(provider).__name__,
     }
+    ledger = getattr(provider, "ledger", None)
+    if ledger is not None:
+        summary["usage"] = ledger.snapshot()
     if ctx.shard is not None:
         return ctx.finish({"shard": f"{ctx.shard.index}/{ctx.shard.count}", **summary})
     return _finish(ctx, records, summary, fingerprint)

@@ -1,0 +1,49 @@
+"""The agent provider as the generate stage builds it: keys, tools and budget from the run's spec.
+
+Keys are read here from the secret references of the endpoints and tools (environment variables the
+operator maps from Kubernetes Secrets), so they reach the clients and never the spec, the records or
+a log line. Each shard gets its share of the spend limit, as it gets its share of the quotas.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dpe.agents.pipeline import AgentProvider
+from dpe.agents.roles import Role, samples_in_flight
+from dpe.llm import Budget, UsageLedger
+from dpe.secrets import resolve_secret
+from dpe.spec import GenerateSettings
+from dpe.stages.context import StageContext
+from dpe.tools.edit import open_editor
+from dpe.tools.search import open_search
+
+
+def build_agent_provider(
+    ctx: StageContext, settings: GenerateSettings, *, env: Mapping[str, str] = os.environ
+) -> tuple[AgentProvider, int]:
+    """The provider for this stage invocation and the number of samples to keep in flight."""
+    roles = settings.agents
+    if roles is None:
+        raise ValueError("generate.agents is not set: the agent provider needs at least a planner endpoint")
+    api_keys: dict[str, str | None] = {}
+    for role in Role:
+        endpoint = getattr(roles, role.value)
+        if endpoint is not None and endpoint.api_key_secret is not None:
+            api_keys[role.value] = resolve_secret(endpoint.api_key_secret, env)
+    search = open_search(
+        settings.tools.search, pool=ctx.run.spec.data.image_pool, storage=ctx.storage, store=ctx.store, env=env
+    )
+    shards = 1 if ctx.shard is None else ctx.shard.count
+    budget = None if settings.budget_usd is None else Budget(settings.budget_usd / shards)
+    provider = AgentProvider(
+        settings,
+        api_keys=api_keys,
+        search=search,
+        editor=open_editor(settings.tools.edit, env=env),
+        ledger=UsageLedger(),
+        budget=budget,
+        limiters=None,
+    )
+    return provider, samples_in_flight(roles)
