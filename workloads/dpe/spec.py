@@ -572,6 +572,8 @@ class DataSources(SpecModel):
     """Seed questions and images that inspire generation; defaults to the probe pool."""
     world_image_size: Annotated[int, Strict(), Field(ge=28, le=2048)] = 448
     """Side in pixels of images drawn by the built-in capability world (builtin:world)."""
+    world_difficulties: list[Annotated[int, Strict(), Field(ge=1, le=3)]] | None = None
+    """Difficulty levels (1-3) the built-in world draws probes, benchmarks and offline samples from; all by default."""
 
 
 class Plateau(SpecModel):

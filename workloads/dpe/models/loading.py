@@ -18,6 +18,8 @@ from dpe.spec import Storage
 from dpe.store import ArtifactStore
 
 BUILTIN_PREFIX = "builtin:tiny-"
+WARM_SUFFIX = "-warm"
+"""builtin:tiny-<arch>-warm is the tiny model after a short supervised warm-up (dpe.models.bootstrap)."""
 
 
 def _fresh_dir(target: Path) -> Path:
@@ -37,14 +39,22 @@ def _publish(staging: Path, target: Path) -> Path:
 def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_dir: Path) -> Path:
     """A local directory holding the referenced model."""
     if reference.startswith(BUILTIN_PREFIX):
+        from dpe.models.bootstrap import build_warm_model
         from dpe.models.tiny import ARCHITECTURES, build_tiny_model, world_corpus
 
-        arch = reference.removeprefix(BUILTIN_PREFIX)
+        name = reference.removeprefix(BUILTIN_PREFIX)
+        arch = name.removesuffix(WARM_SUFFIX)
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown built-in model '{reference}'; choose builtin:tiny-{' or builtin:tiny-'.join(ARCHITECTURES)}")
-        target = cache_dir / "builtin" / arch
+            choices = [f"{BUILTIN_PREFIX}{a}{w}" for a in ARCHITECTURES for w in ("", WARM_SUFFIX)]
+            raise ValueError(f"unknown built-in model '{reference}'; choose one of {', '.join(choices)}")
+        target = cache_dir / "builtin" / name
         if not (target / "config.json").is_file():
-            _publish(build_tiny_model(arch, _fresh_dir(target), corpus=world_corpus()), target)
+            staging = _fresh_dir(target)
+            if name.endswith(WARM_SUFFIX):
+                build_warm_model(arch, staging)
+            else:
+                build_tiny_model(arch, staging, corpus=world_corpus())
+            _publish(staging, target)
         return target
     if reference.startswith(("s3://", "file://")):
         try:

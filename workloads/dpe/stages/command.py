@@ -143,3 +143,30 @@ def score(run_file: Path, iteration: int, model: str | None, store: Path | None,
         return stage_module.run(ctx, _answerer_factory(ctx, ctx.run.spec.diagnose.min_image_side), merge=merge)
 
     _run_stage(StageName.score, run_file, iteration, model, store, shard, body)
+
+
+def _distributed_command(argv: list[str]) -> list[str] | None:
+    """torchrun over this same command when the Job has several GPUs (or nodes) and is not under it yet.
+
+    torchrun reads its settings from the PET_* environment the operator sets (PET_NNODES,
+    PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT), as Kubeflow Trainer does.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return None
+    nproc = int(os.environ.get("PET_NPROC_PER_NODE", "0") or 0)
+    nnodes = int(os.environ.get("PET_NNODES", "1") or 1)
+    if nproc <= 1 and nnodes <= 1:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "-m", "dpe", *argv]
+
+
+@stage.command()
+@common
+def train(run_file: Path, iteration: int, model: str | None, store: Path | None) -> None:
+    """GRPO on the kept samples, from the iteration's input model; exports M(k) to the store."""
+    relaunch = _distributed_command(sys.argv[1:])
+    if relaunch is not None:
+        os.execv(relaunch[0], relaunch)
+    from dpe.stages import train as stage_module
+
+    _run_stage(StageName.train, run_file, iteration, model, store, None, lambda ctx: stage_module.run(ctx))

@@ -49,6 +49,7 @@ def load_benchmark(ctx: StageContext, benchmark: Benchmark) -> BenchmarkItems:
         world_count=benchmark.limit or DEFAULT_WORLD_ITEMS,
         world_seed=BENCHMARK_SEED,
         world_image_size=ctx.run.spec.data.world_image_size,
+        world_difficulties=ctx.run.spec.data.world_difficulties,
     )
     records = loaded.records
     if benchmark.limit is not None and len(records) > benchmark.limit:

@@ -280,7 +280,7 @@ def _provider(ctx: StageContext) -> tuple[SampleProvider, int, Fingerprint]:
     if spec.generate.agents is None:
         from dpe.offline import WorldProvider
 
-        return WorldProvider(ctx.name, spec.data.world_image_size), DEFAULT_IN_FLIGHT, EXACT
+        return WorldProvider(ctx.name, spec.data.world_image_size, spec.data.world_difficulties), DEFAULT_IN_FLIGHT, EXACT
     from dpe.agents import build_agent_provider
 
     provider, in_flight = build_agent_provider(ctx, spec.generate)

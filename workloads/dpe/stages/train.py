@@ -1,0 +1,268 @@
+"""The train stage: GRPO (TRL's GRPOTrainer) on the kept samples, from M(k-1) to M(k).
+
+Mapping of the paper's settings onto GRPOConfig (TRL 1.16): `num_generations` (group size),
+`learning_rate`, `weight_decay`, `beta` (KL to the frozen reference; TRL's estimator is the
+low-variance k3 one), `epsilon`/`epsilon_high` (clip 0.2/0.3), `max_grad_norm`, `temperature`,
+`top_p`, `max_completion_length`, `bf16`, `gradient_checkpointing`, `reward_weights`
+(accuracy 0.9, format 0.1). One GRPO step of the paper samples `prompts_per_step` prompts and makes
+`prompts_per_step / prompts_per_update` optimiser updates from them: that is TRL's
+`steps_per_generation`, and TRL's `max_steps` counts updates, so it is `max_steps x
+steps_per_generation`. Not mapped: the dual-clip ratio 3.0 (TRL has no dual clip) and EasyR1's
+token-mean loss is TRL's `loss_type="dapo"` default, kept as is.
+
+The reward reads the same grading module and the same answer format the prompt asks for, so the
+format term is earnable (the reference rewarded tags its prompt never asked for). Checkpoints go to
+the store every `checkpoint_every_steps`; a crashed stage resumes from the newest complete one and
+continues the step counter. The final model is an ordinary Hugging Face directory in the store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from dpe.grading import format_score, grade, solver_prompt
+from dpe.records import SampleRecord, read_records
+from dpe.spec import RolloutBackend, StageName, TrainSettings
+from dpe.stages.context import StageContext
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+COMPLETE_MARKER = "complete.json"
+
+
+def accuracy_reward(completions: list[Any], answer: list[str], question_format: list[str], options: list[list[str]], **_: Any) -> list[float]:
+    """1 for a correct final answer (graded by the rules), else 0."""
+    from dpe.taxonomy import QuestionFormat
+
+    rewards = []
+    for completion, gold, fmt, opts in zip(completions, answer, question_format, options, strict=True):
+        text = completion[0]["content"] if isinstance(completion, list) else str(completion)
+        rewards.append(1.0 if grade(text, gold, QuestionFormat(fmt), opts or None).correct else 0.0)
+    return rewards
+
+
+def format_reward(completions: list[Any], **_: Any) -> list[float]:
+    """1 when the completion is exactly a <think> block then one \\boxed{} answer, as instructed."""
+    return [format_score(c[0]["content"] if isinstance(c, list) else str(c)) for c in completions]
+
+
+def training_rows(records: list[SampleRecord]) -> list[dict[str, Any]]:
+    """TRL rows: a conversational prompt, the image, and the columns the rewards read."""
+    from PIL import Image
+
+    rows = []
+    for record in records:
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": solver_prompt(record.question, record.question_format)}]}],
+                "image": Image.open(io.BytesIO(record.image)).convert("RGB"),
+                "answer": record.answer,
+                "question_format": record.question_format.value,
+                "options": list(record.options),
+                "capability_type": record.capability_type.value,
+            }
+        )
+    return rows
+
+
+def deepspeed_config(stage: int) -> str | None:
+    """Path of the shipped ZeRO config for `stage`, or None (no DeepSpeed)."""
+    return None if stage == 0 else str(CONFIG_DIR / f"zero{stage}.json")
+
+
+def grpo_config(settings: TrainSettings, output_dir: Path, *, cpu: bool, world_size: int) -> Any:
+    """GRPOConfig from the spec's train settings (see the module docstring for the mapping)."""
+    from trl import GRPOConfig
+
+    steps_per_generation = max(settings.prompts_per_step // settings.prompts_per_update, 1)
+    completions_per_update = settings.prompts_per_update * settings.num_generations
+    per_device = max(completions_per_update // max(world_size, 1), settings.num_generations)
+    options: dict[str, Any] = {}
+    if settings.rollout_backend is not RolloutBackend.transformers:
+        options.update(use_vllm=True, vllm_mode="colocate" if settings.rollout_backend is RolloutBackend.vllm_colocate else "server")
+    if not cpu and settings.deepspeed_stage:
+        options["deepspeed"] = deepspeed_config(settings.deepspeed_stage)
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        num_generations=settings.num_generations,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        weight_decay=settings.weight_decay,
+        beta=settings.beta,
+        epsilon=settings.epsilon_low,
+        epsilon_high=settings.epsilon_high,
+        max_grad_norm=settings.max_grad_norm,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_completion_length=settings.max_completion_length,
+        reward_weights=[settings.reward_weights.accuracy, settings.reward_weights.format],
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=1,
+        steps_per_generation=steps_per_generation,
+        max_steps=settings.max_steps * steps_per_generation,
+        save_strategy="steps",
+        save_steps=settings.checkpoint_every_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        bf16=settings.bf16 and not cpu,
+        use_cpu=cpu,
+        gradient_checkpointing=settings.gradient_checkpointing and not cpu,
+        seed=0,
+        dataloader_num_workers=0,
+        **options,
+    )
+
+
+def _upload_dir(ctx: StageContext, local: Path, prefix: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            ctx.store.put_file(ctx.key(prefix, path.relative_to(local).as_posix()), path)
+
+
+def _latest_checkpoint(ctx: StageContext) -> str | None:
+    steps = []
+    for key in ctx.store.list(ctx.key("checkpoints") + "/"):
+        if key.endswith("/" + COMPLETE_MARKER):
+            name = key.rsplit("/", 2)[-2]
+            steps.append((int(name.removeprefix("checkpoint-")), name))
+    return max(steps)[1] if steps else None
+
+
+def _download_checkpoint(ctx: StageContext, name: str, output_dir: Path) -> Path:
+    target = output_dir / name
+    prefix = ctx.key("checkpoints", name) + "/"
+    for key in ctx.store.list(prefix):
+        destination = target / key[len(prefix) :]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        ctx.store.get_file(key, destination)
+    return target
+
+
+def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], is_main: bool) -> list[Any]:
+    from transformers import TrainerCallback
+
+    class StoreCallback(TrainerCallback):  # type: ignore[misc]
+        """Per-step metrics, and every saved checkpoint mirrored to the store (marker last)."""
+
+        def __init__(self) -> None:
+            self.step_started = time.monotonic()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step_started = time.monotonic()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if not logs or "loss" not in logs and "reward" not in logs:
+                return
+            seconds = time.monotonic() - self.step_started
+            entry = {"step": state.global_step, "step_seconds": round(seconds, 4), **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+            tokens = logs.get("completions/mean_length")
+            if tokens is not None and seconds > 0:
+                entry["completion_tokens_per_second"] = round(float(tokens) * args.per_device_train_batch_size / seconds, 2)
+            metrics.append(entry)
+            ctx.log.info(json.dumps({"event": "train_step", **entry}))
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not is_main:
+                return
+            name = f"checkpoint-{state.global_step}"
+            local = Path(args.output_dir) / name
+            if local.is_dir():
+                _upload_dir(ctx, local, f"checkpoints/{name}")
+                ctx.store.put_json(ctx.key("checkpoints", name, COMPLETE_MARKER), {"step": state.global_step})
+                ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
+
+    return [StoreCallback()]
+
+
+def _export(ctx: StageContext, model_dir: Path, target: Path, processor: Any) -> str:
+    from dpe.models.processor import publish_standard_processor_class
+
+    processor.save_pretrained(target)
+    base = json.loads((model_dir / "processor_config.json").read_text()).get("processor_class") if (model_dir / "processor_config.json").is_file() else None
+    if base:
+        publish_standard_processor_class(target, base)
+    _upload_dir(ctx, target, "model")
+    return ctx.uri(ctx.key("model"))
+
+
+def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
+    """Train M(k) from M(k-1) on this iteration's training set."""
+    if ctx.complete():
+        return dict(ctx.store.get_json(ctx.result_key))
+    import torch
+
+    from dpe.models.loading import resolve_model
+    from dpe.models.processor import load_processor
+
+    settings = ctx.run.spec.train
+    records = read_records(ctx.store.get_bytes(ctx.stage_key(StageName.score, "train.parquet"))).records
+    model_dir = resolve_model(ctx.model_uri, ctx.storage, ctx.store, ctx.cache_dir)
+    work = work_dir or ctx.cache_dir / "train" / f"{ctx.namespace}-{ctx.name}-{ctx.iteration}"
+    work.mkdir(parents=True, exist_ok=True)
+    processor = load_processor(model_dir)
+    if not records:
+        exported = _export(ctx, model_dir, _copy_model(model_dir, work / "final"), processor)
+        return ctx.finish({"model_uri": exported, "skipped": "no training samples", "steps": 0, "gpu_hours": 0.0})
+
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
+    # on the left, so the two only line up (image tokens included) when the processor does too.
+    processor.tokenizer.padding_side = "left"
+    cpu = not torch.cuda.is_available()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
+    resume = _latest_checkpoint(ctx)
+    resume_path = str(_download_checkpoint(ctx, resume, work / "checkpoints")) if resume else None
+    metrics: list[dict[str, Any]] = []
+    if resume:
+        key = ctx.key("metrics.jsonl")
+        if ctx.store.exists(key):
+            metrics = [json.loads(line) for line in ctx.store.get_bytes(key).decode().splitlines() if line]
+    trainer = GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=[accuracy_reward, format_reward],
+        args=config,
+        train_dataset=Dataset.from_list(training_rows(records)),
+        processing_class=processor,
+        callbacks=_callbacks(ctx, metrics, is_main),
+    )
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=resume_path)
+    seconds = time.monotonic() - started
+    final = work / "final"
+    trainer.save_model(str(final))
+    exported = _export(ctx, model_dir, final, processor) if is_main else ""
+    ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
+    gpus = 0 if cpu else settings.nodes * settings.gpus_per_node
+    rewards = [m["reward"] for m in metrics if "reward" in m]
+    return ctx.finish(
+        {
+            "model_uri": exported,
+            "steps": trainer.state.global_step,
+            "resumed_from": resume,
+            "samples": len(records),
+            "seconds": round(seconds, 2),
+            "gpu_hours": round(gpus * seconds / 3600, 4),
+            "reward_first": rewards[0] if rewards else None,
+            "reward_last": rewards[-1] if rewards else None,
+            "reward_mean": sum(rewards) / len(rewards) if rewards else None,
+            "metrics": metrics[-50:],
+            "artifacts": {"model": exported, "metrics": ctx.uri(ctx.key("metrics.jsonl"))},
+        }
+    )
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    return target
