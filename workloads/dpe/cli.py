@@ -78,6 +78,34 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
     click.echo(f"wrote {arch} to {out}")
 
 
+@main.command()
+@click.argument("run_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, help="Local store directory (default: the run's spec.storage).")
+def run(run_file: Path, store: Path | None) -> None:
+    """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped."""
+    from dpe.executor import LocalExecutor
+
+    try:
+        status = LocalExecutor(run_file, store).execute()
+    except SpecError as error:
+        for problem in error.problems:
+            click.echo(f"{run_file}: {problem}", err=True)
+        sys.exit(3)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to continue", err=True)
+        sys.exit(130)
+    sys.exit(0 if status["phase"] in ("Succeeded", "Suspended") else 1)
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def status(store_dir: Path) -> None:
+    """Print the table of the runs in a local store: iterations, stages, scores, weaknesses."""
+    from dpe.executor import print_status
+
+    sys.exit(print_status(store_dir))
+
+
 def _register_commands() -> None:
     from dpe.stages.command import stage
     from dpe.tools.pool_command import pool

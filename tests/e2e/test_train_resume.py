@@ -1,0 +1,49 @@
+"""The train stage killed mid-run resumes from its last checkpoint and ends with the same steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support.runs import context, write_run
+
+from dpe.records import records_to_parquet
+from dpe.spec import StageName
+from dpe.world import generate
+
+TRAIN = {
+    "numGenerations": 4, "learningRate": 1.0e-3, "beta": 0.0, "maxSteps": 12, "promptsPerStep": 2, "promptsPerUpdate": 2,
+    "maxCompletionLength": 6, "checkpointEverySteps": 4, "bf16": False, "gradientCheckpointing": False, "deepspeedStage": 0,
+}
+
+
+def stage_command(run_file: Path) -> list[str]:
+    return [sys.executable, "-m", "dpe", "stage", "train", "--run", str(run_file), "--iteration", "1"]
+
+
+def test_killed_training_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path, train=TRAIN)
+    ctx = context(run_file, StageName.train, 1)
+    records = generate(None, 24, 5, image_size=56, difficulties=[1])
+    ctx.store.put_bytes(ctx.stage_key(StageName.score, "train.parquet"), records_to_parquet(records))
+    env = {**os.environ, "DPE_CACHE_DIR": str(tmp_path / "cache")}
+    marker = ctx.key("checkpoints", "checkpoint-4", "complete.json")
+    process = subprocess.Popen(stage_command(run_file), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 150
+    while not ctx.store.exists(marker) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert ctx.store.exists(marker) and not ctx.complete()
+    rerun = subprocess.run(stage_command(run_file), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = ctx.store.get_json(ctx.result_key)
+    assert result["resumed_from"] in {"checkpoint-4", "checkpoint-8"}
+    assert result["steps"] == 12
+    steps = [m["step"] for m in result["metrics"]]
+    assert steps[-1] == 12 and min(steps) <= 4
+    assert ctx.store.exists(ctx.key("model", "config.json"))
