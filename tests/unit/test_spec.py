@@ -83,6 +83,8 @@ MALFORMED = [
     Malformed("unknown rollout backend", with_value("spec.train.rolloutBackend", "sglang"), "spec.train.rolloutBackend"),
     Malformed("one generation", with_value("spec.train.numGenerations", 1), "spec.train.numGenerations"),
     Malformed("unknown mixture policy", with_value("spec.diagnose.mixture.policy", "greedy"), "spec.diagnose.mixture.policy"),
+    Malformed("mixture steps not ascending", with_value("spec.diagnose.mixture", {"thresholds": [0.8, 0.7], "rawWeights": [1.0, 1.0, 1.0]}), "spec.diagnose.mixture", "ascending"),
+    Malformed("mixture weights do not fit steps", with_value("spec.diagnose.mixture", {"thresholds": [0.5], "rawWeights": [1.0]}), "spec.diagnose.mixture.rawWeights"),
     Malformed("exploration share of one", with_value("spec.diagnose.mixture.explorationShare", 1.0), "spec.diagnose.mixture.explorationShare"),
     Malformed(
         "inline api key",

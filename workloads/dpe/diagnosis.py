@@ -166,7 +166,12 @@ def mixture_plan(
     """Mixture weights from the diagnosis, and per-type quotas of `total` samples."""
     stats = summary.stats()
     weights = mixture_weights(
-        stats, settings.policy, min_count=settings.min_count, prior_strength=settings.prior_strength
+        stats,
+        settings.policy,
+        thresholds=tuple(settings.thresholds),
+        raw_weights=tuple(settings.raw_weights),
+        min_count=settings.min_count,
+        prior_strength=settings.prior_strength,
     )
     unseen = [t for t in CapabilityType if t not in weights]
     share = settings.exploration_share if unseen else 0.0

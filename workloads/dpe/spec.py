@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from dpe.mixture import DEFAULT_MIN_COUNT, DEFAULT_PRIOR_STRENGTH, MixturePolicy
+from dpe.mixture import DEFAULT_MIN_COUNT, DEFAULT_PRIOR_STRENGTH, DEFAULT_RAW_WEIGHTS, DEFAULT_THRESHOLDS, MixturePolicy
 
 API_GROUP = "dpe.dev"
 API_VERSION = "v1alpha1"
@@ -305,6 +305,18 @@ class MixtureSettings(SpecModel):
     """smoothed policy: pseudo-count of the prior pulling each type towards the pooled accuracy."""
     exploration_share: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.05
     """Share of the quota given to types the probe never saw, instead of rounding crumbs."""
+    thresholds: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1, max_length=10)
+    """Accuracy steps of the weight function, ascending (paper: 0.70, 0.75, 0.85, 0.90)."""
+    raw_weights: list[NonNegativeFloat] = Field(default_factory=lambda: list(DEFAULT_RAW_WEIGHTS), min_length=2, max_length=11)
+    """Raw weight below the first step, between steps, and from the last step (paper: 2.0, 1.5, 1.0, 0.8, 0.5)."""
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> Self:
+        if any(b <= a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
+            raise ValueError(f"thresholds must be strictly ascending, got {self.thresholds}")
+        if len(self.raw_weights) != len(self.thresholds) + 1:
+            raise ValueError(f"rawWeights needs {len(self.thresholds) + 1} values for {len(self.thresholds)} thresholds")
+        return self
 
 
 class DiagnoseSettings(SpecModel):
