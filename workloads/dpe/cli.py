@@ -98,6 +98,23 @@ def run(run_file: Path, store: Path | None) -> None:
 
 
 @main.command()
+@click.argument("run_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per arm.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dpe-ablation"), show_default=True)
+def ablate(run_file: Path, seeds: int, out: Path) -> None:
+    """Diagnosis-driven against uniform mixture, same budget, several seeds; reports intervals."""
+    from dpe.ablation import ablate as run_ablation
+
+    try:
+        summary = run_ablation(run_file, seeds, out)
+    except SpecError as error:
+        for problem in error.problems:
+            click.echo(f"{run_file}: {problem}", err=True)
+        sys.exit(3)
+    click.echo(summary["table"])
+
+
+@main.command()
 @click.argument("store_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def status(store_dir: Path) -> None:
     """Print the table of the runs in a local store: iterations, stages, scores, weaknesses."""

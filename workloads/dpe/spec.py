@@ -517,6 +517,8 @@ class TrainSettings(SpecModel):
     """Keep the vision encoder fixed."""
     checkpoint_every_steps: Count = 5
     """Steps between checkpoints written to the store (resume points)."""
+    seed: Int = 0
+    """Seed of GRPO's sampling and shuffling."""
     nodes: Count = 1
     """Nodes of the training Job (an Indexed Job when more than one)."""
     gpus_per_node: Count = 8

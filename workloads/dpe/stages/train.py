@@ -113,7 +113,7 @@ def grpo_config(settings: TrainSettings, output_dir: Path, *, cpu: bool, world_s
         bf16=settings.bf16 and not cpu,
         use_cpu=cpu,
         gradient_checkpointing=settings.gradient_checkpointing and not cpu,
-        seed=0,
+        seed=settings.seed,
         dataloader_num_workers=0,
         **options,
     )
