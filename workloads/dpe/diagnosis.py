@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from dpe.grading import Grade, GradeStatus, grade
+from dpe.judge import JudgeReply
 from dpe.mixture import TypeStats, allocate_quotas, mixture_weights
 from dpe.records import SampleRecord
 from dpe.spec import MixtureSettings
@@ -77,7 +78,10 @@ def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, f
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 the bound is exactly 0 or 1; floating point would leave it a hair inside.
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
 
 
 @dataclass
@@ -179,31 +183,24 @@ def mixture_plan(
     return weights, quotas
 
 
-def merge_judgement(
-    rule: ItemVerdict,
-    *,
-    judge_correct: bool | None,
-    error_type: ErrorType | None,
-    description: str,
-    failed: bool,
-) -> ItemVerdict:
-    """Fold a judge reply (or its failure) into a rule verdict.
+def merge_judgement(rule: ItemVerdict, reply: JudgeReply | None) -> ItemVerdict:
+    """Fold a judge reply (None: the judge failed) into a rule verdict.
 
     The rules stay authoritative where they settled the item; the judge decides correctness only
     for answers the rules could not read, and supplies the error type of every wrong answer.
     """
-    if failed:
+    if reply is None:
         return ItemVerdict(
             rule.item_id, rule.capability_type, rule.correct, rule.settled, rule.grade_status,
             rule.error_type, rule.error_description, judge_failed=True,
         )
-    correct = rule.correct if rule.settled is Settled.rules else judge_correct
+    correct = rule.correct if rule.settled is Settled.rules else reply.is_correct
     settled = rule.settled if rule.settled is Settled.rules else Settled.judge
     if correct:
         return ItemVerdict(rule.item_id, rule.capability_type, True, settled, rule.grade_status)
     return ItemVerdict(
         rule.item_id, rule.capability_type, correct, settled, rule.grade_status,
-        error_type or rule.error_type or ErrorType.other, description or rule.error_description,
+        reply.error_type, reply.error_description or rule.error_description,
     )
 
 

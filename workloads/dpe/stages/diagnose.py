@@ -122,14 +122,7 @@ def judge_items(
 
     for index, record in pending:
         raw = stored.get(record.id)
-        reply = None if raw is None else JudgeReply.model_validate(raw)
-        verdicts[index] = merge_judgement(
-            verdicts[index],
-            judge_correct=None if reply is None else reply.is_correct,
-            error_type=None if reply is None else reply.error_type,
-            description="" if reply is None else reply.error_description,
-            failed=reply is None,
-        )
+        verdicts[index] = merge_judgement(verdicts[index], None if raw is None else JudgeReply.model_validate(raw))
     return verdicts
 
 

@@ -89,13 +89,7 @@ def _verdicts(records: Sequence[SampleRecord], answers: dict[str, str], judge: J
         [JudgeRequest(records[i].image, records[i].question, records[i].answer, answers[records[i].id]) for i in unsettled]
     )
     for i, reply in zip(unsettled, replies, strict=True):
-        verdicts[i] = merge_judgement(
-            verdicts[i],
-            judge_correct=None if reply is None else reply.is_correct,
-            error_type=None if reply is None else reply.error_type,
-            description="" if reply is None else reply.error_description,
-            failed=reply is None,
-        )
+        verdicts[i] = merge_judgement(verdicts[i], reply)
     return verdicts
 
 
