@@ -43,7 +43,7 @@ from dpe.spiral import (
     decide,
     stages_of,
 )
-from dpe.stages.command import PERMANENT_EXIT
+from dpe.contract import PERMANENT_EXIT
 from dpe.store import ArtifactStore, open_store
 
 MAX_WAIT_SECONDS = 300.0

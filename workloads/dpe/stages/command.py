@@ -18,12 +18,12 @@ from typing import Any
 
 import click
 
+from dpe.contract import PERMANENT_EXIT
 from dpe.manifest import SpecError
 from dpe.spec import ModelEndpoint, StageName
 from dpe.stages.context import Shard, StageContext, open_context
 from dpe.store import PermanentStoreError
 
-PERMANENT_EXIT = 3
 TERMINATION_LOG = Path("/dev/termination-log")
 
 log = logging.getLogger("dpe.stage")

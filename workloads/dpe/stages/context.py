@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dpe import layout
+from dpe.contract import CACHE_ENV
 from dpe.manifest import load_run
 from dpe.spec import EvolutionRun, LocalStorage, StageName, Storage
 from dpe.store import ArtifactStore, open_store
 
-CACHE_ENV = "DPE_CACHE_DIR"
-"""Where models fetched from the store or built in are cached on the machine."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 from dpe.spec import Storage
 from dpe.store.base import ArtifactStore
 from dpe.store.errors import (
@@ -24,10 +25,8 @@ from dpe.store.local import LocalStore
 from dpe.store.retry import RetryPolicy
 from dpe.store.s3 import S3Store
 
-ACCESS_KEY_ENV = "DPE_S3_ACCESS_KEY"
-"""Environment variable holding the S3 access key id (in a Job: filled from credentialsSecret)."""
-SECRET_KEY_ENV = "DPE_S3_SECRET_KEY"
-"""Environment variable holding the S3 secret access key (in a Job: filled from credentialsSecret)."""
+ACCESS_KEY_ENV = S3_ACCESS_KEY_ENV
+SECRET_KEY_ENV = S3_SECRET_KEY_ENV
 
 __all__ = [
     "ACCESS_KEY_ENV",
