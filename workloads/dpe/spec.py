@@ -250,7 +250,7 @@ class Execution(SpecModel):
     """Taints the Pod tolerates."""
     priority_class_name: DnsSubdomain | None = None
     """PriorityClass for the Pod."""
-    queue_name: DnsSubdomain | None = None
+    queue_name: DnsLabel | None = None
     """Kueue LocalQueue; when set, Jobs are created suspended for Kueue to admit."""
     service_account_name: DnsSubdomain | None = None
     """ServiceAccount the Pod runs as."""
