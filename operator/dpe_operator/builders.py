@@ -345,8 +345,6 @@ def stage_job(
     if indexes > 1:
         spec.update(completionMode="Indexed", completions=indexes, parallelism=indexes)
     if execution.queue_name is not None:
-        if execution.queue_name != names.label_value(execution.queue_name):
-            raise ValueError(f"queue name '{execution.queue_name}' cannot be a label value, so Kueue could not read it")
         labels[KUEUE_QUEUE_LABEL] = execution.queue_name
         spec["suspend"] = True
 

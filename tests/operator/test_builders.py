@@ -205,10 +205,11 @@ def test_kueue_label_is_on_the_job_only() -> None:
     assert builders.KUEUE_QUEUE_LABEL not in job["spec"]["template"]["metadata"]["labels"]
 
 
-def test_a_queue_name_that_cannot_be_a_label_is_refused() -> None:
-    run = make_run(execution={"queueName": "q." + "x" * 70})
-    with pytest.raises(ValueError, match="queue name"):
-        build_job(run, StageName.diagnose)
+def test_a_queue_name_that_cannot_be_a_label_is_refused_by_the_spec() -> None:
+    from dpe.manifest import SpecError
+
+    with pytest.raises(SpecError, match="queueName"):
+        make_run(execution={"queueName": "q." + "x" * 70})
 
 
 # ---------------------------------------------------------------------------------------------
