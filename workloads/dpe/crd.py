@@ -17,7 +17,7 @@ import yaml
 from dpe.spec import API_GROUP, API_VERSION, EvolutionRun, Iteration, SpecModel
 
 _DROPPED_KEYS = {"title", "$defs", "discriminator"}
-_LIST_BOUNDS = {"conditions": 16, "stages": 8, "iterations": 1000, "tolerations": 64, "benchmarks": 64}
+_LIST_BOUNDS = {"conditions": 16, "stages": 8, "iterations": 1000, "tolerations": 64, "benchmarks": 64, "history": 64}
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:

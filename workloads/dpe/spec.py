@@ -822,6 +822,40 @@ class StageOutcome(StrEnum):
     failed = "Failed"
 
 
+class AttemptRecord(SpecModel):
+    """One finished attempt (Job) of a stage; the history survives the Jobs' clean-up."""
+
+    attempt: Count
+    """1 for the first Job of the stage."""
+    job_name: str
+    """The Job of this attempt."""
+    state: Literal["Succeeded", "Failed", "Disrupted", "Cancelled"]
+    """How the attempt ended."""
+    finished_at: float | None = None
+    """When it ended, seconds since the epoch."""
+    message: str = ""
+    """Why it failed, when it did."""
+    permanent: Bool = False
+    """The failure cannot be fixed by retrying."""
+
+
+class StageSummary(SpecModel):
+    """The part of a finished stage's result.json the spiral and status need."""
+
+    model_uri: str | None = None
+    """train: where M(k) was exported."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """evaluate: overall and per-benchmark scores."""
+    gpu_hours: NonNegativeFloat = 0.0
+    """GPU time the stage used."""
+    agent_spend_usd: NonNegativeFloat = 0.0
+    """Agent spend of the stage."""
+    capability_accuracy: dict[str, float] = Field(default_factory=dict)
+    """diagnose: probe accuracy per capability type."""
+    mixture_weights: dict[str, float] = Field(default_factory=dict)
+    """diagnose: generation weight per capability type."""
+
+
 class StageRecord(SpecModel):
     """What happened to one stage of an iteration."""
 
@@ -841,6 +875,10 @@ class StageRecord(SpecModel):
     """Pending, Running, Succeeded or Failed."""
     message: str = ""
     """Last failure or progress message."""
+    history: list[AttemptRecord] = Field(default_factory=list)
+    """Every finished attempt, oldest first."""
+    summary: StageSummary | None = None
+    """The stage's result, once it succeeded."""
 
 
 class IterationSummary(SpecModel):

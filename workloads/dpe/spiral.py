@@ -290,7 +290,7 @@ def _live_stages(obs: RunObservation) -> list[tuple[int, StageName, Attempt]]:
     ]
 
 
-def _exhausted(spec: EvolutionRunSpec, stage: StageObservation) -> str | None:
+def exhausted(spec: EvolutionRunSpec, stage: StageObservation) -> str | None:
     """Why a stage can no longer be retried, or None while it can."""
     if stage.succeeded or stage.live is not None or not stage.attempts:
         return None
@@ -426,7 +426,7 @@ def decide(spec: EvolutionRunSpec, obs: RunObservation) -> Decision:
 
     for index, iteration in sorted(obs.iterations.items()):
         for name in stages_of(index):
-            why = _exhausted(spec, iteration.stage(name))
+            why = exhausted(spec, iteration.stage(name))
             if why is not None:
                 return finish(RunPhase.failed, StopReason.stage_failed, f"iteration {index} {name}: {why}", True)
 
