@@ -35,7 +35,6 @@ from dpe.spiral import (
     decide,
     exhausted,
     iteration_phase,
-    stages_of,
 )
 from dpe_operator import builders, names, observe
 
@@ -251,7 +250,10 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
             kopf.info(body, reason="StageStarted", message=f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
         elif isinstance(action, (SuspendStage, ResumeStage)):
             _, job = newest[(action.iteration, action.stage)]
-            cluster.set_suspend(namespace, job["metadata"]["name"], isinstance(action, SuspendStage))
+            queued = builders.KUEUE_QUEUE_LABEL in (job["metadata"].get("labels") or {})
+            # Kueue admits a queued Job by lifting its suspension; resuming it ourselves would jump the queue.
+            if isinstance(action, SuspendStage) or not queued:
+                cluster.set_suspend(namespace, job["metadata"]["name"], isinstance(action, SuspendStage))
         elif isinstance(action, CancelStage):
             _, job = newest[(action.iteration, action.stage)]
             cluster.delete_job(namespace, job["metadata"]["name"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from dpe.spec import Sampling, StageName
 from dpe.stages import diagnose, generate, score
 from dpe.stages.context import Shard
 from dpe.stages.generate import EXACT
-from dpe.taxonomy import CapabilityType
 
 
 def diagnosed(tmp_path: Path, **spec: Any) -> Path:

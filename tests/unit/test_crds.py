@@ -11,7 +11,7 @@ import yaml
 
 from dpe.crd import build_crds, stale_crds
 from support.crdcheck import crd_problems, crd_schema
-from test_spec import MALFORMED, MINIMAL, with_value
+from support.malformed import MALFORMED, MINIMAL, with_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = build_crds()

@@ -31,7 +31,6 @@ from dpe.models.inference import AnswerSource
 from dpe.progress import progress
 from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.sources import load_records
-from dpe.spec import StageName
 from dpe.stages.answering import answer_records
 from dpe.stages.context import StageContext
 from dpe.taxonomy import CapabilityType, ErrorType

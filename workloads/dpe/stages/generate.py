@@ -24,7 +24,6 @@ from typing import Any
 
 from dpe import layout
 from dpe.generation import (
-    Failed,
     Plan,
     Produced,
     SampleProvider,

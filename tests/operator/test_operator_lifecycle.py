@@ -1,0 +1,107 @@
+"""Operator lifecycle: invalid specs, suspend and resume, deletion, restarts mid-run."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+from kopf.testing import KopfRunner
+from support.kube_emulator import EmulatedCluster
+from support.malformed import MALFORMED
+from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, operator_args, run_body, wait_phase
+
+from dpe.spec import Storage
+from dpe.store import open_store
+
+pytestmark = pytest.mark.s3
+
+# Malformed runs whose metadata is still a valid object name: the API server would store them
+# (no admission webhook), so the operator itself must refuse them.
+INVALID_SPECS = [c for c in MALFORMED if c.field.startswith("spec") and isinstance(c.document, dict) and "spec" in c.document]
+
+
+def malformed_body(case_index: int, bucket: str, endpoint: str) -> dict[str, Any]:
+    case = INVALID_SPECS[case_index]
+    body = copy.deepcopy(case.document)
+    body["metadata"] = {"name": f"bad-{case_index}", "namespace": "default"}
+    if isinstance(body.get("spec"), dict) and "storage" not in body["spec"]:
+        body["spec"]["storage"] = {"s3": {"endpoint": f"http://{endpoint}", "bucket": bucket, "secure": False}}
+    return body
+
+
+def test_at_least_forty_invalid_runs_fail_with_the_field_named(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    assert len(INVALID_SPECS) >= 40
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=120) as runner:
+        cluster.wait_for_watch(RUNS)
+        for index in range(len(INVALID_SPECS)):
+            api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", malformed_body(index, s3_bucket, s3_server.endpoint))
+        for index, case in enumerate(INVALID_SPECS):
+            run = wait_phase(cluster, f"bad-{index}", "Failed")
+            conditions = {c["type"]: c for c in run["status"]["conditions"]}
+            assert conditions["Failed"]["reason"] == "InvalidSpec", case.name
+            assert case.field in conditions["Failed"]["message"], (case.name, conditions["Failed"]["message"])
+    assert runner.exception is None
+    jobs = kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items
+    assert jobs == []
+
+
+def test_suspend_holds_the_run_and_resume_finishes_it(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    body = run_body("pause", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1}, suspend=True)
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "pause") as jobs:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        paused = wait_phase(cluster, "pause", "Suspended")
+        time.sleep(1.0)
+        assert jobs.seen == []
+        assert {c["type"]: c["status"] for c in paused["status"]["conditions"]}["Suspended"] == "True"
+        api.patch_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", "pause", {"spec": {"suspend": False}})
+        wait_phase(cluster, "pause", "Succeeded")
+    assert runner.exception is None and len(jobs.seen) == 1 + 5
+
+
+def test_operator_restart_mid_run_resumes_without_duplicate_jobs(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    body = run_body("restart", s3_bucket, s3_server.endpoint)
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    batch = kubernetes.client.BatchV1Api(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as first:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        cluster.wait_for(JOBS, "default", "restart-i1-diagnose-a1", timeout=10)
+    assert first.exception is None
+    before = {j.metadata.name for j in batch.list_namespaced_job("default").items}
+    with JobController(cluster, store, "restart") as jobs:
+        time.sleep(0.5)
+        with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as second:
+            cluster.wait_for_watch(RUNS)
+            wait_phase(cluster, "restart", "Succeeded")
+    assert second.exception is None
+    after = [j.metadata.name for j in batch.list_namespaced_job("default").items]
+    assert before <= set(after) and len(after) == len(set(after)) == 1 + 2 * 5
+    assert all(name.endswith("-a1") for name in after)
+    assert len(jobs.seen) == len(after)
+
+
+def test_deleting_a_run_removes_its_children_and_its_store_prefix(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    body = run_body("gone", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1})
+    body["spec"]["storage"]["deleteOnRunDeletion"] = True
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "gone"):
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        wait_phase(cluster, "gone", "Succeeded")
+        assert store.list("runs/default/gone/")
+        api.delete_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", "gone")
+        assert cluster.wait_for(RUNS, "default", "gone", lambda obj: obj is None, timeout=20) is None
+    assert runner.exception is None
+    assert kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items == []
+    assert api.list_namespaced_custom_object(GROUP, VERSION, "default", "iterations")["items"] == []
+    assert store.list("runs/default/gone/") == []
