@@ -36,7 +36,7 @@ from dpe.spiral import (
     exhausted,
     iteration_phase,
 )
-from dpe_operator import builders, names, observe
+from dpe_operator import builders, metrics, names, observe
 
 FINALIZER = f"{API_GROUP}/finalizer"
 RECONCILE_SECONDS = float(os.environ.get("DPE_RECONCILE_SECONDS", "5"))
@@ -50,10 +50,12 @@ def _now_iso() -> str:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    memo.metrics_port = metrics.serve(int(os.environ.get("DPE_METRICS_PORT", "8080")))
+    log.info("metrics on port %s", memo.metrics_port)
 
 
 @kopf.on.login()
@@ -162,6 +164,11 @@ def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list
                         record = record.model_copy(update={"summary": observe.summary_from_result(store.get_json(key))})
                     else:
                         state, message = JobState.failed, "the stage exited without writing result.json"
+                if not any(e.attempt == attempt for e in record.history):
+                    metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
+                    created = observe.timestamp(job["metadata"].get("creationTimestamp"))
+                    if state is JobState.succeeded and created is not None and finished_at is not None:
+                        metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
                 record = observe.record_finished(record, attempt, job, state, finished_at, message, permanent)
                 if record.start_time is None:
                     record = record.model_copy(update={"start_time": job["metadata"].get("creationTimestamp")})
@@ -193,7 +200,20 @@ def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list
 
 
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
-    """One pass of the spiral for one EvolutionRun."""
+    """One pass of the spiral for one EvolutionRun; API and store outages are retried by kopf."""
+    from dpe.store import StoreError
+
+    try:
+        _reconcile(body, patch, logger)
+    except ApiException as error:
+        metrics.API_ERRORS.labels(str(error.status)).inc()
+        raise kopf.TemporaryError(f"Kubernetes API error {error.status}: {error.reason}", delay=RECONCILE_SECONDS) from error
+    except StoreError as error:
+        metrics.STORE_ERRORS.labels(type(error).__name__).inc()
+        raise kopf.TemporaryError(f"artifact store error: {error}", delay=RECONCILE_SECONDS) from error
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     status = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
     previous_conditions = list(status.get("conditions") or [])
@@ -242,6 +262,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
             cluster.create("Iteration", namespace, iteration)
             kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
         elif isinstance(action, StartStage):
+            if action.attempt > 1:
+                previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
+                metrics.RETRIES.labels(previous.value).inc()
             job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=_owner(body),
                                      image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
             if action.stage is StageName.train and run.spec.train.nodes > 1:
@@ -269,6 +292,14 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         summaries.append({"index": k, "phase": it_status.get("phase", IterationPhase.pending.value), "inputModelUri": item["spec"]["inputModelUri"],
                           "outputModelUri": it_status.get("outputModelUri"), "score": it_status.get("score")})
     latest = max((k for k, s in iteration_statuses.items() if s.get("capabilityAccuracy")), default=None)
+    phases: dict[str, int] = {}
+    for it_status in iteration_statuses.values():
+        phases[it_status.get("phase", "Pending")] = phases.get(it_status.get("phase", "Pending"), 0) + 1
+    metrics.observe_run(
+        namespace, name, phase.value, decision.current_iteration, None if decision.best is None else decision.best.score, phases,
+        {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
+        {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
+    )
     patch.status.update(
         phase=phase.value,
         observedGeneration=generation,
@@ -312,6 +343,7 @@ def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     """Remove the run's Jobs and Iterations (and its store prefix when the spec asks for it)."""
     cluster = Cluster()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    metrics.forget_run(namespace, name)
     for job in cluster.jobs(namespace, name):
         cluster.delete_job(namespace, job["metadata"]["name"])
     for item in cluster.iterations(namespace, name):

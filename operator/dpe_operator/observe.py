@@ -20,7 +20,7 @@ PERMANENT_MARKERS = ("exit code 3", "PodFailurePolicy")
 """Job failure messages that mean the stage exited with its permanent-failure code."""
 
 
-def _timestamp(value: str | None) -> float | None:
+def timestamp(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -32,12 +32,12 @@ def job_state(job: Mapping[str, Any]) -> tuple[JobState, float | None, str, bool
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     if "Complete" in conditions or ("SuccessCriteriaMet" in conditions and "Failed" not in conditions):
         finished = conditions.get("Complete", conditions.get("SuccessCriteriaMet", {}))
-        return JobState.succeeded, _timestamp(finished.get("lastTransitionTime") or status.get("completionTime")), "", False
+        return JobState.succeeded, timestamp(finished.get("lastTransitionTime") or status.get("completionTime")), "", False
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
     if failed is not None:
         message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
         permanent = failed.get("reason") == "PodFailurePolicy"
-        return JobState.failed, _timestamp(failed.get("lastTransitionTime")), message, permanent
+        return JobState.failed, timestamp(failed.get("lastTransitionTime")), message, permanent
     if (job.get("spec") or {}).get("suspend"):
         return JobState.suspended, None, "", False
     if status.get("active") or status.get("ready"):

@@ -12,7 +12,7 @@ import pytest
 from kopf.testing import KopfRunner
 from support.kube_emulator import EmulatedCluster
 from support.malformed import MALFORMED
-from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, operator_args, run_body, wait_phase
+from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store
@@ -99,8 +99,10 @@ def test_deleting_a_run_removes_its_children_and_its_store_prefix(cluster: Emula
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
         wait_phase(cluster, "gone", "Succeeded")
         assert store.list("runs/default/gone/")
+        assert any(labels and dict(labels).get("run") == "gone" for _, labels in scrape())
         api.delete_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", "gone")
         assert cluster.wait_for(RUNS, "default", "gone", lambda obj: obj is None, timeout=20) is None
+        assert not any(dict(labels).get("run") == "gone" for _, labels in scrape())
     assert runner.exception is None
     assert kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items == []
     assert api.list_namespaced_custom_object(GROUP, VERSION, "default", "iterations")["items"] == []

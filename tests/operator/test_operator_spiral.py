@@ -13,7 +13,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 from support.kube_emulator import EmulatedCluster
-from support.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, wait_phase
+from support.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store
@@ -29,7 +29,14 @@ def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: A
         cluster.wait_for_watch(RUNS)
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
         run = wait_phase(cluster, "spiral", "Succeeded")
+        samples = scrape()
     assert runner.exception is None
+    assert samples[("dpe_run_phase", (("namespace", "default"), ("phase", "Succeeded"), ("run", "spiral")))] == 1.0
+    assert samples[("dpe_capability_accuracy", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 0.5
+    assert samples[("dpe_mixture_weight", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 1.0
+    assert samples[("dpe_run_best_score", (("namespace", "default"), ("run", "spiral")))] == pytest.approx(0.6)
+    assert samples[("dpe_stage_attempts_total", (("outcome", "Succeeded"), ("stage", "train")))] >= 2
+    assert samples[("dpe_stage_duration_seconds_count", (("stage", "evaluate"),))] >= 3
     status = run["status"]
     assert status["stopReason"] == "MaxIterationsReached" and status["bestIteration"] == 2 and status["bestScore"] == pytest.approx(0.6)
     assert status["baselineScore"] == pytest.approx(0.4) and [i["index"] for i in status["iterations"]] == [0, 1, 2]
@@ -52,3 +59,4 @@ def test_failed_stage_is_retried_then_fails_the_run_with_its_message(cluster: Em
     assert runner.exception is None
     assert run["status"]["stopReason"] == "StageFailed" and "iteration 1 diagnose" in run["status"]["message"]
     assert failing <= set(jobs.seen) and "flaky-i1-diagnose-a3" not in jobs.seen
+    assert scrape()[("dpe_stage_retries_total", (("reason", "Failed"),))] >= 1

@@ -91,3 +91,20 @@ def wait_phase(cluster: EmulatedCluster, name: str, phase: str, timeout: float =
     found = cluster.wait_for(RUNS, "default", name, lambda obj: bool(obj and obj.get("status", {}).get("phase") == phase), timeout=timeout)
     assert found is not None, f"run {name} never reached {phase}"
     return found
+
+
+def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's /metrics, as {(sample name, sorted labels): value}, read over HTTP."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dpe_operator import metrics
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics.served_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the operator, served on /metrics.
+
+Per-run series (phase, per-capability accuracy, mixture weights) exist only while the run does:
+`forget_run` removes them when the run is deleted, so dashboards never show ghosts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry()
+
+RUN_PHASE = Gauge("dpe_run_phase", "1 for the phase each EvolutionRun is in.", ["namespace", "run", "phase"], registry=REGISTRY)
+RUN_ITERATION = Gauge("dpe_run_current_iteration", "Highest iteration started per run.", ["namespace", "run"], registry=REGISTRY)
+RUN_BEST_SCORE = Gauge("dpe_run_best_score", "Best evaluation score so far per run.", ["namespace", "run"], registry=REGISTRY)
+ITERATIONS = Gauge("dpe_iterations", "Iterations per run by phase.", ["namespace", "run", "phase"], registry=REGISTRY)
+STAGE_ATTEMPTS = Counter("dpe_stage_attempts", "Finished stage attempts by stage and outcome.", ["stage", "outcome"], registry=REGISTRY)
+STAGE_DURATION = Histogram(
+    "dpe_stage_duration_seconds",
+    "Wall time of successful stage attempts (Job creation to completion).",
+    ["stage"],
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
+    registry=REGISTRY,
+)
+RETRIES = Counter("dpe_stage_retries", "Stage attempts started after a failure or disruption, by reason.", ["reason"], registry=REGISTRY)
+CAPABILITY_ACCURACY = Gauge("dpe_capability_accuracy", "Probe accuracy per capability type at the latest diagnosis.", ["namespace", "run", "capability"], registry=REGISTRY)
+MIXTURE_WEIGHT = Gauge("dpe_mixture_weight", "Generation weight per capability type at the latest diagnosis.", ["namespace", "run", "capability"], registry=REGISTRY)
+STORE_ERRORS = Counter("dpe_store_errors", "Errors talking to the artifact store.", ["kind"], registry=REGISTRY)
+API_ERRORS = Counter("dpe_api_errors", "Errors talking to the Kubernetes API.", ["status"], registry=REGISTRY)
+
+PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+_per_run: dict[tuple[str, str], set[str]] = {}
+served_port: int | None = None
+"""Port of the latest /metrics endpoint started (tests start it on a free port)."""
+
+
+def serve(port: int, address: str = "0.0.0.0") -> int:
+    """Start the /metrics endpoint; returns the port it listens on (0 picks a free one)."""
+    global served_port
+    server, _ = start_http_server(port, addr=address, registry=REGISTRY)
+    served_port = int(server.server_port)
+    return served_port
+
+
+def observe_run(namespace: str, run: str, phase: str, iteration: int, best: float | None,
+                iterations: dict[str, int], accuracy: dict[str, float], weights: dict[str, float]) -> None:
+    """Set every per-run series from the run's current view."""
+    for candidate in PHASES:
+        RUN_PHASE.labels(namespace, run, candidate).set(1.0 if candidate == phase else 0.0)
+    RUN_ITERATION.labels(namespace, run).set(iteration)
+    if best is not None:
+        RUN_BEST_SCORE.labels(namespace, run).set(best)
+    for candidate in ("Pending", "Running", "Succeeded", "Failed"):
+        ITERATIONS.labels(namespace, run, candidate).set(iterations.get(candidate, 0))
+    known = _per_run.setdefault((namespace, run), set())
+    for capability in known - set(accuracy):
+        CAPABILITY_ACCURACY.remove(namespace, run, capability)
+        MIXTURE_WEIGHT.remove(namespace, run, capability)
+    for capability, value in accuracy.items():
+        CAPABILITY_ACCURACY.labels(namespace, run, capability).set(value)
+        MIXTURE_WEIGHT.labels(namespace, run, capability).set(weights.get(capability, 0.0))
+    _per_run[(namespace, run)] = set(accuracy)
+
+
+def forget_run(namespace: str, run: str) -> None:
+    """Drop every series of a deleted run."""
+    for phase in PHASES:
+        _remove(RUN_PHASE, namespace, run, phase)
+    _remove(RUN_ITERATION, namespace, run)
+    _remove(RUN_BEST_SCORE, namespace, run)
+    for phase in ("Pending", "Running", "Succeeded", "Failed"):
+        _remove(ITERATIONS, namespace, run, phase)
+    for capability in _per_run.pop((namespace, run), set()):
+        _remove(CAPABILITY_ACCURACY, namespace, run, capability)
+        _remove(MIXTURE_WEIGHT, namespace, run, capability)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

@@ -1,0 +1,57 @@
+"""The generation throughput benchmark, run tiny: it completes, both sides fill the quotas, and it
+reports what it promises. Speed is the benchmark's business, not the test's."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "agents_throughput.py"
+SAMPLES = 6
+TIME_SCALE = 0.004
+
+
+def load_benchmark() -> ModuleType:
+    """The benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("agents_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_fills_both_quotas_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    benchmark = load_benchmark()
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nAn earlier section stays.\n")
+
+    comparison = benchmark.main(["--samples", str(SAMPLES), "--time-scale", str(TIME_SCALE), "--seed", "3", "--results", str(results)])
+
+    quotas = benchmark.quotas_for(SAMPLES)
+    expected = {capability.value: quota for capability, quota in quotas.items()}
+    for side in (comparison.ours, comparison.reference):
+        assert side.accepted == SAMPLES
+        assert side.by_type == expected
+        assert len(side.accepted_at) == SAMPLES and side.accepted_at == sorted(side.accepted_at)
+        assert side.requests > 0 and side.tokens > 0 and side.seconds > 0
+    assert comparison.ours.discarded == 0
+    assert comparison.ratio > 0
+
+    printed = capsys.readouterr().out
+    for label in ("accepted per wall-clock minute", "LLM calls per accepted sample", "429 answers", "discarded over quota", "ratio ours / reference"):
+        assert label in printed
+    summary = benchmark.json.loads(printed.strip().splitlines()[-1])
+    assert {"ours", "reference", "ratio", "limits", "quotas"} <= summary.keys()
+    for side in ("ours", "reference"):
+        assert {"accepted_per_minute", "calls_per_accepted", "rate_limited_429", "discarded_over_quota"} <= summary[side].keys()
+
+    text = results.read_text()
+    assert "An earlier section stays." in text
+    assert text.count(benchmark.SECTION_START) == 1 and benchmark.command_line(comparison.scenario) in text
+    benchmark.record(comparison, results)
+    assert results.read_text().count(benchmark.SECTION_START) == 1
