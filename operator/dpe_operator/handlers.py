@@ -42,6 +42,7 @@ FINALIZER = f"{API_GROUP}/finalizer"
 RECONCILE_SECONDS = float(os.environ.get("DPE_RECONCILE_SECONDS", "5"))
 WORKLOAD_IMAGE = os.environ.get("DPE_WORKLOAD_IMAGE", "dpe-workload:latest")
 WORKLOAD_SERVICE_ACCOUNT = os.environ.get("DPE_WORKLOAD_SERVICE_ACCOUNT", "dpe-workload")
+UNSCHEDULABLE_GRACE_SECONDS = float(os.environ.get("DPE_UNSCHEDULABLE_GRACE_SECONDS", "600"))
 log = logging.getLogger("dpe.operator")
 
 
@@ -116,6 +117,10 @@ class Cluster:
     def patch_iteration_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, "iterations", name, {"status": status})
 
+    def pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        return [self.core.api_client.sanitize_for_serialization(p) for p in items]
+
     def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 
@@ -157,6 +162,11 @@ def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list
                 continue
             attempt, job = newest[(k, stage)]
             state, finished_at, message, permanent = observe.job_state(job)
+            if state in (JobState.pending, JobState.running):
+                problem = observe.pod_problem(cluster.pods(namespace, job["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
+                if problem is not None:
+                    cluster.delete_job(namespace, job["metadata"]["name"])
+                    state, finished_at, message, permanent = JobState.failed, time.time(), problem, True
             if state in (JobState.succeeded, JobState.failed):
                 if state is JobState.succeeded and record.summary is None:
                     key = layout.result_key(namespace, name, k, stage)

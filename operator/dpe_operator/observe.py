@@ -123,3 +123,23 @@ def live_jobs(jobs: Iterable[Mapping[str, Any]]) -> dict[tuple[int, StageName], 
         if (k, stage) not in newest or attempt > newest[(k, stage)][0]:
             newest[(k, stage)] = (attempt, job)
     return newest
+
+
+FATAL_WAITING_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"})
+"""Container waiting reasons that never resolve by waiting: the stage fails at once, readably."""
+
+
+def pod_problem(pods: Iterable[Mapping[str, Any]], now: float, unschedulable_grace: float) -> str | None:
+    """Why a Job's pods can never run (a bad image, a missing Secret, no node for too long), or None."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FATAL_WAITING_REASONS:
+                return f"{waiting['reason']} in container {container.get('name')}: {waiting.get('message', '')}".strip()
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+                since = timestamp(condition.get("lastTransitionTime"))
+                if since is not None and now - since >= unschedulable_grace:
+                    return f"Unschedulable for {int(now - since)} s: {condition.get('message', '')}".strip()
+    return None

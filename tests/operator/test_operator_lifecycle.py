@@ -107,3 +107,25 @@ def test_deleting_a_run_removes_its_children_and_its_store_prefix(cluster: Emula
     assert kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items == []
     assert api.list_namespaced_custom_object(GROUP, VERSION, "default", "iterations")["items"] == []
     assert store.list("runs/default/gone/") == []
+
+
+def test_a_bad_image_fails_the_run_at_once_with_a_readable_message(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    body = run_body("pull", s3_bucket, s3_server.endpoint)
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        job = cluster.wait_for(JOBS, "default", "pull-i1-diagnose-a1", timeout=10)
+        assert job is not None
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pull-i1-diagnose-a1-x", "namespace": "default", "labels": {"job-name": "pull-i1-diagnose-a1"}},
+               "spec": {"containers": [{"name": "stage", "image": "registry.example/dpe:nope"}]}}
+        core.create_namespaced_pod("default", pod)
+        core.patch_namespaced_pod_status("pull-i1-diagnose-a1-x", "default", {"status": {"containerStatuses": [
+            {"name": "stage", "ready": False, "restartCount": 0, "image": "registry.example/dpe:nope", "imageID": "",
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}})
+        run = wait_phase(cluster, "pull", "Failed")
+    assert runner.exception is None
+    assert run["status"]["stopReason"] == "StageFailed"
+    assert "ImagePullBackOff" in run["status"]["message"] and "permanent" in run["status"]["message"]
+    assert cluster.get(JOBS, "default", "pull-i1-diagnose-a2") is None
