@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from dpe.agents import Failed, Stage, build_agent_provider
-from dpe.agents.roles import Role
+from dpe.agents.roles import SAMPLES_PER_ENDPOINT_SLOT, Role
 from dpe.manifest import parse_run
 from dpe.secrets import secret_env_name
 from dpe.spec import LocalStorage, SecretKeyRef, StageName, Storage
@@ -63,7 +63,7 @@ def test_the_stage_gets_a_wired_provider(
     }
     provider, in_flight = build_agent_provider(ctx, run.spec.generate, env=env)
 
-    assert in_flight == 12
+    assert in_flight == SAMPLES_PER_ENDPOINT_SLOT * 12
     assert isinstance(provider.search, SerperSearch) and isinstance(provider.editor, LocalEditor)
     budget = provider.clients[Role.planner].budget
     assert budget is not None and budget.limit_usd == 0.5, "a quarter of the budget for one of four shards"

@@ -62,8 +62,10 @@ class Killed(Exception):
     """Stands for the Job being killed mid-run."""
 
 
-def interrupted_after(limit: int, ctx: Any) -> Any:
+def interrupted_when_the_first_wave_ends(ctx: Any) -> Any:
+    """The provider dies on the first task started after the first wave (so some samples are stored)."""
     provider, in_flight = build_agent_provider(ctx, ctx.run.spec.generate)
+    limit = in_flight
     provider.search = FreshResults()
     produce = provider.produce
     calls = 0
@@ -83,7 +85,7 @@ def test_agent_generation_killed_and_rerun_ends_with_exactly_the_target(tmp_path
     run_file = agent_run(tmp_path, world, samples=12)
     ctx = context(run_file, StageName.generate, 1)
     with pytest.raises(Killed):
-        generate.run(ctx, lambda: interrupted_after(4, ctx))
+        generate.run(ctx, lambda: interrupted_when_the_first_wave_ends(ctx))
     kept_before = {k.rsplit("/", 1)[-1].removesuffix(".parquet") for k in ctx.store.list(ctx.key("accepted") + "/")}
     assert kept_before and not ctx.complete()
     def resumed() -> Any:
