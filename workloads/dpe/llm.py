@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import heapq
 import io
+import itertools
 import json
 import logging
 import random
@@ -314,6 +317,46 @@ class Permit:
     used_tokens: int | None = None
 
 
+REQUEST_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("dpe_request_priority", default=0)
+"""Rank of the work a request belongs to (lower goes first when requests queue for an endpoint).
+
+The generation scheduler sets it to each sample's start order, so an endpoint serves the oldest
+samples' calls first: samples then finish one after another like a conveyor instead of all
+advancing together and finishing late. It lives in a context variable, which asyncio copies into
+every task a sample spawns, so no call site has to pass it along.
+"""
+
+
+class PrioritySlots:
+    """A counting semaphore that hands free slots to the lowest priority first (FIFO among equals)."""
+
+    def __init__(self, slots: int):
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+
 class EndpointLimiter:
     """Concurrency cap and request/token rate limits of one endpoint, shared by all its clients.
 
@@ -339,7 +382,7 @@ class EndpointLimiter:
         self._tokens = TokenBucket(tokens_per_minute, clock) if tokens_per_minute else None
         self._resume_at = clock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: PrioritySlots | None = None
         self._pacing: asyncio.Lock | None = None
 
     @classmethod
@@ -354,12 +397,12 @@ class EndpointLimiter:
             sleep=sleep,
         )
 
-    def _primitives(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
-        """The semaphore and lock of the running event loop (asyncio primitives bind to one loop)."""
+    def _primitives(self) -> tuple[PrioritySlots, asyncio.Lock]:
+        """The slots and lock of the running event loop (asyncio primitives bind to one loop)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._pacing is None or self._loop is not loop:
             self._loop = loop
-            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self._slots = PrioritySlots(self.max_concurrency)
             self._pacing = asyncio.Lock()
         return self._slots, self._pacing
 
@@ -371,7 +414,8 @@ class EndpointLimiter:
     async def slot(self, estimated_tokens: int) -> AsyncIterator[Permit]:
         """Admits one request: a free concurrency slot, the end of any pause, and rate tokens."""
         slots, pacing = self._primitives()
-        async with slots:
+        await slots.acquire(REQUEST_PRIORITY.get())
+        try:
             async with pacing:
                 while (wait := self._resume_at - self._clock()) > CLOCK_TOLERANCE_SECONDS:
                     await self._sleep(wait)
@@ -385,6 +429,8 @@ class EndpointLimiter:
             finally:
                 if self._tokens is not None and permit.used_tokens is not None:
                     self._tokens.settle(permit.used_tokens - estimated_tokens)
+        finally:
+            slots.release()
 
 
 def endpoint_key(endpoint: ModelEndpoint) -> str:

@@ -122,6 +122,8 @@ class Generation:
         self.rejections: Counter[str] = Counter()
         self.spent = 0.0
         self.stopped: str | None = None
+        self.started = 0
+        """Tasks started by this process, in order: the priority of their endpoint calls."""
         self.fingerprint = fingerprint
         self.duplicates = NearDuplicates(fingerprint.distance)
         self.contamination = NearDuplicates(fingerprint.distance)
@@ -181,7 +183,10 @@ class Generation:
             return f"duplicate: near-copy of {near}"
         return None
 
-    async def _run_one(self, task: SampleTask) -> None:
+    async def _run_one(self, task: SampleTask, order: int) -> None:
+        from dpe.llm import REQUEST_PRIORITY
+
+        REQUEST_PRIORITY.set(order)
         outcome = await self.provider.produce(task)
         capability = task.capability_type
         self.spent += outcome.cost_usd
@@ -236,7 +241,8 @@ class Generation:
                 plan = self.plan.types[capability]
                 plan.in_flight += 1
                 plan.attempts += 1
-                job = asyncio.create_task(self._run_one(self._task(capability)))
+                self.started += 1
+                job = asyncio.create_task(self._run_one(self._task(capability), self.started))
                 running.add(job)
                 owner[job] = capability
             if not running:
