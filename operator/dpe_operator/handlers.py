@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -147,8 +148,11 @@ def _condition(type_: str, status: bool, reason: str, message: str, generation: 
     }
 
 
-def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> tuple[RunObservation, dict[int, dict[str, Any]]]:
-    """Copy finished Jobs into the Iterations' records (reading result.json once) and observe."""
+def _fold_jobs(
+    cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]], jobs: list[dict[str, Any]], body: kopf.Body
+) -> tuple[RunObservation, dict[int, dict[str, Any]]]:
+    """Copy finished Jobs into the Iterations' records (reading result.json once), post an Event
+    for each, and observe."""
     namespace, name = run.metadata.namespace, run.metadata.name
     newest = observe.live_jobs(jobs)
     observed = {}
@@ -176,6 +180,11 @@ def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list
                         state, message = JobState.failed, "the stage exited without writing result.json"
                 if not any(e.attempt == attempt for e in record.history):
                     metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
+                    event = f"iteration {k} {stage.value} attempt {attempt} {state.value.lower()}"
+                    if state is JobState.succeeded:
+                        kopf.info(body, reason="StageSucceeded", message=event)
+                    else:
+                        kopf.warn(body, reason="StageFailed", message=f"{event}: {message}"[:1000])
                     created = observe.timestamp(job["metadata"].get("creationTimestamp"))
                     if state is JobState.succeeded and created is not None and finished_at is not None:
                         metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
@@ -209,12 +218,23 @@ def _fold_jobs(cluster: Cluster, run: EvolutionRun, store: Any, iterations: list
     return RunObservation(now=time.time(), started_at=None, iterations=observed), statuses
 
 
+_run_locks: dict[str, threading.Lock] = {}
+_run_locks_guard = threading.Lock()
+
+
+def _run_lock(uid: str) -> threading.Lock:
+    """kopf runs timers beside event handlers; one pass at a time per run keeps actions single."""
+    with _run_locks_guard:
+        return _run_locks.setdefault(uid, threading.Lock())
+
+
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     """One pass of the spiral for one EvolutionRun; API and store outages are retried by kopf."""
     from dpe.store import StoreError
 
     try:
-        _reconcile(body, patch, logger)
+        with _run_lock(body["metadata"]["uid"]):
+            _reconcile(body, patch, logger)
     except ApiException as error:
         metrics.API_ERRORS.labels(str(error.status)).inc()
         raise kopf.TemporaryError(f"Kubernetes API error {error.status}: {error.reason}", delay=RECONCILE_SECONDS) from error
@@ -247,7 +267,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
     cluster.create("ConfigMap", namespace, builders.run_configmap(run, owner=_owner(body)))
     jobs = cluster.jobs(namespace, name)
     iterations = cluster.iterations(namespace, name)
-    observation, iteration_statuses = _fold_jobs(cluster, run, store, iterations, jobs)
+    observation, iteration_statuses = _fold_jobs(cluster, run, store, iterations, jobs, body)
     finished = None
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
         finished = Finished(RunPhase(status["phase"]), status.get("stopReason") or "", status.get("message") or "")
@@ -354,6 +374,8 @@ def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     cluster = Cluster()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     metrics.forget_run(namespace, name)
+    with _run_locks_guard:
+        _run_locks.pop(body["metadata"]["uid"], None)
     for job in cluster.jobs(namespace, name):
         cluster.delete_job(namespace, job["metadata"]["name"])
     for item in cluster.iterations(namespace, name):

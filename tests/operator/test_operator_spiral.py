@@ -42,6 +42,10 @@ def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: A
     assert status["baselineScore"] == pytest.approx(0.4) and [i["index"] for i in status["iterations"]] == [0, 1, 2]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Complete"] == "True"
     assert len(jobs.seen) == len(set(jobs.seen)) == 1 + 2 * 5
+    events = kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items
+    reasons = [e.reason for e in events if e.involved_object.name == "spiral"]
+    assert reasons.count("StageStarted") == reasons.count("StageSucceeded") == 11
+    assert reasons.count("IterationStarted") == 3 and reasons.count("RunSucceeded") == 1
     iteration = cluster.get(f"{GROUP}/{VERSION}/iterations", "default", "spiral-i1")
     assert iteration["metadata"]["ownerReferences"][0]["kind"] == "EvolutionRun"
     assert iteration["status"]["phase"] == "Succeeded" and iteration["status"]["outputModelUri"] == "s3://models/m1"
