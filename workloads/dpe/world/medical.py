@@ -16,11 +16,9 @@ from dpe.world.template import (
     WORD_ANSWER,
     Params,
     Template,
-    cell_centre,
-    grid_cells,
-    jitter,
     nearby_numbers,
     others,
+    scattered_points,
 )
 
 SIDES: tuple[str, ...] = ("left", "right")
@@ -86,12 +84,7 @@ class LesionCount(Template):
 
     def sample(self, rng: random.Random, level: int) -> Params:
         count = rng.randint(1, 4) if level == 2 else rng.randint(2, 6)
-        spots = [
-            [round(x + jitter(rng, 0.02), 3), round(y + jitter(rng, 0.02), 3)]
-            for x, y in (
-                cell_centre(c, 4, 4, (0.15, 0.2, 0.85, 0.85)) for c in grid_cells(rng, 4, 4, count)
-            )
-        ]
+        spots = scattered_points(rng, count, 4, 4, (0.15, 0.2, 0.85, 0.85), 0.02)
         return {
             "spots": spots,
             "radius": 0.05 if level == 2 else 0.03,

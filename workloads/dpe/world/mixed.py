@@ -12,11 +12,9 @@ from dpe.world.template import (
     WORD_ANSWER,
     Params,
     Template,
-    cell_centre,
-    grid_cells,
-    jitter,
     nearby_numbers,
     others,
+    scattered_points,
 )
 
 SPLITS: dict[str, tuple[str, str]] = {
@@ -95,12 +93,7 @@ class PanelCount(Template):
 
     def sample(self, rng: random.Random, level: int) -> Params:
         count = rng.randint(2, 5) if level == 2 else rng.randint(3, 7)
-        circles = [
-            [round(x + jitter(rng, 0.015), 3), round(y + jitter(rng, 0.015), 3)]
-            for x, y in (
-                cell_centre(c, 3, 4, (0.05, 0.1, 0.45, 0.9)) for c in grid_cells(rng, 3, 4, count)
-            )
-        ]
+        circles = scattered_points(rng, count, 3, 4, (0.05, 0.1, 0.45, 0.9), 0.015)
         return {
             "circles": circles,
             "label": rng.choice(LABELS),

@@ -139,3 +139,11 @@ def cell_centre(
 def jitter(rng: random.Random, amount: float) -> float:
     """A small random offset, rounded so parameters stay short and exact in JSON."""
     return round(rng.uniform(-amount, amount), 3)
+
+
+def scattered_points(
+    rng: random.Random, count: int, columns: int, rows: int, box: tuple[float, float, float, float], spread: float
+) -> list[list[float]]:
+    """`count` points in distinct cells of a grid inside `box`, each nudged off its cell centre."""
+    centres = [cell_centre(c, columns, rows, box) for c in grid_cells(rng, columns, rows, count)]
+    return [[round(x + jitter(rng, spread), 3), round(y + jitter(rng, spread), 3)] for x, y in centres]
