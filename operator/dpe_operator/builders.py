@@ -279,6 +279,8 @@ def stage_job(
     run_name = run.metadata.name
     name = names.job_name(run_name, iteration, stage, attempt, shard=None if shard is None else shard[0], merge=merge)
     labels = names.labels(run_name, iteration, stage, attempt)
+    if merge:
+        labels[names.PART_LABEL] = names.MERGE_SUFFIX
     service = names.service_name(run_name, iteration, attempt)
     nodes = run.spec.train.nodes if stage is StageName.train else 1
     sharded_whole = shards > 1 and shard is None and not merge

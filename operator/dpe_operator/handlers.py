@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from dpe import layout
 from dpe.manifest import problems_of
-from dpe.spec import API_GROUP, API_VERSION, EvolutionRun, IterationPhase, RunPhase, StageName
+from dpe.spec import API_GROUP, API_VERSION, EvolutionRun, IterationPhase, RunPhase, StageName, StageRecord
 from dpe.spiral import (
     CancelStage,
     Finished,
@@ -106,6 +107,18 @@ class Cluster:
             if error.status != 409:
                 raise
 
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "evolutionruns", name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, "evolutionruns", name, {"status": status})
+
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
         selector = f"{names.RUN_LABEL}={names.label_value(run)}"
         items = self.batch.list_namespaced_job(namespace, label_selector=selector).items
@@ -133,7 +146,20 @@ class Cluster:
                 raise
 
 
-def _owner(body: kopf.Body) -> dict[str, Any]:
+_cluster: Cluster | None = None
+_cluster_guard = threading.Lock()
+
+
+def cluster() -> Cluster:
+    """The one API client of the process (its connection pool is shared by every pass)."""
+    global _cluster
+    with _cluster_guard:
+        if _cluster is None:
+            _cluster = Cluster()
+        return _cluster
+
+
+def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": body["metadata"]["name"], "uid": body["metadata"]["uid"]}
 
 
@@ -148,13 +174,32 @@ def _condition(type_: str, status: bool, reason: str, message: str, generation: 
     }
 
 
+def _record_attempt_end(
+    body: Any, k: int, stage: StageName, record: StageRecord, attempt: int, job: Mapping[str, Any], state: JobState,
+    finished_at: float | None, message: str, permanent: bool, started: str | None,
+) -> StageRecord:
+    """The record with a finished attempt added, counted and announced once."""
+    if not any(entry.attempt == attempt for entry in record.history):
+        metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
+        event = f"iteration {k} {stage.value} attempt {attempt} {state.value.lower()}"
+        if state is JobState.succeeded:
+            kopf.info(body, reason="StageSucceeded", message=event)
+        else:
+            kopf.warn(body, reason=f"Stage{state.value}", message=f"{event}: {message}"[:1000])
+        created = observe.timestamp(started)
+        if state is JobState.succeeded and created is not None and finished_at is not None:
+            metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
+    record = observe.record_finished(record, attempt, job, state, finished_at, message, permanent)
+    return record.model_copy(update={"start_time": record.start_time or started, "end_time": _now_iso(), "job_name": job["metadata"]["name"]})
+
+
 def _fold_jobs(
-    cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]], jobs: list[dict[str, Any]], body: kopf.Body
+    cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]], jobs: list[dict[str, Any]], body: Any, terminal: bool
 ) -> tuple[RunObservation, dict[int, dict[str, Any]]]:
-    """Copy finished Jobs into the Iterations' records (reading result.json once), post an Event
-    for each, and observe."""
+    """Copy finished attempts into the Iterations' records (reading result.json once), start the
+    merge of sharded attempts whose shards are done, post an Event for each, and observe."""
     namespace, name = run.metadata.namespace, run.metadata.name
-    newest = observe.live_jobs(jobs)
+    newest = observe.newest_attempts(jobs)
     observed = {}
     statuses: dict[int, dict[str, Any]] = {}
     for item in iterations:
@@ -162,40 +207,51 @@ def _fold_jobs(
         records = observe.stage_records(item.get("status"), k)
         live: dict[StageName, JobState] = {}
         for stage, record in records.items():
-            if (k, stage) not in newest:
+            result_key = layout.result_key(namespace, name, k, stage)
+            found = newest.get((k, stage))
+            lost = observe.vanished_attempt(record, found)
+            if lost is not None:
+                gone = {"metadata": {"name": record.job_name}}
+                if store.exists(result_key):
+                    # Finished, then removed (TTL) while the operator was away: the result is what counts.
+                    state, message = JobState.succeeded, ""
+                    record = record.model_copy(update={"summary": observe.summary_from_result(store.get_json(result_key))})
+                else:
+                    state = JobState.cancelled if terminal else JobState.disrupted
+                    message = f"Job {record.job_name} was deleted before it finished"
+                record = _record_attempt_end(body, k, stage, record, lost, gone, state, time.time(), message, False, record.start_time)
+                records[stage] = record
+            if found is None:
                 continue
-            attempt, job = newest[(k, stage)]
-            state, finished_at, message, permanent = observe.job_state(job)
-            if state in (JobState.pending, JobState.running):
-                problem = observe.pod_problem(cluster.pods(namespace, job["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
+            attempt, current = found.attempt, found.current
+            started = (found.main or current)["metadata"].get("creationTimestamp")
+            recorded = any(entry.attempt == attempt for entry in record.history)
+            state, finished_at, message, permanent, merge_due = observe.attempt_state(found, observe.is_sharded(found))
+            if merge_due and not terminal and not recorded:
+                assert found.main is not None
+                merge = builders.stage_job(run, k, stage, attempt, observe.model_argument(found.main), owner=_owner(body), merge=True,
+                                           image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
+                cluster.create("Job", namespace, merge)
+                kopf.info(body, reason="StageMerging", message=f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
+            elif state in (JobState.pending, JobState.running) and not recorded:
+                problem = observe.pod_problem(cluster.pods(namespace, current["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
                 if problem is not None:
-                    cluster.delete_job(namespace, job["metadata"]["name"])
+                    cluster.delete_job(namespace, current["metadata"]["name"])
                     state, finished_at, message, permanent = JobState.failed, time.time(), problem, True
-            if state in (JobState.succeeded, JobState.failed):
+            if state is JobState.failed and not permanent and not recorded:
+                disrupted = observe.disruption(cluster.pods(namespace, current["metadata"]["name"]))
+                if disrupted is not None:
+                    state, message = JobState.disrupted, disrupted
+            if state in (JobState.succeeded, JobState.failed, JobState.disrupted):
                 if state is JobState.succeeded and record.summary is None:
-                    key = layout.result_key(namespace, name, k, stage)
-                    if store.exists(key):
-                        record = record.model_copy(update={"summary": observe.summary_from_result(store.get_json(key))})
+                    if store.exists(result_key):
+                        record = record.model_copy(update={"summary": observe.summary_from_result(store.get_json(result_key))})
                     else:
                         state, message = JobState.failed, "the stage exited without writing result.json"
-                if not any(e.attempt == attempt for e in record.history):
-                    metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
-                    event = f"iteration {k} {stage.value} attempt {attempt} {state.value.lower()}"
-                    if state is JobState.succeeded:
-                        kopf.info(body, reason="StageSucceeded", message=event)
-                    else:
-                        kopf.warn(body, reason="StageFailed", message=f"{event}: {message}"[:1000])
-                    created = observe.timestamp(job["metadata"].get("creationTimestamp"))
-                    if state is JobState.succeeded and created is not None and finished_at is not None:
-                        metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
-                record = observe.record_finished(record, attempt, job, state, finished_at, message, permanent)
-                if record.start_time is None:
-                    record = record.model_copy(update={"start_time": job["metadata"].get("creationTimestamp")})
-                record = record.model_copy(update={"end_time": _now_iso(), "job_name": job["metadata"]["name"]})
-                records[stage] = record
-            elif not any(e.attempt == attempt for e in record.history):
+                records[stage] = _record_attempt_end(body, k, stage, record, attempt, current, state, finished_at, message, permanent, started)
+            elif not recorded:
                 live[stage] = state
-                records[stage] = record.model_copy(update={"job_name": job["metadata"]["name"], "start_time": record.start_time or job["metadata"].get("creationTimestamp")})
+                records[stage] = record.model_copy(update={"job_name": current["metadata"]["name"], "start_time": record.start_time or started})
         stage_list = [r.model_copy(update={"outcome": observe.outcome(r, live.get(s))}) for s, r in records.items()]
         observed[k] = observe.iteration_observation(item["spec"]["inputModelUri"], records, live)
         status = dict(item.get("status") or {})
@@ -218,23 +274,34 @@ def _fold_jobs(
     return RunObservation(now=time.time(), started_at=None, iterations=observed), statuses
 
 
-_run_locks: dict[str, threading.Lock] = {}
+_run_locks: dict[tuple[str, str], threading.Lock] = {}
 _run_locks_guard = threading.Lock()
 
 
-def _run_lock(uid: str) -> threading.Lock:
-    """kopf runs timers beside event handlers; one pass at a time per run keeps actions single."""
+def _run_lock(namespace: str, name: str) -> threading.Lock:
+    """Timers, run events and Job events all reconcile; one pass at a time per run keeps actions single."""
     with _run_locks_guard:
-        return _run_locks.setdefault(uid, threading.Lock())
+        return _run_locks.setdefault((namespace, name), threading.Lock())
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
-    """One pass of the spiral for one EvolutionRun; API and store outages are retried by kopf."""
+def reconcile(namespace: str, name: str) -> None:
+    """One pass of the spiral for one EvolutionRun, on its freshest state; API and store outages
+    are retried by kopf.
+
+    Every trigger (the run's own events, its timer, a Job of it finishing) comes here, and the pass
+    reads the run inside the per-run lock and patches its status itself, so no pass ever works
+    from, or writes back, a status older than the one before it.
+    """
     from dpe.store import StoreError
 
     try:
-        with _run_lock(body["metadata"]["uid"]):
-            _reconcile(body, patch, logger)
+        with _run_lock(namespace, name):
+            body = cluster().get_run(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            status = _reconcile(body)
+            if status:
+                cluster().patch_run_status(namespace, name, status)
     except ApiException as error:
         metrics.API_ERRORS.labels(str(error.status)).inc()
         raise kopf.TemporaryError(f"Kubernetes API error {error.status}: {error.reason}", delay=RECONCILE_SECONDS) from error
@@ -243,34 +310,42 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         raise kopf.TemporaryError(f"artifact store error: {error}", delay=RECONCILE_SECONDS) from error
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
+def _status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch taking status `old` to `new` (None removes a field); empty when nothing changed."""
+    return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}
+
+
+def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
+    """Observe, decide and act for one run; returns the status patch."""
     status = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
     previous_conditions = list(status.get("conditions") or [])
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value) and status.get("stopReason") == "InvalidSpec":
-        return
+        return {}
     try:
         run = EvolutionRun.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
     except ValidationError as error:
         message = "; ".join(problems_of(error))
-        patch.status.update(phase=RunPhase.failed.value, stopReason="InvalidSpec", observedGeneration=generation, conditions=[
-            _condition("Ready", False, "InvalidSpec", message, generation, previous_conditions),
-            _condition("Failed", True, "InvalidSpec", message, generation, previous_conditions),
-        ])
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
-        return
+        return _status_patch(status, {
+            "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
+            "conditions": [
+                _condition("Ready", False, "InvalidSpec", message, generation, previous_conditions),
+                _condition("Failed", True, "InvalidSpec", message, generation, previous_conditions),
+            ],
+        })
     from dpe.store import open_store
 
-    cluster = Cluster()
+    api = cluster()
     store = open_store(run.spec.storage)
     namespace, name = run.metadata.namespace, run.metadata.name
-    cluster.create("ConfigMap", namespace, builders.run_configmap(run, owner=_owner(body)))
-    jobs = cluster.jobs(namespace, name)
-    iterations = cluster.iterations(namespace, name)
-    observation, iteration_statuses = _fold_jobs(cluster, run, store, iterations, jobs, body)
+    api.create("ConfigMap", namespace, builders.run_configmap(run, owner=_owner(body)))
+    jobs = api.jobs(namespace, name)
+    iterations = api.iterations(namespace, name)
     finished = None
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
         finished = Finished(RunPhase(status["phase"]), status.get("stopReason") or "", status.get("message") or "")
+    observation, iteration_statuses = _fold_jobs(api, run, store, iterations, jobs, body, terminal=finished is not None)
     started = status.get("startTime")
     observation = RunObservation(
         now=observation.now,
@@ -279,7 +354,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         finished=finished,
     )
     decision = decide(run.spec, observation)
-    newest = observe.live_jobs(jobs)
+    newest = observe.newest_attempts(jobs)
     for action in decision.actions:
         if isinstance(action, StartIteration):
             iteration = {
@@ -289,7 +364,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
                 "spec": {"runName": name, "index": action.index, "inputModelUri": action.input_model_uri},
             }
             kopf.adopt(iteration, owner=body)
-            cluster.create("Iteration", namespace, iteration)
+            api.create("Iteration", namespace, iteration)
             kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
         elif isinstance(action, StartStage):
             if action.attempt > 1:
@@ -298,18 +373,20 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
             job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=_owner(body),
                                      image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
             if action.stage is StageName.train and run.spec.train.nodes > 1:
-                cluster.create("Service", namespace, builders.headless_service(run, action.iteration, action.attempt, owner=_owner(body)))
-            cluster.create("Job", namespace, job)
+                api.create("Service", namespace, builders.headless_service(run, action.iteration, action.attempt, owner=_owner(body)))
+            api.create("Job", namespace, job)
             kopf.info(body, reason="StageStarted", message=f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
         elif isinstance(action, (SuspendStage, ResumeStage)):
-            _, job = newest[(action.iteration, action.stage)]
-            queued = builders.KUEUE_QUEUE_LABEL in (job["metadata"].get("labels") or {})
+            current = newest[(action.iteration, action.stage)].current
+            queued = builders.KUEUE_QUEUE_LABEL in (current["metadata"].get("labels") or {})
             # Kueue admits a queued Job by lifting its suspension; resuming it ourselves would jump the queue.
             if isinstance(action, SuspendStage) or not queued:
-                cluster.set_suspend(namespace, job["metadata"]["name"], isinstance(action, SuspendStage))
+                api.set_suspend(namespace, current["metadata"]["name"], isinstance(action, SuspendStage))
         elif isinstance(action, CancelStage):
-            _, job = newest[(action.iteration, action.stage)]
-            cluster.delete_job(namespace, job["metadata"]["name"])
+            found = newest[(action.iteration, action.stage)]
+            for job in (found.main, found.merge):
+                if job is not None:
+                    api.delete_job(namespace, job["metadata"]["name"])
         elif isinstance(action, FinishRun):
             kind = "RunSucceeded" if action.phase is RunPhase.succeeded else "RunFailed"
             (kopf.info if action.phase is RunPhase.succeeded else kopf.warn)(body, reason=kind, message=f"{action.reason.value}: {action.message}")
@@ -330,57 +407,73 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> None:
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
     )
-    patch.status.update(
-        phase=phase.value,
-        observedGeneration=generation,
-        currentIteration=decision.current_iteration,
-        iterations=summaries,
-        baselineScore=decision.baseline_score,
-        bestIteration=None if decision.best is None else decision.best.iteration,
-        bestScore=None if decision.best is None else decision.best.score,
-        bestModelUri=None if decision.best is None else decision.best.model_uri,
-        usage={"gpuHours": decision.gpu_hours, "agentSpendUsd": decision.agent_spend_usd},
-        stopReason=decision.reason if terminal else None,
-        message=decision.message,
-        startTime=status.get("startTime") or _now_iso(),
-        completionTime=status.get("completionTime") or (_now_iso() if terminal else None),
-        capabilityAccuracy={} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
-        mixtureWeights={} if latest is None else iteration_statuses[latest]["mixtureWeights"],
-        conditions=[
+    return _status_patch(status, {
+        "phase": phase.value,
+        "observedGeneration": generation,
+        "currentIteration": decision.current_iteration,
+        "iterations": summaries,
+        "baselineScore": decision.baseline_score,
+        "bestIteration": None if decision.best is None else decision.best.iteration,
+        "bestScore": None if decision.best is None else decision.best.score,
+        "bestModelUri": None if decision.best is None else decision.best.model_uri,
+        "usage": {"gpuHours": decision.gpu_hours, "agentSpendUsd": decision.agent_spend_usd},
+        "stopReason": decision.reason if terminal else None,
+        "message": decision.message,
+        "startTime": status.get("startTime") or _now_iso(),
+        "completionTime": status.get("completionTime") or (_now_iso() if terminal else None),
+        "capabilityAccuracy": {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
+        "mixtureWeights": {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
+        "conditions": [
             _condition("Ready", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions),
             _condition("Progressing", phase is RunPhase.running, reason, decision.message, generation, previous_conditions),
             _condition("Suspended", phase is RunPhase.suspended, reason, decision.message, generation, previous_conditions),
             _condition("Complete", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions),
             _condition("Failed", phase is RunPhase.failed, reason, decision.message, generation, previous_conditions),
         ],
-    )
+    })
 
 
 @kopf.on.create(API_GROUP, API_VERSION, "evolutionruns")
 @kopf.on.resume(API_GROUP, API_VERSION, "evolutionruns")
 @kopf.on.update(API_GROUP, API_VERSION, "evolutionruns", field="spec")
-def on_change(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    reconcile(body, patch, logger)
+def on_change(body: kopf.Body, **_: Any) -> None:
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.timer(API_GROUP, API_VERSION, "evolutionruns", interval=RECONCILE_SECONDS, idle=0)
-def on_timer(body: kopf.Body, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-    reconcile(body, patch, logger)
+def on_timer(body: kopf.Body, **_: Any) -> None:
+    """The safety net: pods stuck on a bad image, unschedulable past the grace period, deadlines."""
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
+def on_job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A stage Job finished: reconcile its run now, so the next stage starts without waiting for the timer.
+
+    The initial listing (type None) is skipped: every run is reconciled on resume anyway.
+    """
+    if event.get("type") not in ("ADDED", "MODIFIED"):
+        return
+    if observe.job_state(body)[0] not in (JobState.succeeded, JobState.failed):
+        return
+    owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "EvolutionRun"), None)
+    if owner is not None:
+        reconcile(body["metadata"]["namespace"], owner["name"])
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, "evolutionruns")
 def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     """Remove the run's Jobs and Iterations (and its store prefix when the spec asks for it)."""
-    cluster = Cluster()
+    api = cluster()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     metrics.forget_run(namespace, name)
     with _run_locks_guard:
-        _run_locks.pop(body["metadata"]["uid"], None)
-    for job in cluster.jobs(namespace, name):
-        cluster.delete_job(namespace, job["metadata"]["name"])
-    for item in cluster.iterations(namespace, name):
+        _run_locks.pop((namespace, name), None)
+    for job in api.jobs(namespace, name):
+        api.delete_job(namespace, job["metadata"]["name"])
+    for item in api.iterations(namespace, name):
         try:
-            cluster.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "iterations", item["metadata"]["name"])
+            api.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "iterations", item["metadata"]["name"])
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -37,6 +37,8 @@ RUN_LABEL = "dpe.dev/run"
 ITERATION_LABEL = "dpe.dev/iteration"
 STAGE_LABEL = "dpe.dev/stage"
 ATTEMPT_LABEL = "dpe.dev/attempt"
+PART_LABEL = "dpe.dev/part"
+"""On a sharded stage's merge Job only: it shares the attempt's labels with the shards' Job."""
 
 MERGE_SUFFIX = "merge"
 """Last word of the name of a sharded stage's merge Job."""

@@ -1,6 +1,7 @@
 """From Kubernetes objects to the spiral's observation, and back to status. Pure functions.
 
-A Job is one attempt of one stage. Its state is read from `.status` (conditions, counters) and
+An attempt of a stage is one Job, or two for a stage run in shards (the shards' Indexed Job, then
+the merge Job). A Job's state is read from `.status` (conditions, counters) and
 `.spec.suspend`; a finished attempt is copied into the Iteration's stage record (`history`), so the
 history survives the Job's TTL clean-up and an operator restart. A stage is complete when its
 record holds the summary of its `result.json`.
@@ -9,15 +10,14 @@ record holds the summary of its `result.json`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from dpe.spec import AttemptRecord, IterationStatus, StageName, StageOutcome, StageRecord, StageSummary
 from dpe.spiral import Attempt, IterationObservation, JobState, StageObservation, StageResult, stages_of
 from dpe_operator import names
-
-PERMANENT_MARKERS = ("exit code 3", "PodFailurePolicy")
-"""Job failure messages that mean the stage exited with its permanent-failure code."""
+from dpe_operator.builders import DISRUPTION_CONDITION
 
 
 def timestamp(value: str | None) -> float | None:
@@ -112,17 +112,104 @@ def outcome(record: StageRecord, live: JobState | None) -> StageOutcome:
     return StageOutcome.pending
 
 
-def live_jobs(jobs: Iterable[Mapping[str, Any]]) -> dict[tuple[int, StageName], tuple[int, Mapping[str, Any]]]:
-    """The newest Job of every (iteration, stage)."""
-    newest: dict[tuple[int, StageName], tuple[int, Mapping[str, Any]]] = {}
+@dataclass(frozen=True)
+class AttemptJobs:
+    """The Jobs of one stage attempt: the stage's Job and, for a sharded stage, its merge Job."""
+
+    attempt: int
+    main: Mapping[str, Any] | None = None
+    merge: Mapping[str, Any] | None = None
+
+    @property
+    def current(self) -> Mapping[str, Any]:
+        """The Job that decides the attempt's state now: the merge once it exists."""
+        found = self.merge if self.merge is not None else self.main
+        assert found is not None, "an attempt has at least one Job"
+        return found
+
+
+def newest_attempts(jobs: Iterable[Mapping[str, Any]]) -> dict[tuple[int, StageName], AttemptJobs]:
+    """The Jobs of the newest attempt of every (iteration, stage)."""
+    newest: dict[tuple[int, StageName], AttemptJobs] = {}
     for job in jobs:
         key = job_key(job)
         if key is None:
             continue
         k, stage, attempt = key
-        if (k, stage) not in newest or attempt > newest[(k, stage)][0]:
-            newest[(k, stage)] = (attempt, job)
+        known = newest.get((k, stage))
+        if known is not None and known.attempt > attempt:
+            continue
+        if known is None or known.attempt < attempt:
+            known = AttemptJobs(attempt)
+        is_merge = ((job.get("metadata") or {}).get("labels") or {}).get(names.PART_LABEL) == names.MERGE_SUFFIX
+        newest[(k, stage)] = replace(known, merge=job) if is_merge else replace(known, main=job)
     return newest
+
+
+def attempt_state(jobs: AttemptJobs, sharded: bool) -> tuple[JobState, float | None, str, bool, bool]:
+    """(state, finished at, message, permanent, merge due) of one attempt.
+
+    A sharded attempt runs its shards' Job, then its merge Job: it is running from the moment the
+    shards succeed until the merge finishes, and "merge due" says the merge Job is still to create.
+    A merge Job exists only after the shards succeeded, even if their Job has since been removed.
+    """
+    if jobs.merge is not None:
+        return (*job_state(jobs.merge), False)
+    assert jobs.main is not None, "an attempt has at least one Job"
+    state, finished_at, message, permanent = job_state(jobs.main)
+    if sharded and state is JobState.succeeded:
+        return JobState.running, None, "", False, True
+    return state, finished_at, message, permanent, False
+
+
+def _args(job: Mapping[str, Any]) -> list[str]:
+    containers = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
+    return [str(arg) for arg in containers[0].get("args") or []]
+
+
+def is_sharded(jobs: AttemptJobs) -> bool:
+    """Whether the attempt runs its stage in shards (and so needs a merge Job after them)."""
+    return jobs.merge is not None or (jobs.main is not None and "--shard" in _args(jobs.main))
+
+
+def model_argument(job: Mapping[str, Any]) -> str:
+    """The `--model` a stage Job was started with (a merge Job takes its shards' model)."""
+    args = _args(job)
+    if "--model" in args[:-1]:
+        return args[args.index("--model") + 1]
+    raise ValueError(f"Job {(job.get('metadata') or {}).get('name')} has no --model argument")
+
+
+def vanished_attempt(record: StageRecord, newest: AttemptJobs | None) -> int | None:
+    """The attempt whose Job was seen running and is gone before it finished, or None.
+
+    A Job is recorded in `job_name` once it is seen live; an attempt is numbered by the finished
+    ones before it. When neither that attempt's Job nor a newer one exists any more, something
+    outside the operator removed it (a person, a cluster clean-up): the attempt is lost.
+    """
+    if record.summary is not None or record.job_name is None:
+        return None
+    if any(entry.job_name == record.job_name for entry in record.history):
+        return None
+    attempt = len(record.history) + 1
+    if newest is not None and newest.attempt >= attempt:
+        return None
+    return attempt
+
+
+def disruption(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a failed attempt was really a disruption (a pod preempted, evicted or drained), or None.
+
+    The pod failure policy already keeps a disrupted pod from failing its Job; a Job that still
+    failed while one of its pods was disrupted (the other ranks of a multi-node training lose their
+    peer and exit) failed because of the disruption, not because of the stage.
+    """
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == DISRUPTION_CONDITION and condition.get("status") == "True":
+                name = (pod.get("metadata") or {}).get("name", "a pod")
+                return f"{condition.get('reason', 'Disrupted')} of {name}: {condition.get('message', '')}".strip(": ")
+    return None
 
 
 FATAL_WAITING_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"})

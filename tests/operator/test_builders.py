@@ -265,6 +265,9 @@ def test_stage_shapes(case: ShapeCase) -> None:
         assert index_env is None
     else:
         assert index_env == {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+    # Only the merge Job is told apart from its attempt's other Job, which shares its labels.
+    part = job["metadata"]["labels"].get(names.PART_LABEL)
+    assert part == ("merge" if options.get("merge") else None)
     assert_valid(job)
 
 

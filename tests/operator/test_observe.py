@@ -47,3 +47,104 @@ def test_unschedulable_only_after_the_grace_period() -> None:
     pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have nvidia.com/gpu", "lastTransitionTime": NOW}]}}
     assert pod_problem([pod], since + 599, 600) is None
     assert "nvidia.com/gpu" in (pod_problem([pod], since + 601, 600) or "")
+
+
+def stage_job(name: str, attempt: int, *, stage: str = "score", merge: bool = False, args: tuple[str, ...] = (), status: dict | None = None) -> dict:
+    labels = {"dpe.dev/run": "r", "dpe.dev/iteration": "1", "dpe.dev/stage": stage, "dpe.dev/attempt": str(attempt)}
+    if merge:
+        labels["dpe.dev/part"] = "merge"
+    container = {"name": "stage", "args": ["stage", stage, "--run", "/etc/dpe/run.yaml", "--iteration", "1", "--model", "s3://m/base", *args]}
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"template": {"spec": {"containers": [container]}}}, "status": status or {}}
+
+
+DONE = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": NOW}]}
+FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "exit 1", "lastTransitionTime": NOW}]}
+
+
+def test_newest_attempts_pairs_each_attempt_with_its_merge_and_ignores_foreign_jobs() -> None:
+    from dpe.spec import StageName
+    from dpe_operator.observe import newest_attempts
+
+    jobs = [
+        stage_job("r-i1-score-a2-merge", 2, merge=True),
+        stage_job("r-i1-score-a1", 1),
+        stage_job("r-i1-score-a2", 2),
+        stage_job("r-i1-score-a1-merge", 1, merge=True),
+        stage_job("r-i1-train-a1", 1, stage="train"),
+        {"metadata": {"name": "someone-elses", "labels": {"app": "x"}}},
+    ]
+    found = newest_attempts(jobs)
+    assert set(found) == {(1, StageName.score), (1, StageName.train)}
+    score = found[(1, StageName.score)]
+    assert score.attempt == 2 and score.main["metadata"]["name"] == "r-i1-score-a2" and score.current["metadata"]["name"] == "r-i1-score-a2-merge"
+    train = found[(1, StageName.train)]
+    assert train.merge is None and train.current is train.main
+
+
+@pytest.mark.parametrize(
+    "main, merge, expected",
+    [
+        (DONE, None, (JobState.running, True)),
+        ({"active": 2}, None, (JobState.running, False)),
+        (FAILED, None, (JobState.failed, False)),
+        (DONE, {"active": 1}, (JobState.running, False)),
+        (DONE, DONE, (JobState.succeeded, False)),
+        (DONE, FAILED, (JobState.failed, False)),
+        (None, DONE, (JobState.succeeded, False)),
+    ],
+)
+def test_a_sharded_attempt_runs_until_its_merge_finishes(main: dict | None, merge: dict | None, expected: tuple[JobState, bool]) -> None:
+    from dpe_operator.observe import AttemptJobs, attempt_state, is_sharded
+
+    jobs = AttemptJobs(
+        1,
+        None if main is None else stage_job("r-i1-score-a1", 1, args=("--shard", "$(JOB_COMPLETION_INDEX)/3"), status=main),
+        None if merge is None else stage_job("r-i1-score-a1-merge", 1, merge=True, args=("--merge",), status=merge),
+    )
+    assert is_sharded(jobs)
+    state, _, _, _, merge_due = attempt_state(jobs, sharded=True)
+    assert (state, merge_due) == expected
+
+
+def test_an_unsharded_attempt_is_its_job() -> None:
+    from dpe_operator.observe import AttemptJobs, attempt_state, is_sharded
+
+    jobs = AttemptJobs(1, stage_job("r-i1-score-a1", 1, status=DONE))
+    assert not is_sharded(jobs)
+    assert attempt_state(jobs, sharded=False)[0] is JobState.succeeded and attempt_state(jobs, sharded=False)[4] is False
+
+
+def test_model_argument() -> None:
+    from dpe_operator.observe import model_argument
+
+    assert model_argument(stage_job("j", 1)) == "s3://m/base"
+    with pytest.raises(ValueError, match="no --model"):
+        model_argument({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"args": ["stage", "--model"]}]}}}})
+
+
+def test_a_job_seen_running_and_then_gone_is_a_lost_attempt() -> None:
+    from dpe.spec import AttemptRecord, StageName, StageRecord, StageSummary
+    from dpe_operator.observe import AttemptJobs, vanished_attempt
+
+    never_seen = StageRecord(name=StageName.train)
+    assert vanished_attempt(never_seen, None) is None
+    seen = StageRecord(name=StageName.train, job_name="r-i1-train-a2", history=[AttemptRecord(attempt=1, job_name="r-i1-train-a1", state="Failed")])
+    assert vanished_attempt(seen, None) == 2
+    assert vanished_attempt(seen, AttemptJobs(1, stage_job("r-i1-train-a1", 1, stage="train"))) == 2
+    assert vanished_attempt(seen, AttemptJobs(2, stage_job("r-i1-train-a2", 2, stage="train"))) is None
+    finished = seen.model_copy(update={"job_name": "r-i1-train-a1"})
+    assert vanished_attempt(finished, None) is None
+    done = seen.model_copy(update={"summary": StageSummary()})
+    assert vanished_attempt(done, None) is None
+
+
+def test_a_failure_with_a_disrupted_pod_is_a_disruption() -> None:
+    from dpe_operator.observe import disruption
+
+    preempted = {"metadata": {"name": "p-0"}, "status": {"conditions": [
+        {"type": "Ready", "status": "False"},
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "node drained"}]}}
+    failed = {"metadata": {"name": "p-1"}, "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "False"}]}}
+    assert disruption([failed]) is None and disruption([]) is None
+    found = disruption([failed, preempted])
+    assert found is not None and "EvictionByEvictionAPI" in found and "p-0" in found and "node drained" in found

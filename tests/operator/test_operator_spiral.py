@@ -64,3 +64,70 @@ def test_failed_stage_is_retried_then_fails_the_run_with_its_message(cluster: Em
     assert run["status"]["stopReason"] == "StageFailed" and "iteration 1 diagnose" in run["status"]["message"]
     assert failing <= set(jobs.seen) and "flaky-i1-diagnose-a3" not in jobs.seen
     assert scrape()[("dpe_stage_retries_total", (("reason", "Failed"),))] >= 1
+
+
+def test_sharded_stages_run_their_shards_then_a_merge(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    body = run_body("shards", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1}, evaluate={"shards": 2}, score={"shards": 3})
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    batch = kubernetes.client.BatchV1Api(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "shards") as jobs:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        run = wait_phase(cluster, "shards", "Succeeded")
+    assert runner.exception is None
+    assert run["status"]["bestScore"] == pytest.approx(0.5)
+    assert sorted(jobs.seen) == sorted([
+        "shards-i0-evaluate-a1", "shards-i0-evaluate-a1-merge",
+        "shards-i1-diagnose-a1", "shards-i1-generate-a1", "shards-i1-score-a1", "shards-i1-score-a1-merge",
+        "shards-i1-train-a1", "shards-i1-evaluate-a1", "shards-i1-evaluate-a1-merge",
+    ])
+    assert jobs.seen.index("shards-i1-score-a1-merge") < jobs.seen.index("shards-i1-train-a1")
+    by_name = {job.metadata.name: job for job in batch.list_namespaced_job("default").items}
+    shards, merge = by_name["shards-i1-score-a1"], by_name["shards-i1-score-a1-merge"]
+    assert shards.spec.completions == 3 and "--shard" in shards.spec.template.spec.containers[0].args
+    assert merge.spec.completions in (None, 1) and "--merge" in merge.spec.template.spec.containers[0].args
+    assert merge.metadata.labels["dpe.dev/part"] == "merge" and merge.metadata.labels["dpe.dev/attempt"] == "1"
+    assert merge.spec.template.spec.containers[0].args[merge.spec.template.spec.containers[0].args.index("--model") + 1] == "s3://models/base"
+    iteration = cluster.get(f"{GROUP}/{VERSION}/iterations", "default", "shards-i1")
+    score = next(r for r in iteration["status"]["stages"] if r["name"] == "score")
+    assert score["outcome"] == "Succeeded" and score["jobName"] == "shards-i1-score-a1-merge" and len(score["history"]) == 1
+    events = kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items
+    assert [e.reason for e in events if e.involved_object.name == "shards"].count("StageMerging") == 3
+
+
+def test_preempted_or_deleted_attempts_restart_without_counting_as_failures(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+    """maxAttempts 1 leaves no retry for a failure: the run only succeeds if both losses count apart."""
+    body = run_body("preempt", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1}, retry={"maxAttempts": 1, "backoffSeconds": 0.0})
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    lost = {"disrupt": {"preempt-i1-diagnose-a1"}, "vanish": {"preempt-i1-train-a1"}}
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "preempt", **lost) as jobs:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        wait_phase(cluster, "preempt", "Succeeded")
+        samples = scrape()
+    assert runner.exception is None
+    assert {"preempt-i1-diagnose-a2", "preempt-i1-train-a2"} <= set(jobs.seen)
+    stages = {r["name"]: r for r in cluster.get(f"{GROUP}/{VERSION}/iterations", "default", "preempt-i1")["status"]["stages"]}
+    assert stages["diagnose"]["disruptions"] == 1 and stages["diagnose"]["attempts"] == 1
+    assert [e["state"] for e in stages["diagnose"]["history"]] == ["Disrupted", "Succeeded"]
+    assert "PreemptionByScheduler" in stages["diagnose"]["history"][0]["message"]
+    assert stages["train"]["disruptions"] == 1 and "deleted before it finished" in stages["train"]["history"][0]["message"]
+    assert samples[("dpe_stage_retries_total", (("reason", "Disrupted"),))] >= 2
+    assert samples[("dpe_stage_attempts_total", (("outcome", "Disrupted"), ("stage", "diagnose")))] >= 1
+
+
+def test_a_finished_job_starts_the_next_stage_without_waiting_for_the_timer(
+    cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the periodic pass an hour apart, only the Job events can move the spiral along."""
+    monkeypatch.setenv("DPE_RECONCILE_SECONDS", "3600")
+    body = run_body("events", s3_bucket, s3_server.endpoint, stop={"maxIterations": 2})
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "events") as jobs:
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        wait_phase(cluster, "events", "Succeeded", timeout=30)
+    assert runner.exception is None and len(jobs.seen) == 1 + 2 * 5

@@ -44,13 +44,22 @@ def stage_result(stage: str, k: int) -> dict[str, Any]:
 
 
 class JobController:
-    """Completes every stage Job it sees (after writing its result), or fails chosen ones."""
+    """Plays the Job controller and the workloads for every stage Job it sees.
 
-    def __init__(self, cluster: EmulatedCluster, store: Any, run: str, fail: set[str] | None = None):
+    By default a Job completes after its result.json is written; the shards' Job of a sharded stage
+    completes without one (only the merge writes it). Chosen Jobs fail instead (`fail`), fail after
+    one of their pods was preempted (`disrupt`), or are deleted while running (`vanish`).
+    """
+
+    def __init__(self, cluster: EmulatedCluster, store: Any, run: str, fail: set[str] | None = None,
+                 disrupt: set[str] | None = None, vanish: set[str] | None = None):
         self.batch = kubernetes.client.BatchV1Api(cluster.api_client())
+        self.core = kubernetes.client.CoreV1Api(cluster.api_client())
         self.store = store
         self.run = run
         self.fail = fail or set()
+        self.disrupt = disrupt or set()
+        self.vanish = vanish or set()
         self.seen: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -62,16 +71,48 @@ class JobController:
                 if name in self.seen or (job.status and (job.status.succeeded or job.status.failed)):
                     continue
                 self.seen.append(name)
-                labels = job.metadata.labels
-                k, stage = int(labels["dpe.dev/iteration"]), labels["dpe.dev/stage"]
-                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                if name in self.fail:
-                    status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "exit 1", "lastTransitionTime": now}]}
-                else:
-                    self.store.put_json(layout.result_key("default", self.run, k, stage), stage_result(stage, k))
-                    status = {"succeeded": 1, "completionTime": now, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}
-                self.batch.patch_namespaced_job_status(name, "default", {"status": status})
+                self.play(job)
             time.sleep(0.05)
+
+    def play(self, job: Any) -> None:
+        name, labels = job.metadata.name, job.metadata.labels
+        k, stage = int(labels["dpe.dev/iteration"]), labels["dpe.dev/stage"]
+        args = job.spec.template.spec.containers[0].args
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if name in self.vanish:
+            # Gone while running, after the operator has seen it run (a Job it never saw is simply made again).
+            self.batch.patch_namespaced_job_status(name, "default", {"status": {"active": 1}})
+            self.wait_recorded(k, stage, name)
+            self.batch.delete_namespaced_job(name, "default")
+            return
+        if name in self.fail or name in self.disrupt:
+            if name in self.disrupt:
+                self.preempted_pod(name, now)
+            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "exit 1", "lastTransitionTime": now}]}
+        else:
+            if "--shard" not in args:
+                self.store.put_json(layout.result_key("default", self.run, k, stage), stage_result(stage, k))
+            status = {"succeeded": 1, "completionTime": now, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}
+        self.batch.patch_namespaced_job_status(name, "default", {"status": status})
+
+    def wait_recorded(self, k: int, stage: str, job: str, timeout: float = 10.0) -> None:
+        custom = kubernetes.client.CustomObjectsApi(self.batch.api_client)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, "default", "iterations")["items"]
+            for item in items:
+                if item["spec"]["index"] == k and any(r.get("name") == stage and r.get("jobName") == job for r in (item.get("status") or {}).get("stages", [])):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the operator never recorded Job {job} as running")
+
+    def preempted_pod(self, job: str, now: str) -> None:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-0-x", "namespace": "default", "labels": {"job-name": job}},
+               "spec": {"containers": [{"name": "stage", "image": "dpe-workload"}]}}
+        self.core.create_namespaced_pod("default", pod)
+        self.core.patch_namespaced_pod_status(f"{job}-0-x", "default", {"status": {"phase": "Failed", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod",
+             "lastTransitionTime": now}]}})
 
     def __enter__(self) -> JobController:
         self.thread.start()
