@@ -1,0 +1,99 @@
+"""The operator's RBAC grants exactly what the operator does (read off handlers.py and kopf), in a Role
+per served namespace or one ClusterRole; test_operator_contract.py then runs the operator with
+only these permissions enforced."""
+
+from __future__ import annotations
+
+import pytest
+from support.charts import RELEASE_NAMESPACE, Authorizer, Helm, granted, objects_of
+
+OPERATOR_ACCOUNT = (RELEASE_NAMESPACE, "rel-dpe-operator")
+
+EXPECTED = {
+    # kopf lists and watches runs and patches their finalizers and annotations; each pass reads the
+    # run fresh and patches its status.
+    ("dpe.dev", "evolutionruns", "get"), ("dpe.dev", "evolutionruns", "list"),
+    ("dpe.dev", "evolutionruns", "watch"), ("dpe.dev", "evolutionruns", "patch"),
+    ("dpe.dev", "evolutionruns/status", "patch"),
+    # Children point at their run with blockOwnerDeletion, which needs update on its finalizers.
+    ("dpe.dev", "evolutionruns/finalizers", "update"),
+    ("dpe.dev", "iterations", "create"), ("dpe.dev", "iterations", "list"), ("dpe.dev", "iterations", "delete"),
+    ("dpe.dev", "iterations/status", "patch"),
+    ("batch", "jobs", "create"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"),
+    ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
+    ("", "services", "create"), ("", "configmaps", "create"),
+    ("", "pods", "list"),
+    ("", "events", "create"),
+}
+OBSERVE = {("apiextensions.k8s.io", "customresourcedefinitions", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+NAMESPACES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def test_namespaced_roles_grant_exactly_what_the_operator_uses(helm: Helm) -> None:
+    objects = helm.render(settings=["watch.namespaces={ml-research,ml-dev}"])
+    roles = objects_of(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-dev", "ml-research"]
+    for role in roles:
+        assert granted(role["rules"]) == EXPECTED
+    assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
+    authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
+    assert sorted(authorizer.namespaced) == ["ml-dev", "ml-research"]
+    assert authorizer.allows("batch", "jobs", "create", "ml-dev")
+    assert not authorizer.allows("batch", "jobs", "create", "kube-system")
+    assert not authorizer.allows("dpe.dev", "evolutionruns", "list", None)
+
+
+def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
+    (role,) = objects_of(helm.render(), "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+
+
+def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> None:
+    objects = helm.render(settings=["watch.clusterWide=true"])
+    assert objects_of(objects, "Role") == [] and objects_of(objects, "RoleBinding") == []
+    (role,) = objects_of(objects, "ClusterRole")
+    assert granted(role["rules"]) == EXPECTED
+    authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
+    assert authorizer.allows("dpe.dev", "evolutionruns", "watch", None)
+    assert authorizer.allows("batch", "jobs", "delete", "anywhere")
+
+
+@pytest.mark.parametrize(
+    ("settings", "extra"),
+    [
+        pytest.param(["rbac.observeCluster=true"], OBSERVE | NAMESPACES, id="listed namespaces"),
+        # Cluster-wide, kopf never looks at Namespaces.
+        pytest.param(["rbac.observeCluster=true", "watch.clusterWide=true"], OBSERVE, id="cluster-wide"),
+    ],
+)
+def test_kopf_cluster_observation_is_optional_and_read_only(helm: Helm, settings: list[str], extra: set[tuple[str, str, str]]) -> None:
+    objects = helm.render(settings=settings)
+    (observe,) = [r for r in objects_of(objects, "ClusterRole") if r["metadata"]["name"].endswith("-observe")]
+    assert granted(observe["rules"]) == extra
+    (binding,) = [b for b in objects_of(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == observe["metadata"]["name"]]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT[1], "namespace": OPERATOR_ACCOUNT[0]}]
+
+
+@pytest.mark.parametrize("settings", [[], ["watch.clusterWide=true"], ["rbac.observeCluster=true", "watch.namespaces={a,b}"]])
+def test_no_wildcards_and_no_secrets(helm: Helm, settings: list[str]) -> None:
+    rules = [rule for kind in ("Role", "ClusterRole") for role in objects_of(helm.render(settings=settings), kind) for rule in role["rules"]]
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+        assert "secrets" not in rule["resources"], "the operator never reads Secrets: pods get them by reference"
+
+
+def test_bindings_name_the_operator_account(helm: Helm) -> None:
+    objects = helm.render(settings=["watch.namespaces={a,b}", "serviceAccount.name=dpe"])
+    for binding in objects_of(objects, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dpe", "namespace": RELEASE_NAMESPACE}]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rel-dpe-operator"}
+    (deployment,) = objects_of(objects, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "dpe"
+
+
+def test_rbac_and_accounts_can_be_left_to_the_cluster_admin(helm: Helm) -> None:
+    objects = helm.render(settings=["rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=given"])
+    assert [o["kind"] for o in objects if o["kind"] in {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}] == []
+    assert [a["metadata"]["name"] for a in objects_of(objects, "ServiceAccount")] == ["dpe-workload"]
+    failed = helm.run(*helm.template_args(settings=["serviceAccount.create=false"]), check=False)
+    assert failed.returncode != 0 and "serviceAccount.name is required" in failed.stderr

@@ -1,0 +1,154 @@
+"""The packaging tools from tests: helm and promtool found in .tools/bin (scripts/install-tools.sh) or
+on PATH, the chart rendered into parsed objects, and an RBAC evaluator over rendered roles.
+
+A test that needs a tool nobody installed skips, except in CI (CI=true, set by .ci/run), where a
+missing tool means the setup is broken and the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "dpe-operator"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+EXAMPLE_VALUES = sorted((ROOT / "examples" / "helm").glob("*.yaml"))
+TOOLS_BIN = ROOT / ".tools" / "bin"
+RELEASE = "rel"
+RELEASE_NAMESPACE = "dpe-system"
+HELM_TIMEOUT = 60
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def tool(name: str) -> str:
+    """Path of a tool binary; skips the test when it is missing (fails it in CI)."""
+    local = TOOLS_BIN / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    message = f"{name} is not installed: run scripts/install-tools.sh"
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Helm:
+    """The real helm binary, with its config, cache and data directories kept out of $HOME."""
+
+    binary: str
+    home: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "HELM_CONFIG_HOME": str(self.home / "config"),
+            "HELM_CACHE_HOME": str(self.home / "cache"),
+            "HELM_DATA_HOME": str(self.home / "data"),
+        }
+        result = subprocess.run([self.binary, *args], capture_output=True, text=True, env=env, timeout=HELM_TIMEOUT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def template_args(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False) -> list[str]:
+        args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+        for path in values_files:
+            args += ["--values", str(path)]
+        for setting in settings:
+            args += ["--set", setting]
+        if include_crds:
+            args.append("--include-crds")
+        return args
+
+    def render(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False) -> list[dict[str, Any]]:
+        """Every object `helm template` renders, parsed."""
+        text = self.run(*self.template_args(values_files, settings, include_crds)).stdout
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def objects_of(objects: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [obj for obj in objects if obj.get("kind") == kind]
+
+
+def one(objects: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+    found = objects_of(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, rendered {len(found)}"
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# RBAC
+
+
+Permission = tuple[str, str, str]
+"""(apiGroup, resource[/subresource], verb)."""
+
+
+@dataclass
+class Authorizer:
+    """Kubernetes RBAC, as the API server evaluates it, for one ServiceAccount and rendered roles.
+
+    A Role bound by a RoleBinding grants within its namespace; a ClusterRole bound by a
+    ClusterRoleBinding grants everywhere, cluster-scoped resources included. No wildcards are
+    expanded beyond what the rules say.
+    """
+
+    account: tuple[str, str]
+    """(namespace, name) of the ServiceAccount."""
+    namespaced: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    clusterwide: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_objects(cls, objects: Sequence[Mapping[str, Any]], account: tuple[str, str]) -> Authorizer:
+        roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects_of(objects, "Role")}
+        cluster_roles = {o["metadata"]["name"]: o for o in objects_of(objects, "ClusterRole")}
+        authorizer = cls(account)
+        for binding in objects_of(objects, "RoleBinding") + objects_of(objects, "ClusterRoleBinding"):
+            if not any(_is_account(s, account) for s in binding.get("subjects") or []):
+                continue
+            ref = binding["roleRef"]
+            namespace = binding["metadata"].get("namespace")
+            if binding["kind"] == "RoleBinding":
+                role = roles[(namespace, ref["name"])] if ref["kind"] == "Role" else cluster_roles[ref["name"]]
+                authorizer.namespaced.setdefault(namespace, []).extend(role.get("rules") or [])
+            else:
+                authorizer.clusterwide.extend(cluster_roles[ref["name"]].get("rules") or [])
+        return authorizer
+
+    def allows(self, group: str, resource: str, verb: str, namespace: str | None) -> bool:
+        rules = list(self.clusterwide)
+        if namespace is not None:
+            rules += self.namespaced.get(namespace, [])
+        return any(_matches(rule, group, resource, verb) for rule in rules)
+
+
+def _is_account(subject: Mapping[str, Any], account: tuple[str, str]) -> bool:
+    return subject.get("kind") == "ServiceAccount" and (subject.get("namespace"), subject.get("name")) == account
+
+
+def _matches(rule: Mapping[str, Any], group: str, resource: str, verb: str) -> bool:
+    def has(key: str, value: str) -> bool:
+        items = rule.get(key) or []
+        return value in items or "*" in items
+
+    return has("apiGroups", group) and has("resources", resource) and has("verbs", verb)
+
+
+def granted(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:
+    """Every (group, resource, verb) a list of rules grants, spelled out."""
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
