@@ -35,12 +35,19 @@ def test_namespaced_roles_grant_exactly_what_the_operator_uses(helm: Helm) -> No
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-dev", "ml-research"]
     for role in roles:
         assert granted(role["rules"]) == EXPECTED
-    assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
+    assert [r["metadata"]["name"] for r in objects_of(objects, "ClusterRole")] == ["rel-dpe-operator-observe"]
     authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
     assert sorted(authorizer.namespaced) == ["ml-dev", "ml-research"]
     assert authorizer.allows("batch", "jobs", "create", "ml-dev")
     assert not authorizer.allows("batch", "jobs", "create", "kube-system")
     assert not authorizer.allows("dpe.dev", "evolutionruns", "list", None)
+    assert authorizer.allows("", "namespaces", "watch", None)
+
+
+def test_kopf_scanning_permissions_can_be_left_out(helm: Helm) -> None:
+    objects = helm.render(settings=["rbac.observeCluster=false"])
+    assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
+    assert not Authorizer.from_objects(objects, OPERATOR_ACCOUNT).allows("", "namespaces", "list", None)
 
 
 def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
@@ -51,7 +58,7 @@ def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
 def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> None:
     objects = helm.render(settings=["watch.clusterWide=true"])
     assert objects_of(objects, "Role") == [] and objects_of(objects, "RoleBinding") == []
-    (role,) = objects_of(objects, "ClusterRole")
+    (role,) = [r for r in objects_of(objects, "ClusterRole") if r["metadata"]["name"] == "rel-dpe-operator"]
     assert granted(role["rules"]) == EXPECTED
     authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
     assert authorizer.allows("dpe.dev", "evolutionruns", "watch", None)
@@ -61,12 +68,12 @@ def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> N
 @pytest.mark.parametrize(
     ("settings", "extra"),
     [
-        pytest.param(["rbac.observeCluster=true"], OBSERVE | NAMESPACES, id="listed namespaces"),
+        pytest.param([], OBSERVE | NAMESPACES, id="listed namespaces"),
         # Cluster-wide, kopf never looks at Namespaces.
-        pytest.param(["rbac.observeCluster=true", "watch.clusterWide=true"], OBSERVE, id="cluster-wide"),
+        pytest.param(["watch.clusterWide=true"], OBSERVE, id="cluster-wide"),
     ],
 )
-def test_kopf_cluster_observation_is_optional_and_read_only(helm: Helm, settings: list[str], extra: set[tuple[str, str, str]]) -> None:
+def test_kopf_scanning_is_read_only(helm: Helm, settings: list[str], extra: set[tuple[str, str, str]]) -> None:
     objects = helm.render(settings=settings)
     (observe,) = [r for r in objects_of(objects, "ClusterRole") if r["metadata"]["name"].endswith("-observe")]
     assert granted(observe["rules"]) == extra
@@ -74,7 +81,7 @@ def test_kopf_cluster_observation_is_optional_and_read_only(helm: Helm, settings
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT[1], "namespace": OPERATOR_ACCOUNT[0]}]
 
 
-@pytest.mark.parametrize("settings", [[], ["watch.clusterWide=true"], ["rbac.observeCluster=true", "watch.namespaces={a,b}"]])
+@pytest.mark.parametrize("settings", [[], ["watch.clusterWide=true"], ["rbac.observeCluster=false", "watch.namespaces={a,b}"]])
 def test_no_wildcards_and_no_secrets(helm: Helm, settings: list[str]) -> None:
     rules = [rule for kind in ("Role", "ClusterRole") for role in objects_of(helm.render(settings=settings), kind) for rule in role["rules"]]
     for rule in rules:

@@ -192,7 +192,7 @@ def test_workload_service_account_exists_wherever_runs_are_served(helm: Helm) ->
 
 def test_optional_objects_are_off_by_default(helm: Helm) -> None:
     kinds = sorted(obj["kind"] for obj in helm.render())
-    assert kinds == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
 
 
 def test_service_monitor_scrapes_the_metrics_service_and_keeps_the_runs_namespace(helm: Helm) -> None:
@@ -259,7 +259,7 @@ def test_install_notes_give_the_next_steps(helm: Helm) -> None:
     assert "rollout status deployment/rel-dpe-operator" in notes
     assert "NOT CONFIGURED" in notes and "s3.credentialsSecret.name" in notes
     assert "kubectl get evolutionruns" in notes
-    assert "kubectl apply --server-side -f charts/dpe-operator/crds/" in notes
+    assert "kubectl apply --server-side --force-conflicts -f charts/dpe-operator/crds/" in notes
     configured = _notes(helm, "s3.credentialsSecret.name=operator-minio", "s3.endpoint=https://s3.example.com",
                         "watch.namespaces={ml-research}", "prometheusRule.enabled=true")
     assert "NOT CONFIGURED" not in configured and "Secret operator-minio" in configured
