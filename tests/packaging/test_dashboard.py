@@ -3,50 +3,16 @@ promtool), with the panels the operator's users look for."""
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import promql_parser
 import yaml
-from support.charts import CHART, tool
-
-DASHBOARD = CHART / "files" / "dashboards" / "dpe-operator.json"
-# Grafana's variables, replaced by what Grafana would put there, so the query is plain PromQL.
-GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "1m", "$__range": "7d", "$namespace": ".*", "$run": ".*"}
-
-
-def load() -> dict[str, Any]:
-    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return dashboard
-
-
-def panels() -> list[dict[str, Any]]:
-    return [p for p in load()["panels"] if p["type"] != "row"]
-
-
-def plain(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr}"
-    return expr
-
-
-def queries() -> list[tuple[str, str]]:
-    """(where, PromQL) of every panel target and every query variable."""
-    found = [(f"panel '{p['title']}' {t['refId']}", t["expr"]) for p in panels() for t in p["targets"]]
-    for variable in load()["templating"]["list"]:
-        if variable["type"] == "query":
-            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
-            assert match is not None, variable
-            found.append((f"variable {variable['name']}", match.group(1)))
-    return found
+from support.charts import dashboard_panels, load_dashboard, plain, queries, tool
 
 
 def test_dashboard_is_well_formed() -> None:
-    dashboard = load()
+    dashboard = load_dashboard()
     assert dashboard["uid"] == "dpe-operator" and dashboard["title"] == "DPE operator"
     assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
     ids = [p["id"] for p in dashboard["panels"]]
@@ -58,7 +24,7 @@ def test_dashboard_is_well_formed() -> None:
 
 def test_panels_tile_the_grid_without_overlap() -> None:
     occupied: dict[tuple[int, int], str] = {}
-    for panel in load()["panels"]:
+    for panel in load_dashboard()["panels"]:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         for x in range(grid["x"], grid["x"] + grid["w"]):
@@ -68,7 +34,7 @@ def test_panels_tile_the_grid_without_overlap() -> None:
 
 
 def test_every_panel_queries_the_selected_prometheus() -> None:
-    for panel in panels():
+    for panel in dashboard_panels():
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
@@ -93,13 +59,13 @@ def test_promtool_accepts_every_query_as_a_recording_rule(tmp_path: Path) -> Non
 
 
 def test_per_run_panels_follow_the_namespace_and_run_selection() -> None:
-    for panel in panels():
+    for panel in dashboard_panels():
         for target in panel["targets"]:
             if any(name in target["expr"] for name in ("dpe_run_", "dpe_iterations", "dpe_capability_accuracy", "dpe_mixture_weight")):
                 assert 'namespace=~"$namespace"' in target["expr"], panel["title"]
 
 
 def test_the_panels_users_look_for_are_there() -> None:
-    titles = [p["title"].lower() for p in panels()]
+    titles = [p["title"].lower() for p in dashboard_panels()]
     for wanted in ("iteration", "stage duration", "per-capability accuracy across iterations", "mixture weights", "retries", "errors"):
         assert any(wanted in title for title in titles), f"no panel about {wanted}"

@@ -7,7 +7,9 @@ missing tool means the setup is broken and the test fails.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -152,3 +154,40 @@ def _matches(rule: Mapping[str, Any], group: str, resource: str, verb: str) -> b
 def granted(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:
     """Every (group, resource, verb) a list of rules grants, spelled out."""
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Grafana dashboard
+
+
+DASHBOARD = CHART / "files" / "dashboards" / "dpe-operator.json"
+# Grafana's variables, replaced by what Grafana would put there, so the query is plain PromQL.
+GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "1m", "$__range": "7d", "$namespace": ".*", "$run": ".*"}
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """Every panel but the row headers."""
+    return [p for p in load_dashboard()["panels"] if p["type"] != "row"]
+
+
+def plain(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr}"
+    return expr
+
+
+def queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and every query variable."""
+    found = [(f"panel '{p['title']}' {t['refId']}", t["expr"]) for p in dashboard_panels() for t in p["targets"]]
+    for variable in load_dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
+            assert match is not None, variable
+            found.append((f"variable {variable['name']}", match.group(1)))
+    return found
