@@ -6,7 +6,8 @@ authorised here with the rendered Roles and Bindings (and the owner-reference ch
 makes on blockOwnerDeletion). A run goes through a failed and retried stage, a suspension and a
 resume, to success, and is then deleted. What that leaves, checked below:
 
-- the operator never needed a permission the chart does not grant;
+- the operator never needed a permission the chart does not grant, served namespace by namespace
+  or cluster-wide;
 - the real /metrics scrape names every metric the dashboard and the alert rules query;
 - kopf's liveness endpoint answers where the chart's probe looks;
 - every Event reason the operator posted is explained in docs/troubleshooting.md.
@@ -223,10 +224,18 @@ def rendered_operator(helm: Helm, settings: list[str]) -> tuple[list[dict[str, A
     return objects, list(container["args"]), env
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Outcome]:
+# The two ways the chart scopes the operator: a Role in each listed namespace, or one ClusterRole.
+SCOPES = {
+    "namespaced": [f"watch.namespaces={{{NAMESPACE}}}"],
+    "cluster-wide": ["watch.clusterWide=true"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SCOPES))
+def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Outcome]:
     helm = Helm(tool("helm"), Path(tmp_path_factory.mktemp("helm-home")))
-    objects, args, env = rendered_operator(helm, [f"watch.namespaces={{{NAMESPACE}}}", "s3.credentialsSecret.name=operator-s3"])
+    objects, args, env = rendered_operator(helm, [*SCOPES[request.param], "s3.credentialsSecret.name=operator-s3"])
+    assert ("--all-namespaces" in args) == (request.param == "cluster-wide")
     liveness_port = free_port()
     args = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz" if a.startswith("--liveness=") else a for a in args]
     command = operator_command()
@@ -307,9 +316,16 @@ def test_the_scenario_exercised_the_operators_permissions(outcome: Outcome) -> N
         ("delete", GROUP, "iterations"), ("patch", GROUP, "iterations/status"), ("create", "batch", "jobs"),
         ("list", "batch", "jobs"), ("watch", "batch", "jobs"), ("patch", "batch", "jobs"), ("delete", "batch", "jobs"),
         ("create", "", "configmaps"), ("list", "", "pods"), ("create", "", "events"),
-        ("list", "", "namespaces"), ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
     ]:
         assert permission in used, f"the scenario never needed {permission}"
+
+
+def test_kopf_reads_namespaces_only_when_serving_listed_ones(outcome: Outcome) -> None:
+    """Why the chart's scanning ClusterRole has Namespaces only without watch.clusterWide."""
+    namespace_reads = {c.verb for c in outcome.calls if c.resource == "namespaces"}
+    clusterwide = any(c.resource == "evolutionruns" and c.verb == "watch" and c.namespace is None for c in outcome.calls)
+    assert namespace_reads == (set() if clusterwide else {"list", "watch"})
 
 
 # ---------------------------------------------------------------------------------------------
