@@ -17,7 +17,7 @@ from dpe.agents.models import MAX_FREE_TEXT_ANSWER_WORDS, LocalEditPlan, Plan, Q
 from dpe.agents.roles import agent_prompt
 from dpe.agents.selection import Rated
 from dpe.generation import SampleTask
-from dpe.llm import Message
+from dpe.llm import Message, schema_json
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.constraints import POLICIES
 
@@ -95,7 +95,7 @@ def edit_planner(
     if local:
         output_rules = agent_prompt("parts/edit_local").format(
             operations=", ".join(sorted(policy.local_operations)),
-            schema=json.dumps(LocalEditPlan.model_json_schema()),
+            schema=schema_json(LocalEditPlan),
         )
     else:
         output_rules = agent_prompt("parts/edit_generative").format()
