@@ -16,7 +16,7 @@ from dpe.spec import StageName
 from dpe.stages import diagnose, generate
 from dpe.stages.generate import PERCEPTUAL
 from dpe.tools.quality import phash
-from dpe.tools.search import Candidate
+from dpe.tools.search import Candidate, ImageSearch
 from support.pictures import encode, scene
 
 
@@ -39,7 +39,7 @@ def agent_run(tmp_path: Path, world: AgentWorld, samples: int) -> Path:
     return run_file
 
 
-class FreshResults:
+class FreshResults(ImageSearch):
     """Test double for a web image search (none is reachable here): every query returns pictures not
     seen before, as a real engine does for the varied queries real planners write. The scripted fake
     search service knows only a handful of pictures, which near-duplicate checks would soon refuse."""
@@ -47,6 +47,7 @@ class FreshResults:
     provider = "fresh"
 
     def __init__(self) -> None:
+        super().__init__()
         self.next = 1000
 
     async def search(self, query: str, limit: int) -> list[Candidate]:

@@ -12,6 +12,7 @@ Every request is recorded with its headers. Fixture: `search_server` (function s
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +36,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping a kept-alive connection is normal; anything else is reported."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client_port: int
+    """The client's TCP port: requests sharing it came over one kept-alive connection."""
 
 
 class SearchServer:
@@ -111,6 +119,10 @@ class SearchServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real search APIs and image hosts offer it; every answer states its
+            # length, except where a test asks for none (then the connection closes after it).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: tests read `requests` instead."""
 
@@ -124,6 +136,7 @@ class SearchServer:
                     parse_qs(parts.query),
                     {k.lower(): v for k, v in self.headers.items()},
                     body,
+                    self.client_address[1],
                 )
                 with server._lock:
                     server.requests.append(recorded)
@@ -184,6 +197,7 @@ class SearchServer:
                     self._json(404, {"error": "no such image"})
                     return
                 if served.delay and server._closing.wait(served.delay):
+                    self.close_connection = True
                     return
                 with server._lock:
                     failure = served.failures.popleft() if served.failures else None
@@ -200,12 +214,14 @@ class SearchServer:
                 self.send_header("Content-Type", served.content_type)
                 if served.declare_length:
                     self.send_header("Content-Length", str(len(served.data)))
+                else:
+                    self.close_connection = True
                 self.end_headers()
                 try:
                     for start in range(0, len(served.data), CHUNK):
                         self.wfile.write(served.data[start : start + CHUNK])
                 except (BrokenPipeError, ConnectionResetError):
-                    return
+                    self.close_connection = True
 
         return Handler
 

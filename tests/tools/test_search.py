@@ -179,6 +179,29 @@ def test_the_key_never_reaches_the_logs(search_server: SearchServer, caplog: pyt
     assert API_KEY not in caplog.text
 
 
+def test_searches_on_one_event_loop_share_kept_alive_connections(search_server: SearchServer) -> None:
+    server = search_server
+    server.answer(QUERY, _good(server, "pic", 48))
+    searcher = _searcher(server)
+
+    async def twice() -> list[int]:
+        sizes = [len(await searcher.search(QUERY, 1)) for _ in range(2)]
+        await searcher.aclose()
+        return sizes
+
+    assert asyncio.run(twice()) == [1, 1]
+    api_ports = {r.client_port for r in server.requests if r.path == "/images"}
+    assert len(api_ports) == 1, "the second search reused the first one's connection to the API"
+
+
+def test_a_searcher_serves_successive_event_loops(search_server: SearchServer) -> None:
+    server = search_server
+    server.answer(QUERY, _good(server, "pic", 49))
+    searcher = _searcher(server)
+    assert len(asyncio.run(searcher.search(QUERY, 1))) == 1
+    assert len(asyncio.run(searcher.search(QUERY, 1))) == 1
+
+
 def test_open_search_builds_providers_from_the_spec(search_server: SearchServer) -> None:
     ref = SecretKeyRef(name="serper", key="apiKey")
     tool = SearchTool.model_validate({"provider": "serper", "baseUrl": search_server.url, "apiKeySecret": ref})

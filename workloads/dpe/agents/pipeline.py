@@ -199,6 +199,7 @@ class AgentProvider:
 
     async def aclose(self) -> None:
         await self.clients.aclose()
+        await self.search.aclose()
 
     async def produce(self, task: SampleTask) -> Produced | Failed:
         """One sample for `task`, or the reason there is none; raises only `BudgetExceeded`."""
