@@ -3,6 +3,7 @@ local editor: direct samples, edits, regenerations, repairs, concurrency, budget
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -395,3 +396,23 @@ def test_the_provider_needs_agent_endpoints(world: AgentWorld) -> None:
             budget=None,
             limiters=None,
         )
+
+
+def test_a_cancelled_sample_reports_what_it_spent(world: AgentWorld) -> None:
+    world.script.latency["image_selector"] = 5.0
+    provider = world.provider()
+    task = make_task()
+
+    async def cancelled_while_rating() -> None:
+        async with provider:
+            job = asyncio.ensure_future(provider.produce(task))
+            while world.ledger.role("planner").calls == 0:
+                await asyncio.sleep(0.01)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+
+    asyncio.run(cancelled_while_rating())
+    spent = world.ledger.total_cost_usd
+    assert spent > 0 and provider.cancelled_cost(task.task_id) == pytest.approx(spent)
+    assert provider.cancelled_cost(task.task_id) == 0.0, "reported once"

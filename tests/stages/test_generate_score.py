@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import pytest
 from support.runs import WEAK, GroundTruthAnswerer, context, write_run
 
-from dpe.generation import Failed, Produced, SampleTask
+from dpe.generation import Failed, Produced, SampleTask, parse_task_id
 from dpe.models.inference import Prompt
 from dpe.offline import WorldProvider
 from dpe.records import read_records
@@ -129,6 +131,40 @@ def test_rejected_samples_are_replaced_and_counted(tmp_path: Path) -> None:
     assert result["rejected"]["duplicate"] > 0 and result["rejected"]["validator"] > 0
     rejected = ctx.store.list(ctx.key("rejected") + "/")
     assert len(rejected) == sum(result["rejected"].values())
+
+
+SPARE_SECONDS = 30.0
+
+
+class SlowSpares(WorldProvider):
+    """Tasks past each type's first round (spares) would take far longer than the others; a
+    cancelled one reports what it had spent."""
+
+    def __init__(self, run: str, quotas: dict[str, int]):
+        super().__init__(run, 56)
+        self.quotas = quotas
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        _, _, capability, number = parse_task_id(task.task_id)
+        await asyncio.sleep(SPARE_SECONDS if number >= self.quotas[capability.value] else 0.01)
+        return await super().produce(task)
+
+    def cancelled_cost(self, task_id: str) -> float:
+        return 0.25
+
+
+def test_spares_are_cancelled_unfinished_once_their_quota_fills(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 20})
+    ctx = context(run_file, StageName.generate, 1)
+    quotas = ctx.result_of(StageName.diagnose)["quotas"]
+    started = time.monotonic()
+    result = generate.run(ctx, lambda: (SlowSpares(ctx.name, quotas), 64, EXACT))
+    assert time.monotonic() - started < SPARE_SECONDS / 2, "the stage did not wait for its spares"
+    assert result["accepted"] == 20 and result["rejected"] == {}
+    events = [ctx.store.get_json(key) for key in ctx.store.list(ctx.key("rejected") + "/")]
+    assert result["cancelled_spares"] == len(events) >= sum(1 for q in quotas.values() if q)
+    assert all(e["reason_kind"] == "cancelled" and e["cost_usd"] == 0.25 for e in events)
+    assert result["spent_usd"] == 0.25 * len(events)
 
 
 class PassRates:

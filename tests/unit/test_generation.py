@@ -5,7 +5,16 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpe.generation import Plan, multiple_choice_problem, parse_task_id, seed_positions, split_quotas, task_id
+from dpe.generation import (
+    Plan,
+    failure_rate,
+    multiple_choice_problem,
+    parse_task_id,
+    seed_positions,
+    spares,
+    split_quotas,
+    task_id,
+)
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.world import generate
 
@@ -80,3 +89,46 @@ def test_multiple_choice_checks() -> None:
     assert "at least two options" in (multiple_choice_problem(broken) or "")
     wrong = record.model_construct(**{**record.__dict__, "answer": "Q"})
     assert "not one of the options" in (multiple_choice_problem(wrong) or "")
+
+
+def test_failure_rate_starts_from_the_prior_and_is_capped() -> None:
+    assert failure_rate(0, 0) == 0.1
+    assert failure_rate(9, 90) == 0.1
+    assert failure_rate(1, 190) == 0.01
+    assert failure_rate(50, 50) == 0.5
+
+
+@given(st.integers(0, 500), st.floats(0.0, 0.5))
+def test_spares_are_the_fewest_that_cover_the_expected_failures(remaining: int, rate: float) -> None:
+    n = spares(remaining, rate)
+    assert (remaining + n) * (1 - rate) >= remaining - 1e-6
+    assert n == 0 or (remaining + n - 1) * (1 - rate) < remaining
+
+
+def test_spares_start_only_once_every_need_is_covered() -> None:
+    plan = Plan.from_quotas({CapabilityType.map: 20, CapabilityType.medical: 2})
+    started = []
+    while (capability := plan.next_type(0.1)) is not None:
+        plan.types[capability].in_flight += 1
+        plan.types[capability].attempts += 1
+        started.append(capability)
+    assert started[:22].count(CapabilityType.map) == 20, "needed tasks first"
+    assert sorted(started[22:]) == sorted([CapabilityType.map] * 3 + [CapabilityType.medical]), "about 10% more"
+    assert plan.next_type(0.0) is None
+
+
+def test_a_failure_is_covered_by_a_running_spare() -> None:
+    plan = Plan.from_quotas({CapabilityType.map: 2})
+    kind = plan.types[CapabilityType.map]
+    for _ in range(3):
+        assert plan.next_type(0.1) is CapabilityType.map
+        kind.in_flight += 1
+        kind.attempts += 1
+    kind.in_flight -= 1  # one fails
+    assert kind.need == 0, "the spare already stands in for it"
+    assert plan.next_type(0.1) is CapabilityType.map, "and a new spare tops the cover up"
+    kind.in_flight -= 1
+    kind.accepted += 1
+    assert not plan.full(CapabilityType.map)
+    kind.accepted += 1
+    assert plan.full(CapabilityType.map) and plan.next_type(0.1) is None

@@ -2,7 +2,12 @@
 
 Quotas are plans, not caps: the scheduler assigns a capability type to every task before any money
 is spent, and never has more tasks of a type in flight than the type still needs, so no finished
-sample is ever discarded for being over quota. When a type falls short (its samples keep failing
+sample is ever discarded for being over quota. The one exception is the end of the job: once every
+needed task has started and slots are left, a few *spare* tasks run beside them, about as many as
+the observed failure rate says will fail, so that a late failure is covered by work already under
+way instead of a replacement started only after it (one whole sample's time later). The first
+tasks to finish fill the quota; the type's other tasks are then cancelled before they finish (their
+spend is recorded). When a type falls short (its samples keep failing
 quality control), the same plan keeps issuing tasks for it, switching to *divergent* tasks seeded by
 that type's accepted samples: the gap-filling pass, merged into the same output. A type whose
 attempts run out is reported as short.
@@ -11,6 +16,7 @@ attempts run out is reported as short.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +29,25 @@ ATTEMPTS_PER_QUOTA = 3
 """Tasks a type may use per sample of its quota before it is declared short."""
 EXTRA_ATTEMPTS = 3
 """Additional tasks every type may use, so tiny quotas still tolerate a failure or two."""
+PRIOR_FAILURES = 1
+PRIOR_TASKS = 10
+"""The failure rate assumed before any task has finished (1 in 10), blended with what is observed."""
+MAX_SPARE_RATE = 0.5
+"""Failure rates above this are treated as this when sizing spares: at most one spare per needed
+task, however badly a run goes (a type that fails that often runs out of attempts anyway)."""
+
+
+def failure_rate(failed: int, finished: int) -> float:
+    """The share of tasks expected to fail: observed failures with a small prior, capped."""
+    return min((failed + PRIOR_FAILURES) / (finished + PRIOR_TASKS), MAX_SPARE_RATE)
+
+
+def spares(remaining: int, rate: float) -> int:
+    """Tasks to run beyond the `remaining` a type still needs, so that the expected failures among
+    `remaining + spares` tasks are covered: the smallest n with (remaining + n) * (1 - rate) >= remaining."""
+    if remaining <= 0 or rate <= 0:
+        return 0
+    return math.ceil(remaining * rate / (1 - rate) - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -128,6 +153,11 @@ class TypePlan:
     def need(self) -> int:
         return max(self.quota - self.accepted - self.in_flight, 0)
 
+    def spare_room(self, rate: float) -> int:
+        """Spare tasks that may still start, at failure rate `rate`."""
+        remaining = max(self.quota - self.accepted, 0)
+        return max(remaining + spares(remaining, rate) - self.in_flight, 0)
+
     @property
     def exhausted(self) -> bool:
         return self.attempts >= self.budget
@@ -147,13 +177,23 @@ class Plan:
     def from_quotas(cls, quotas: Mapping[CapabilityType, int]) -> Plan:
         return cls({t: TypePlan(q) for t, q in quotas.items() if q > 0})
 
-    def next_type(self) -> CapabilityType | None:
-        """The type to start a task for: the largest unmet need, ties in taxonomy order."""
-        candidates = [(p.need, t) for t, p in self.types.items() if p.need > 0 and not p.exhausted]
-        if not candidates:
-            return None
+    def next_type(self, spare_rate: float = 0.0) -> CapabilityType | None:
+        """The type to start a task for: the largest unmet need, ties in taxonomy order; when every
+        need is covered, the largest room for spares at failure rate `spare_rate` (0: no spares)."""
         order = list(CapabilityType)
-        return max(candidates, key=lambda item: (item[0], -order.index(item[1])))[1]
+        live = {t: p for t, p in self.types.items() if not p.exhausted}
+        for candidates in (
+            [(p.need, t) for t, p in live.items()],
+            [(p.spare_room(spare_rate), t) for t, p in live.items()],
+        ):
+            wanted = [item for item in candidates if item[0] > 0]
+            if wanted:
+                return max(wanted, key=lambda item: (item[0], -order.index(item[1])))[1]
+        return None
+
+    def full(self, capability: CapabilityType) -> bool:
+        plan = self.types[capability]
+        return plan.accepted >= plan.quota
 
     def divergent(self, capability: CapabilityType) -> bool:
         """Past its first round of tasks a type is being gap-filled."""

@@ -180,6 +180,7 @@ class AgentProvider:
         """The shard's spend limit; the scheduler charges it with spend restored after a crash."""
         self.ledger = ledger
         """Calls, failures, tokens and cost per role over every sample, for the stage's results."""
+        self._cancelled: dict[str, float] = {}
         self.results_per_query = settings.tools.search.results_per_query
         self.max_regenerations = settings.max_regenerations
         self.clients = RoleClients.build(
@@ -201,12 +202,20 @@ class AgentProvider:
         await self.clients.aclose()
         await self.search.aclose()
 
+    def cancelled_cost(self, task_id: str) -> float:
+        """What a sample cancelled before it finished had spent (once; 0 for any other task)."""
+        return self._cancelled.pop(task_id, 0.0)
+
     async def produce(self, task: SampleTask) -> Produced | Failed:
         """One sample for `task`, or the reason there is none; raises only `BudgetExceeded`."""
         with metering() as meter:
             run = SampleRun(task, meter)
             try:
                 record = await self._sample(run)
+            except asyncio.CancelledError:
+                log.info("sample %s cancelled during %s at $%.4f", task.task_id, run.trace.stage.value, meter.cost_usd)
+                self._cancelled[task.task_id] = meter.cost_usd
+                raise
             except BudgetExceeded:
                 raise
             except StepFailed as failure:

@@ -29,6 +29,7 @@ from dpe.generation import (
     SampleProvider,
     SampleTask,
     SeedItem,
+    failure_rate,
     multiple_choice_problem,
     parse_task_id,
     seed_positions,
@@ -44,6 +45,8 @@ from dpe.stages.context import StageContext
 from dpe.taxonomy import CapabilityType
 from dpe.tools.quality import DUPLICATE_DISTANCE, NearDuplicates, phash
 
+CANCELLED = "cancelled"
+"""Stage and reason kind of a spare task cancelled because its type's quota was filled."""
 DEFAULT_IN_FLIGHT = 16
 """Tasks in flight at once when no agent endpoint bounds it (the offline provider)."""
 
@@ -120,6 +123,8 @@ class Generation:
         self.numbers: Counter[CapabilityType] = Counter()
         self.accepted: dict[CapabilityType, list[SampleRecord]] = {t: [] for t in CapabilityType}
         self.rejections: Counter[str] = Counter()
+        self.cancelled = 0
+        """Spare tasks cancelled because their type's quota was filled by others."""
         self.spent = 0.0
         self.stopped: str | None = None
         self.started = 0
@@ -127,6 +132,7 @@ class Generation:
         self.fingerprint = fingerprint
         self.duplicates = NearDuplicates(fingerprint.distance)
         self.contamination = NearDuplicates(fingerprint.distance)
+        self._running: dict[CapabilityType, set[asyncio.Task[None]]] = {t: set() for t in CapabilityType}
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -144,7 +150,10 @@ class Generation:
         for key in self.ctx.store.list(self.ctx.key("rejected") + "/"):
             event = self.ctx.store.get_json(key)
             self._count(event["task_id"])
-            self.rejections[event["reason_kind"]] += 1
+            if event["reason_kind"] == CANCELLED:
+                self.cancelled += 1
+            else:
+                self.rejections[event["reason_kind"]] += 1
             self.spent += float(event.get("cost_usd", 0.0))
 
     def _count(self, identifier: str) -> None:
@@ -187,8 +196,16 @@ class Generation:
         from dpe.llm import REQUEST_PRIORITY
 
         REQUEST_PRIORITY.set(order)
-        outcome = await self.provider.produce(task)
         capability = task.capability_type
+        try:
+            outcome = await self.provider.produce(task)
+        except asyncio.CancelledError:
+            cost = self._cancelled_cost(task)
+            self.spent += cost
+            self.cancelled += 1
+            reason = f"spare task no longer needed: the quota of {capability.value} was filled"
+            self._reject(task, CANCELLED, reason, CANCELLED, cost)
+            raise
         self.spent += outcome.cost_usd
         if isinstance(outcome, Produced):
             problem = self._check(outcome.record, capability)
@@ -200,18 +217,42 @@ class Generation:
                 self.duplicates.add(record.id, self.fingerprint.function(record))
                 self.accepted[capability].append(record)
                 self.plan.types[capability].accepted += 1
+                if self.plan.full(capability):
+                    self._cancel_spares(capability)
                 return
             reason, stage = problem, "quality"
         else:
             reason, stage = outcome.reason, outcome.stage
         kind = reason.split(":", 1)[0] if stage == "quality" else stage
         self.rejections[kind] += 1
+        self._reject(task, stage, reason, kind, outcome.cost_usd)
+
+    def _reject(self, task: SampleTask, stage: str, reason: str, kind: str, cost_usd: float) -> None:
         self.ctx.store.put_json(
             self.ctx.key("rejected", f"{task.task_id}.json"),
-            {"task_id": task.task_id, "stage": stage, "reason": reason[:500], "reason_kind": kind, "cost_usd": outcome.cost_usd},
+            {"task_id": task.task_id, "stage": stage, "reason": reason[:500], "reason_kind": kind, "cost_usd": cost_usd},
         )
 
+    def _cancel_spares(self, capability: CapabilityType) -> None:
+        """Cancels the type's other running tasks once its quota is full. This runs in the same step
+        as the acceptance that filled it, so no other task of the type can be accepted in between:
+        the cancelled ones are unfinished, and nothing finished is thrown away."""
+        current = asyncio.current_task()
+        for job in self._running[capability]:
+            if job is not current:
+                job.cancel()
+
+    def _cancelled_cost(self, task: SampleTask) -> float:
+        """What a cancelled task had spent, when the provider reports it."""
+        report = getattr(self.provider, "cancelled_cost", None)
+        return float(report(task.task_id)) if report is not None else 0.0
+
     # -- the loop -------------------------------------------------------------------------------
+
+    def _spare_rate(self) -> float:
+        """The failure rate spares are sized by: the share of this stage's tasks that failed."""
+        failed = sum(self.rejections.values())
+        return failure_rate(failed, failed + sum(p.accepted for p in self.plan.types.values()))
 
     def _over_budget(self) -> bool:
         return self.spent_limit is not None and self.spent >= self.spent_limit
@@ -235,7 +276,7 @@ class Generation:
                 if self._over_budget():
                     self.stopped = "budget"
                     break
-                capability = self.plan.next_type()
+                capability = self.plan.next_type(self._spare_rate())
                 if capability is None:
                     break
                 plan = self.plan.types[capability]
@@ -245,12 +286,16 @@ class Generation:
                 job = asyncio.create_task(self._run_one(self._task(capability), self.started))
                 running.add(job)
                 owner[job] = capability
+                self._running[capability].add(job)
             if not running:
                 return
             finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for job in finished:
                 capability = owner.pop(job)
                 self.plan.types[capability].in_flight -= 1
+                self._running[capability].discard(job)
+                if job.cancelled():
+                    continue
                 error = job.exception()
                 if error is not None and type(error).__name__ == "BudgetExceeded":
                     self.stopped = "budget"
@@ -348,6 +393,7 @@ def run(ctx: StageContext, provider_factory: ProviderFactory | None = None, *, m
     summary = {
         **_summary(records, {t.value: q for t, q in mine.items()}),
         "rejected": dict(sorted(generation.rejections.items())),
+        "cancelled_spares": generation.cancelled,
         "spent_usd": round(generation.spent, 6),
         "cost_per_accepted_usd": round(generation.spent / len(records), 6) if records else None,
         "stopped": generation.stopped,
@@ -381,6 +427,7 @@ def _merge(
     shards = ctx.run.spec.generate.shards
     keys: list[str] = []
     totals: Counter[str] = Counter()
+    cancelled = 0
     spent = 0.0
     seeds = 0
     for index in range(shards):
@@ -389,6 +436,7 @@ def _merge(
             raise RuntimeError(f"shard {index}/{shards} has not finished (no {result_key})")
         shard_result = ctx.store.get_json(result_key)
         totals.update(shard_result.get("rejected", {}))
+        cancelled += int(shard_result.get("cancelled_spares", 0))
         spent += float(shard_result.get("spent_usd", 0.0))
         seeds += int(shard_result.get("seeds_used", 0))
         keys += ctx.store.list(layout.shard_key(ctx.namespace, ctx.name, ctx.iteration, ctx.stage, index, shards, "accepted") + "/")
@@ -423,6 +471,7 @@ def _merge(
     summary = {
         **_summary(records, {t.value: q for t, q in quotas.items()}),
         "rejected": dict(sorted(totals.items())),
+        "cancelled_spares": cancelled + filling.cancelled,
         "spent_usd": round(spent, 6),
         "cost_per_accepted_usd": round(spent / len(records), 6) if records else None,
         "seeds_used": seeds,
