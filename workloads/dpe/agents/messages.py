@@ -3,8 +3,8 @@
 Pure functions: data in, chat messages out. The prompt wording lives in `dpe/prompts/agents/`;
 values are inserted with `str.format`, so braces inside questions, briefs or observations are never
 read as placeholders. The weakness brief reaches both the planner and the question generator.
-Pictures arrive as ready `image_url` parts (`dpe.llm.image_part`): encoding one takes a tenth of a
-second, so the pipeline encodes each picture once, off the event loop, and reuses the part.
+Pictures arrive as ready `image_url` parts (`dpe.llm.image_part`): encoding a large one takes tens
+of milliseconds, so the pipeline encodes each picture once, off the event loop, and reuses the part.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def as_png(data: bytes) -> bytes:
 class Attachments:
     """The message parts of one sample's pictures, each encoded once, in a worker thread.
 
-    Encoding a picture takes about a tenth of a second: done on the event loop it would stall every
+    Encoding a large picture takes tens of milliseconds: done on the event loop it would stall every
     other sample in flight, and a chosen picture is attached to several calls.
     """
 
