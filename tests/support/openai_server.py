@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -174,6 +175,14 @@ class _RequestBucket:
         return (1.0 - self._level) / self._rate
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping its connection (a cancelled request, a closed pool) is normal;
+        anything else is reported."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeOpenAIServer:
     """A programmable OpenAI-compatible server in a daemon thread; see the module docstring."""
 
@@ -205,7 +214,7 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.peak_in_flight = 0
         self.requests: list[RecordedRequest] = []
-        self._httpd = ThreadingHTTPServer((HOST, 0), self._handler_class())
+        self._httpd = _Server((HOST, 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(POLL_INTERVAL,), name="fake-openai", daemon=True
