@@ -53,5 +53,12 @@ def test_tiny_run_fills_both_quotas_and_reports(tmp_path: Path, capsys: pytest.C
     text = results.read_text()
     assert "An earlier section stays." in text
     assert text.count(benchmark.SECTION_START) == 1 and benchmark.command_line(comparison.scenario) in text
-    benchmark.record(comparison, results)
+    benchmark.record(comparison, results, [comparison.ratio])
     assert results.read_text().count(benchmark.SECTION_START) == 1
+
+
+def test_repeated_runs_are_reported_with_their_spread() -> None:
+    benchmark = load_benchmark()
+    assert benchmark.repeats_line([5.0]) == "One run."
+    line = benchmark.repeats_line([5.5, 4.9, 5.2])
+    assert "3 runs" in line and "4.90x, 5.20x, 5.50x" in line and "median" in line
