@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dpe.generation import (
+    LAST_COVERED,
     Plan,
     failure_rate,
     multiple_choice_problem,
@@ -98,11 +99,16 @@ def test_failure_rate_starts_from_the_prior_and_is_capped() -> None:
     assert failure_rate(50, 50) == 0.5
 
 
-@given(st.integers(0, 500), st.floats(0.0, 0.5))
+@given(st.integers(LAST_COVERED + 1, 500), st.floats(0.0, 0.5))
 def test_spares_are_the_fewest_that_cover_the_expected_failures(remaining: int, rate: float) -> None:
     n = spares(remaining, rate)
     assert (remaining + n) * (1 - rate) >= remaining - 1e-6
     assert n == 0 or (remaining + n - 1) * (1 - rate) < remaining
+
+
+def test_the_last_samples_of_a_type_each_have_a_spare() -> None:
+    assert [spares(remaining, 0.01) for remaining in range(LAST_COVERED + 2)] == [0, 1, 2, 1]
+    assert spares(2, 0.0) == 0, "no spares at all when they are switched off"
 
 
 def test_spares_start_only_once_every_need_is_covered() -> None:
@@ -113,7 +119,7 @@ def test_spares_start_only_once_every_need_is_covered() -> None:
         plan.types[capability].attempts += 1
         started.append(capability)
     assert started[:22].count(CapabilityType.map) == 20, "needed tasks first"
-    assert sorted(started[22:]) == sorted([CapabilityType.map] * 3 + [CapabilityType.medical]), "about 10% more"
+    assert sorted(started[22:]) == sorted([CapabilityType.map] * 3 + [CapabilityType.medical] * 2), "10% more, the last two covered"
     assert plan.next_type(0.0) is None
 
 

@@ -32,6 +32,10 @@ EXTRA_ATTEMPTS = 3
 PRIOR_FAILURES = 1
 PRIOR_TASKS = 10
 """The failure rate assumed before any task has finished (1 in 10), blended with what is observed."""
+LAST_COVERED = 2
+"""The last samples a type needs each get a spare of their own, whatever the failure rate: these
+are the stragglers (often samples whose questions keep being rejected, so likely to fail), and a
+failure among them would otherwise end the job one whole sample's time later."""
 MAX_SPARE_RATE = 0.5
 """Failure rates above this are treated as this when sizing spares: at most one spare per needed
 task, however badly a run goes (a type that fails that often runs out of attempts anyway)."""
@@ -44,10 +48,12 @@ def failure_rate(failed: int, finished: int) -> float:
 
 def spares(remaining: int, rate: float) -> int:
     """Tasks to run beyond the `remaining` a type still needs, so that the expected failures among
-    `remaining + spares` tasks are covered: the smallest n with (remaining + n) * (1 - rate) >= remaining."""
+    `remaining + spares` tasks are covered: the smallest n with (remaining + n) * (1 - rate) >= remaining,
+    and one for each of the last `LAST_COVERED`."""
     if remaining <= 0 or rate <= 0:
         return 0
-    return math.ceil(remaining * rate / (1 - rate) - 1e-9)
+    expected = math.ceil(remaining * rate / (1 - rate) - 1e-9)
+    return max(expected, remaining if remaining <= LAST_COVERED else 0)
 
 
 @dataclass(frozen=True)
