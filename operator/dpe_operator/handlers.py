@@ -8,6 +8,7 @@ duplicate Job. Terminal runs only ever have stragglers cancelled.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -41,7 +42,10 @@ from dpe.spiral import (
 from dpe_operator import builders, metrics, names, observe
 
 FINALIZER = f"{API_GROUP}/finalizer"
-RECONCILE_SECONDS = float(os.environ.get("DPE_RECONCILE_SECONDS", "5"))
+RECONCILE_SECONDS = float(os.environ.get("DPE_RECONCILE_SECONDS", "30"))
+"""Seconds between two safety-net passes over a run; Job and run events start passes at once."""
+WORKERS = int(os.environ.get("DPE_WORKERS", "16"))
+"""Threads running passes: a pass mostly waits on the API server and the store."""
 WORKLOAD_IMAGE = os.environ.get("DPE_WORKLOAD_IMAGE", "dpe-workload:latest")
 WORKLOAD_SERVICE_ACCOUNT = os.environ.get("DPE_WORKLOAD_SERVICE_ACCOUNT", "dpe-workload")
 UNSCHEDULABLE_GRACE_SECONDS = float(os.environ.get("DPE_UNSCHEDULABLE_GRACE_SECONDS", "600"))
@@ -57,6 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    settings.execution.max_workers = WORKERS
+    # A deleted run's timer may be in the middle of a pass; look again soon rather than kopf's minute.
+    settings.background.cancellation_polling = 1.0
     memo.metrics_port = metrics.serve(int(os.environ.get("DPE_METRICS_PORT", "8080")))
     log.info("metrics on port %s", memo.metrics_port)
 
@@ -93,7 +100,8 @@ class Cluster:
         self.batch = kubernetes.client.BatchV1Api(client)
         self.core = kubernetes.client.CoreV1Api(client)
 
-    def create(self, kind: str, namespace: str, body: dict[str, Any]) -> None:
+    def create(self, kind: str, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a child; False when it already exists."""
         try:
             if kind == "Job":
                 self.batch.create_namespaced_job(namespace, body)
@@ -106,6 +114,8 @@ class Cluster:
         except ApiException as error:
             if error.status != 409:
                 raise
+            return False
+        return True
 
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -116,8 +126,30 @@ class Cluster:
             raise
         return found
 
-    def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, "evolutionruns", name, {"status": status})
+    def patch_run_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> bool:
+        """Patch the run's status if the run is still the version the pass read; False when it moved on.
+
+        The precondition keeps a pass from writing over a deletion that began while it ran (kopf
+        removes its finalizer with a resourceVersion test, which a late status write would fail).
+        """
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, "evolutionruns", name, {"metadata": {"resourceVersion": resource_version}, "status": status}
+            )
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def apply_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create the ConfigMap, or bring its data up to date when it exists."""
+        try:
+            self.core.create_namespaced_config_map(namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self.core.patch_namespaced_config_map(body["metadata"]["name"], namespace, {"data": body["data"]})
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
         selector = f"{names.RUN_LABEL}={names.label_value(run)}"
@@ -231,8 +263,8 @@ def _fold_jobs(
                 assert found.main is not None
                 merge = builders.stage_job(run, k, stage, attempt, observe.model_argument(found.main), owner=_owner(body), merge=True,
                                            image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
-                cluster.create("Job", namespace, merge)
-                kopf.info(body, reason="StageMerging", message=f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
+                if cluster.create("Job", namespace, merge):
+                    kopf.info(body, reason="StageMerging", message=f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
             elif state in (JobState.pending, JobState.running) and not recorded:
                 problem = observe.pod_problem(cluster.pods(namespace, current["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
                 if problem is not None:
@@ -284,7 +316,7 @@ def _run_lock(namespace: str, name: str) -> threading.Lock:
         return _run_locks.setdefault((namespace, name), threading.Lock())
 
 
-def reconcile(namespace: str, name: str) -> None:
+def reconcile(namespace: str, name: str, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]]) -> None:
     """One pass of the spiral for one EvolutionRun, on its freshest state; API and store outages
     are retried by kopf.
 
@@ -299,9 +331,9 @@ def reconcile(namespace: str, name: str) -> None:
             body = cluster().get_run(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            status = _reconcile(body)
-            if status:
-                cluster().patch_run_status(namespace, name, status)
+            status = _reconcile(body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
+            if status and not cluster().patch_run_status(namespace, name, status, body["metadata"]["resourceVersion"]):
+                log.debug("run %s/%s changed during the pass; the next pass writes its status", namespace, name)
     except ApiException as error:
         metrics.API_ERRORS.labels(str(error.status)).inc()
         raise kopf.TemporaryError(f"Kubernetes API error {error.status}: {error.reason}", delay=RECONCILE_SECONDS) from error
@@ -310,13 +342,43 @@ def reconcile(namespace: str, name: str) -> None:
         raise kopf.TemporaryError(f"artifact store error: {error}", delay=RECONCILE_SECONDS) from error
 
 
-def _status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch taking status `old` to `new` (None removes a field); empty when nothing changed."""
-    return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}
+_published: dict[str, int] = {}
+"""Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
 
 
-def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
-    """Observe, decide and act for one run; returns the status patch."""
+def _publish_spec(api: Cluster, run: EvolutionRun, body: Mapping[str, Any]) -> None:
+    """Keep the ConfigMap the stage Jobs read in step with the spec, writing it once per generation.
+
+    Jobs started after a spec change (say, a raised iteration limit) must read the new spec.
+    """
+    uid, generation = body["metadata"]["uid"], int(body["metadata"].get("generation") or 0)
+    if _published.get(uid) != generation:
+        api.apply_configmap(run.metadata.namespace, builders.run_configmap(run, owner=_owner(body)))
+        _published[uid] = generation
+
+
+_stores: dict[str, Any] = {}
+_stores_guard = threading.Lock()
+
+
+def _store(run: EvolutionRun) -> Any:
+    """One store client per storage setting (a client holds a connection pool)."""
+    from dpe.store import open_store
+
+    key = run.spec.storage.model_dump_json()
+    with _stores_guard:
+        if key not in _stores:
+            _stores[key] = open_store(run.spec.storage)
+        return _stores[key]
+
+
+def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Observe, decide and act for one run, given its Jobs; returns the status patch.
+
+    The Jobs come from the operator's watch (an index kept by kopf) rather than a list call per
+    pass. The watch may lag a pass behind, which only ever means seeing a Job a pass late: a
+    create answered 409 is then recognised as already done.
+    """
     status = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
     previous_conditions = list(status.get("conditions") or [])
@@ -327,20 +389,17 @@ def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         message = "; ".join(problems_of(error))
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
-        return _status_patch(status, {
+        return observe.status_patch(status, {
             "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
             "conditions": [
                 _condition("Ready", False, "InvalidSpec", message, generation, previous_conditions),
                 _condition("Failed", True, "InvalidSpec", message, generation, previous_conditions),
             ],
         })
-    from dpe.store import open_store
-
     api = cluster()
-    store = open_store(run.spec.storage)
+    store = _store(run)
     namespace, name = run.metadata.namespace, run.metadata.name
-    api.create("ConfigMap", namespace, builders.run_configmap(run, owner=_owner(body)))
-    jobs = api.jobs(namespace, name)
+    _publish_spec(api, run, body)
     iterations = api.iterations(namespace, name)
     finished = None
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
@@ -367,15 +426,15 @@ def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
             api.create("Iteration", namespace, iteration)
             kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
         elif isinstance(action, StartStage):
-            if action.attempt > 1:
-                previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
-                metrics.RETRIES.labels(previous.value).inc()
             job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=_owner(body),
                                      image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
             if action.stage is StageName.train and run.spec.train.nodes > 1:
                 api.create("Service", namespace, builders.headless_service(run, action.iteration, action.attempt, owner=_owner(body)))
-            api.create("Job", namespace, job)
-            kopf.info(body, reason="StageStarted", message=f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
+            if api.create("Job", namespace, job):
+                if action.attempt > 1:
+                    previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
+                    metrics.RETRIES.labels(previous.value).inc()
+                kopf.info(body, reason="StageStarted", message=f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
         elif isinstance(action, (SuspendStage, ResumeStage)):
             current = newest[(action.iteration, action.stage)].current
             queued = builders.KUEUE_QUEUE_LABEL in (current["metadata"].get("labels") or {})
@@ -407,7 +466,7 @@ def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
     )
-    return _status_patch(status, {
+    return observe.status_patch(status, {
         "phase": phase.value,
         "observedGeneration": generation,
         "currentIteration": decision.current_iteration,
@@ -436,18 +495,27 @@ def _reconcile(body: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.create(API_GROUP, API_VERSION, "evolutionruns")
 @kopf.on.resume(API_GROUP, API_VERSION, "evolutionruns")
 @kopf.on.update(API_GROUP, API_VERSION, "evolutionruns", field="spec")
-def on_change(body: kopf.Body, **_: Any) -> None:
-    reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+def on_change(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], jobs_by_run)
 
 
 @kopf.timer(API_GROUP, API_VERSION, "evolutionruns", interval=RECONCILE_SECONDS, idle=0)
-def on_timer(body: kopf.Body, **_: Any) -> None:
+def on_timer(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
     """The safety net: pods stuck on a bad image, unschedulable past the grace period, deadlines."""
-    reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], jobs_by_run)
+
+
+@kopf.index("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
+def jobs_by_run(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """The operator's Jobs by (namespace, run label), as the watch last saw them."""
+    run = (body["metadata"].get("labels") or {}).get(names.RUN_LABEL)
+    if run is None:
+        return None
+    return {(body["metadata"]["namespace"], run): copy.deepcopy(dict(body))}
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
-def on_job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+def on_job_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
     """A stage Job finished: reconcile its run now, so the next stage starts without waiting for the timer.
 
     The initial listing (type None) is skipped: every run is reconciled on resume anyway.
@@ -458,7 +526,7 @@ def on_job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         return
     owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "EvolutionRun"), None)
     if owner is not None:
-        reconcile(body["metadata"]["namespace"], owner["name"])
+        reconcile(body["metadata"]["namespace"], owner["name"], jobs_by_run)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, "evolutionruns")
@@ -466,9 +534,12 @@ def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     """Remove the run's Jobs and Iterations (and its store prefix when the spec asks for it)."""
     api = cluster()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    metrics.forget_run(namespace, name)
+    # Under the run's lock: a pass already under way finishes first, and later ones see the deletion.
+    with _run_lock(namespace, name):
+        metrics.forget_run(namespace, name)
     with _run_locks_guard:
         _run_locks.pop((namespace, name), None)
+    _published.pop(body["metadata"]["uid"], None)
     for job in api.jobs(namespace, name):
         api.delete_job(namespace, job["metadata"]["name"])
     for item in api.iterations(namespace, name):
@@ -482,7 +553,5 @@ def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     except ValidationError:
         return
     if run.spec.storage.delete_on_run_deletion:
-        from dpe.store import open_store
-
-        removed = open_store(run.spec.storage).delete_prefix(layout.run_prefix(namespace, name))
+        removed = _store(run).delete_prefix(layout.run_prefix(namespace, name))
         logger.info(f"removed {removed} objects under the run's store prefix")

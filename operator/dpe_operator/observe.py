@@ -230,3 +230,9 @@ def pod_problem(pods: Iterable[Mapping[str, Any]], now: float, unschedulable_gra
                 if since is not None and now - since >= unschedulable_grace:
                     return f"Unschedulable for {int(now - since)} s: {condition.get('message', '')}".strip()
     return None
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch taking status `old` to `new` for the keys of `new` (None removes a key);
+    empty when nothing changed, so that an idle pass writes nothing."""
+    return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}

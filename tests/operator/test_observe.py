@@ -148,3 +148,13 @@ def test_a_failure_with_a_disrupted_pod_is_a_disruption() -> None:
     assert disruption([failed]) is None and disruption([]) is None
     found = disruption([failed, preempted])
     assert found is not None and "EvictionByEvictionAPI" in found and "p-0" in found and "node drained" in found
+
+
+def test_status_patch_carries_only_changes() -> None:
+    from dpe_operator.observe import status_patch
+
+    old = {"phase": "Running", "bestScore": 0.4, "stopReason": "x", "conditions": [{"type": "Ready"}]}
+    assert status_patch(old, {"phase": "Running", "bestScore": 0.4, "conditions": [{"type": "Ready"}]}) == {}
+    assert status_patch(old, {"phase": "Succeeded", "bestScore": 0.4}) == {"phase": "Succeeded"}
+    assert status_patch(old, {"stopReason": None, "message": None}) == {"stopReason": None}
+    assert status_patch({}, {"usage": {"gpuHours": 1.0}}) == {"usage": {"gpuHours": 1.0}}

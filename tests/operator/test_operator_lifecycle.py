@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 import kubernetes
 import pytest
+import yaml
 from kopf.testing import KopfRunner
 from support.kube_emulator import EmulatedCluster
 from support.malformed import MALFORMED
@@ -61,9 +62,18 @@ def test_suspend_holds_the_run_and_resume_finishes_it(cluster: EmulatedCluster, 
         time.sleep(1.0)
         assert jobs.seen == []
         assert {c["type"]: c["status"] for c in paused["status"]["conditions"]}["Suspended"] == "True"
+        assert published_spec(cluster, "pause")["suspend"] is True
         api.patch_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", "pause", {"spec": {"suspend": False}})
         wait_phase(cluster, "pause", "Succeeded")
     assert runner.exception is None and len(jobs.seen) == 1 + 5
+    # The Jobs started after the change read the changed spec.
+    assert published_spec(cluster, "pause").get("suspend", False) is False
+
+
+def published_spec(cluster: EmulatedCluster, run: str) -> dict[str, Any]:
+    """The spec the run's stage Jobs read, from the run's ConfigMap."""
+    config = kubernetes.client.CoreV1Api(cluster.api_client()).read_namespaced_config_map(f"{run}-spec", "default")
+    return dict(yaml.safe_load(config.data["run.yaml"])["spec"])
 
 
 def test_operator_restart_mid_run_resumes_without_duplicate_jobs(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:

@@ -21,7 +21,7 @@ EXPECTED = {
     ("dpe.dev", "iterations/status", "patch"),
     ("batch", "jobs", "create"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"),
     ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
-    ("", "services", "create"), ("", "configmaps", "create"),
+    ("", "services", "create"), ("", "configmaps", "create"), ("", "configmaps", "patch"),
     ("", "pods", "list"),
     ("", "events", "create"),
 }
