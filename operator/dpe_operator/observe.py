@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from dpe.spec import AttemptRecord, IterationStatus, StageName, StageOutcome, StageRecord, StageSummary
+from dpe.spec import AttemptRecord, IterationPhase, IterationStatus, StageName, StageOutcome, StageRecord, StageSummary
 from dpe.spiral import Attempt, IterationObservation, JobState, StageObservation, StageResult, stages_of
 from dpe_operator import names
 from dpe_operator.builders import DISRUPTION_CONDITION
@@ -236,3 +236,53 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     """A JSON merge patch taking status `old` to `new` for the keys of `new` (None removes a key);
     empty when nothing changed, so that an idle pass writes nothing."""
     return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}
+
+
+def condition(type_: str, status: bool, reason: str, message: str, generation: int | None, previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """A condition in the API conventions; its lastTransitionTime moves only when its status flips."""
+    old = next((c for c in previous if c.get("type") == type_), None)
+    value = "True" if status else "False"
+    changed = old is None or old.get("status") != value
+    return {
+        "type": type_, "status": value, "reason": reason, "message": message[:32000],
+        "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+        "observedGeneration": generation,
+    }
+
+
+def stage_condition_type(stage: StageName) -> str:
+    """The Iteration condition that says whether `stage` has succeeded, e.g. DiagnoseSucceeded."""
+    return f"{stage.value.capitalize()}Succeeded"
+
+
+def iteration_conditions(
+    records: Mapping[StageName, StageRecord], outcomes: Mapping[StageName, StageOutcome], phase: IterationPhase,
+    generation: int | None, previous: Iterable[Mapping[str, Any]], now: str,
+) -> list[dict[str, Any]]:
+    """Ready, Progressing, Complete and Failed for the iteration, then one `<Stage>Succeeded` per stage.
+
+    A stage's reason is its outcome (Pending, Running, Succeeded, Failed); its message is the last
+    failure or, while it runs, which attempt is running.
+    """
+    previous = list(previous)
+    reason = phase.value
+    message = {
+        IterationPhase.pending: "waiting for its first stage",
+        IterationPhase.running: ", ".join(s.value for s, o in outcomes.items() if o is StageOutcome.running) or "between stages",
+        IterationPhase.succeeded: "every stage succeeded",
+        IterationPhase.failed: next((f"{s.value}: {r.message}" for s, r in records.items() if outcomes[s] is StageOutcome.failed), "a stage failed"),
+    }[phase]
+    found = [
+        condition("Ready", phase is IterationPhase.succeeded, reason, message, generation, previous, now),
+        condition("Progressing", phase is IterationPhase.running, reason, message, generation, previous, now),
+        condition("Complete", phase is IterationPhase.succeeded, reason, message, generation, previous, now),
+        condition("Failed", phase is IterationPhase.failed, reason, message, generation, previous, now),
+    ]
+    for stage, record in records.items():
+        outcome = outcomes[stage]
+        if outcome is StageOutcome.running:
+            detail = f"attempt {len(record.history) + 1} running" + (f" (last failure: {record.message})" if record.message else "")
+        else:
+            detail = record.message
+        found.append(condition(stage_condition_type(stage), outcome is StageOutcome.succeeded, outcome.value, detail, generation, previous, now))
+    return found

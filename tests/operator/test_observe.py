@@ -158,3 +158,37 @@ def test_status_patch_carries_only_changes() -> None:
     assert status_patch(old, {"phase": "Succeeded", "bestScore": 0.4}) == {"phase": "Succeeded"}
     assert status_patch(old, {"stopReason": None, "message": None}) == {"stopReason": None}
     assert status_patch({}, {"usage": {"gpuHours": 1.0}}) == {"usage": {"gpuHours": 1.0}}
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
+    from dpe_operator.observe import condition
+
+    first = condition("Ready", False, "Running", "m", 1, [], "2026-01-01T00:00:00Z")
+    same = condition("Ready", False, "Running", "other message", 2, [first], "2026-01-02T00:00:00Z")
+    flipped = condition("Ready", True, "Succeeded", "done", 2, [same], "2026-01-03T00:00:00Z")
+    assert first["lastTransitionTime"] == same["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert same["observedGeneration"] == 2 and same["message"] == "other message"
+    assert flipped["lastTransitionTime"] == "2026-01-03T00:00:00Z" and flipped["status"] == "True"
+
+
+def test_iteration_conditions_name_each_stage_and_what_it_is_doing() -> None:
+    from dpe.spec import AttemptRecord, IterationPhase, StageName, StageOutcome, StageRecord
+    from dpe_operator.observe import iteration_conditions
+
+    records = {
+        StageName.diagnose: StageRecord(name=StageName.diagnose),
+        StageName.generate: StageRecord(name=StageName.generate, message="BackoffLimitExceeded: exit 1",
+                                        history=[AttemptRecord(attempt=1, job_name="j", state="Failed", message="BackoffLimitExceeded: exit 1")]),
+        StageName.score: StageRecord(name=StageName.score),
+    }
+    outcomes = {StageName.diagnose: StageOutcome.succeeded, StageName.generate: StageOutcome.running, StageName.score: StageOutcome.pending}
+    found = {c["type"]: c for c in iteration_conditions(records, outcomes, IterationPhase.running, 3, [], NOW)}
+    assert list(found) == ["Ready", "Progressing", "Complete", "Failed", "DiagnoseSucceeded", "GenerateSucceeded", "ScoreSucceeded"]
+    assert found["Progressing"]["status"] == "True" and found["Progressing"]["message"] == "generate"
+    assert found["DiagnoseSucceeded"]["status"] == "True" and found["DiagnoseSucceeded"]["reason"] == "Succeeded"
+    generate = found["GenerateSucceeded"]
+    assert generate["status"] == "False" and generate["reason"] == "Running"
+    assert generate["message"] == "attempt 2 running (last failure: BackoffLimitExceeded: exit 1)"
+    assert found["ScoreSucceeded"]["reason"] == "Pending" and all(c["observedGeneration"] == 3 for c in found.values())
+    failed = {c["type"]: c for c in iteration_conditions(records, {**outcomes, StageName.generate: StageOutcome.failed}, IterationPhase.failed, 3, [], NOW)}
+    assert failed["Failed"]["status"] == "True" and failed["Failed"]["message"] == "generate: BackoffLimitExceeded: exit 1"
