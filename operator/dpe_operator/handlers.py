@@ -64,6 +64,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = WORKERS
     # A deleted run's timer may be in the middle of a pass; look again soon rather than kopf's minute.
     settings.background.cancellation_polling = 1.0
+    # kopf then lists/watches neither CRDs nor Namespaces: we serve exact namespace names or all, never globs.
+    settings.scanning.disabled = True
     memo.metrics_port = metrics.serve(int(os.environ.get("DPE_METRICS_PORT", "8080")))
     log.info("metrics on port %s", memo.metrics_port)
 

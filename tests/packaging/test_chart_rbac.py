@@ -1,5 +1,6 @@
 """The operator's RBAC grants exactly what the operator does (read off handlers.py and kopf), in a Role
-per served namespace or one ClusterRole; test_operator_contract.py then runs the operator with
+per served namespace or one ClusterRole, and nothing on cluster-scoped resources (the operator turns
+kopf's scanning of CRDs and Namespaces off); test_operator_contract.py then runs the operator with
 only these permissions enforced."""
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ EXPECTED = {
     ("", "pods", "list"),
     ("", "events", "create"),
 }
-OBSERVE = {("apiextensions.k8s.io", "customresourcedefinitions", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
-NAMESPACES = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+# What kopf's scanning would read, had the operator not turned it off.
+SCANNING = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ("", "namespaces", "list"), ("", "namespaces", "watch"),
+}
 
 
 def test_namespaced_roles_grant_exactly_what_the_operator_uses(helm: Helm) -> None:
@@ -35,19 +39,13 @@ def test_namespaced_roles_grant_exactly_what_the_operator_uses(helm: Helm) -> No
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-dev", "ml-research"]
     for role in roles:
         assert granted(role["rules"]) == EXPECTED
-    assert [r["metadata"]["name"] for r in objects_of(objects, "ClusterRole")] == ["rel-dpe-operator-observe"]
+    assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
     authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
     assert sorted(authorizer.namespaced) == ["ml-dev", "ml-research"]
     assert authorizer.allows("batch", "jobs", "create", "ml-dev")
     assert not authorizer.allows("batch", "jobs", "create", "kube-system")
     assert not authorizer.allows("dpe.dev", "evolutionruns", "list", None)
-    assert authorizer.allows("", "namespaces", "watch", None)
-
-
-def test_kopf_scanning_permissions_can_be_left_out(helm: Helm) -> None:
-    objects = helm.render(settings=["rbac.observeCluster=false"])
-    assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
-    assert not Authorizer.from_objects(objects, OPERATOR_ACCOUNT).allows("", "namespaces", "list", None)
+    assert not authorizer.allows("", "namespaces", "watch", None)
 
 
 def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
@@ -58,7 +56,8 @@ def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
 def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> None:
     objects = helm.render(settings=["watch.clusterWide=true"])
     assert objects_of(objects, "Role") == [] and objects_of(objects, "RoleBinding") == []
-    (role,) = [r for r in objects_of(objects, "ClusterRole") if r["metadata"]["name"] == "rel-dpe-operator"]
+    (role,) = objects_of(objects, "ClusterRole")
+    assert role["metadata"]["name"] == "rel-dpe-operator"
     assert granted(role["rules"]) == EXPECTED
     authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
     assert authorizer.allows("dpe.dev", "evolutionruns", "watch", None)
@@ -66,22 +65,20 @@ def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> N
 
 
 @pytest.mark.parametrize(
-    ("settings", "extra"),
-    [
-        pytest.param([], OBSERVE | NAMESPACES, id="listed namespaces"),
-        # Cluster-wide, kopf never looks at Namespaces.
-        pytest.param(["watch.clusterWide=true"], OBSERVE, id="cluster-wide"),
-    ],
+    "settings",
+    [pytest.param([], id="release namespace"), pytest.param(["watch.namespaces={a,b}"], id="listed namespaces"),
+     pytest.param(["watch.clusterWide=true"], id="cluster-wide")],
 )
-def test_kopf_scanning_is_read_only(helm: Helm, settings: list[str], extra: set[tuple[str, str, str]]) -> None:
+def test_nothing_for_kopfs_scanning(helm: Helm, settings: list[str]) -> None:
+    """kopf's scanning is off, so neither CRDs nor Namespaces are granted, in any scope."""
     objects = helm.render(settings=settings)
-    (observe,) = [r for r in objects_of(objects, "ClusterRole") if r["metadata"]["name"].endswith("-observe")]
-    assert granted(observe["rules"]) == extra
-    (binding,) = [b for b in objects_of(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == observe["metadata"]["name"]]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT[1], "namespace": OPERATOR_ACCOUNT[0]}]
+    rules = [rule for kind in ("Role", "ClusterRole") for role in objects_of(objects, kind) for rule in role["rules"]]
+    assert not granted(rules) & SCANNING
+    authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
+    assert not any(authorizer.allows(group, resource, verb, None) for group, resource, verb in SCANNING)
 
 
-@pytest.mark.parametrize("settings", [[], ["watch.clusterWide=true"], ["rbac.observeCluster=false", "watch.namespaces={a,b}"]])
+@pytest.mark.parametrize("settings", [[], ["watch.clusterWide=true"], ["watch.namespaces={a,b}"]])
 def test_no_wildcards_and_no_secrets(helm: Helm, settings: list[str]) -> None:
     rules = [rule for kind in ("Role", "ClusterRole") for role in objects_of(helm.render(settings=settings), kind) for rule in role["rules"]]
     for rule in rules:

@@ -27,6 +27,7 @@ BAD_VALUES = [
     pytest.param(["prometheusRule.alerts.stuck.enabled=true"], "additional properties 'stuck' not allowed", id="misspelt alert"),
     pytest.param(["networkPolicy.enabled=true"], "cidrs", id="network policy without the API server"),
     pytest.param(["replicaCount=2"], "additional properties 'replicaCount' not allowed", id="replicas (kopf runs standalone)"),
+    pytest.param(["rbac.observeCluster=true"], "additional properties 'observeCluster' not allowed", id="removed rbac.observeCluster"),
     pytest.param(["s3.endpoint=minio:9000/bucket"], "does not match pattern", id="endpoint with a path"),
 ]
 

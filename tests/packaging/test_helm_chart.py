@@ -192,7 +192,7 @@ def test_workload_service_account_exists_wherever_runs_are_served(helm: Helm) ->
 
 def test_optional_objects_are_off_by_default(helm: Helm) -> None:
     kinds = sorted(obj["kind"] for obj in helm.render())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+    assert kinds == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
 
 
 def test_service_monitor_scrapes_the_metrics_service_and_keeps_the_runs_namespace(helm: Helm) -> None:
