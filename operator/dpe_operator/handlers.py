@@ -197,17 +197,6 @@ def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": body["metadata"]["name"], "uid": body["metadata"]["uid"]}
 
 
-def _condition(type_: str, status: bool, reason: str, message: str, generation: int | None, previous: list[dict[str, Any]]) -> dict[str, Any]:
-    """A condition whose lastTransitionTime moves only when its status flips."""
-    old = next((c for c in previous if c.get("type") == type_), None)
-    value = "True" if status else "False"
-    changed = old is None or old.get("status") != value
-    return {
-        "type": type_, "status": value, "reason": reason, "message": message[:32000],
-        "lastTransitionTime": _now_iso() if changed else old["lastTransitionTime"], "observedGeneration": generation,
-    }
-
-
 def _record_attempt_end(
     body: Any, k: int, stage: StageName, record: StageRecord, attempt: int, job: Mapping[str, Any], state: JobState,
     finished_at: float | None, message: str, permanent: bool, started: str | None,
@@ -286,7 +275,8 @@ def _fold_jobs(
             elif not recorded:
                 live[stage] = state
                 records[stage] = record.model_copy(update={"job_name": current["metadata"]["name"], "start_time": record.start_time or started})
-        stage_list = [r.model_copy(update={"outcome": observe.outcome(r, live.get(s))}) for s, r in records.items()]
+        outcomes = {s: observe.outcome(r, live.get(s)) for s, r in records.items()}
+        stage_list = [r.model_copy(update={"outcome": outcomes[s]}) for s, r in records.items()]
         observed[k] = observe.iteration_observation(item["spec"]["inputModelUri"], records, live)
         status = dict(item.get("status") or {})
         status["stages"] = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in stage_list]
@@ -301,7 +291,11 @@ def _fold_jobs(
         if train is not None and train.summary is not None:
             status["outputModelUri"] = train.summary.model_uri
         failed = any(exhausted(run.spec, observed[k].stage(s)) is not None for s in records)
-        status["phase"] = iteration_phase(k, observed[k], failed).value
+        phase = iteration_phase(k, observed[k], failed)
+        status["phase"] = phase.value
+        generation = item["metadata"].get("generation")
+        status["observedGeneration"] = generation
+        status["conditions"] = observe.iteration_conditions(records, outcomes, phase, generation, status.get("conditions") or [], _now_iso())
         if status != (item.get("status") or {}):
             cluster.patch_iteration_status(namespace, item["metadata"]["name"], status)
         statuses[k] = status
@@ -384,6 +378,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     status = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
     previous_conditions = list(status.get("conditions") or [])
+    now = _now_iso()
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value) and status.get("stopReason") == "InvalidSpec":
         return {}
     try:
@@ -394,8 +389,8 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         return observe.status_patch(status, {
             "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
             "conditions": [
-                _condition("Ready", False, "InvalidSpec", message, generation, previous_conditions),
-                _condition("Failed", True, "InvalidSpec", message, generation, previous_conditions),
+                observe.condition("Ready", False, "InvalidSpec", message, generation, previous_conditions, now),
+                observe.condition("Failed", True, "InvalidSpec", message, generation, previous_conditions, now),
             ],
         })
     api = cluster()
@@ -485,11 +480,11 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         "capabilityAccuracy": {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         "mixtureWeights": {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
         "conditions": [
-            _condition("Ready", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions),
-            _condition("Progressing", phase is RunPhase.running, reason, decision.message, generation, previous_conditions),
-            _condition("Suspended", phase is RunPhase.suspended, reason, decision.message, generation, previous_conditions),
-            _condition("Complete", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions),
-            _condition("Failed", phase is RunPhase.failed, reason, decision.message, generation, previous_conditions),
+            observe.condition("Ready", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions, now),
+            observe.condition("Progressing", phase is RunPhase.running, reason, decision.message, generation, previous_conditions, now),
+            observe.condition("Suspended", phase is RunPhase.suspended, reason, decision.message, generation, previous_conditions, now),
+            observe.condition("Complete", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions, now),
+            observe.condition("Failed", phase is RunPhase.failed, reason, decision.message, generation, previous_conditions, now),
         ],
     })
 

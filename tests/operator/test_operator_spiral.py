@@ -49,6 +49,10 @@ def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: A
     iteration = cluster.get(f"{GROUP}/{VERSION}/iterations", "default", "spiral-i1")
     assert iteration["metadata"]["ownerReferences"][0]["kind"] == "EvolutionRun"
     assert iteration["status"]["phase"] == "Succeeded" and iteration["status"]["outputModelUri"] == "s3://models/m1"
+    conditions = {c["type"]: c["status"] for c in iteration["status"]["conditions"]}
+    assert conditions == {"Ready": "True", "Progressing": "False", "Complete": "True", "Failed": "False", "DiagnoseSucceeded": "True",
+                          "GenerateSucceeded": "True", "ScoreSucceeded": "True", "TrainSucceeded": "True", "EvaluateSucceeded": "True"}
+    assert iteration["status"]["observedGeneration"] == iteration["metadata"]["generation"]
 
 
 def test_failed_stage_is_retried_then_fails_the_run_with_its_message(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from support.charts import CHART, ROOT, Helm, granted, objects_of
 
+from dpe.spec import StageName, StageOutcome
 from dpe.spiral import LIVE, JobState, StopReason
 from dpe_operator import metrics, observe
 
@@ -47,13 +48,13 @@ def test_every_alert_and_its_settings_are_described(helm: Helm) -> None:
 
 
 def condition_types() -> set[str]:
-    return set(re.findall(r'_condition\(\s*"(\w+)"', OPERATOR_SOURCE))
+    return set(re.findall(r'condition\(\s*"(\w+)"', OPERATOR_SOURCE)) | {observe.stage_condition_type(stage) for stage in StageName}
 
 
 def reasons() -> set[str]:
     """Every reason a condition or an Event of a run can carry, from the code."""
     found = {reason.value for reason in StopReason}
-    found |= {"Pending", "Running", "Suspended", "InvalidSpec"}
+    found |= {"Pending", "Running", "Suspended", "InvalidSpec"} | {outcome.value for outcome in StageOutcome}
     found |= set(re.findall(r'reason="(\w+)"', OPERATOR_SOURCE))
     found |= set(re.findall(r'"(Run[A-Z]\w+)"', OPERATOR_SOURCE))
     # Finished attempts other than successes are announced as Stage<State>.
