@@ -76,27 +76,51 @@ def published_spec(cluster: EmulatedCluster, run: str) -> dict[str, Any]:
     return dict(yaml.safe_load(config.data["run.yaml"])["spec"])
 
 
-def test_operator_restart_mid_run_resumes_without_duplicate_jobs(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+@pytest.mark.parametrize("held", [
+    "restart-i1-diagnose-a1",  # beside the baseline evaluation, before any result is read
+    "restart-i1-score-a1",
+    "restart-i1-train-a1",
+    "restart-i2-evaluate-a1",  # the last Job of the run
+    None,  # after the run Succeeded: the second operator starts nothing
+])
+def test_operator_restart_in_any_phase_resumes_without_duplicate_jobs(
+    held: str | None, cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None
+) -> None:
+    """The first operator runs the spiral up to a Job the cluster holds running, then stops; a second
+    one, started fresh, finishes the run from what the API and the store hold."""
     body = run_body("restart", s3_bucket, s3_server.endpoint)
     store = open_store(Storage.model_validate(body["spec"]["storage"]))
     api = kubernetes.client.CustomObjectsApi(cluster.api_client())
     batch = kubernetes.client.BatchV1Api(cluster.api_client())
-    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as first:
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as first, \
+            JobController(cluster, store, "restart", hold={held} if held else set()):
         cluster.wait_for_watch(RUNS)
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
-        cluster.wait_for(JOBS, "default", "restart-i1-diagnose-a1", timeout=10)
+        if held is None:
+            wait_phase(cluster, "restart", "Succeeded")
+        else:
+            cluster.wait_for(JOBS, "default", held, timeout=20)
+            time.sleep(0.5)  # let the first operator record the held Job as running
     assert first.exception is None
     before = {j.metadata.name for j in batch.list_namespaced_job("default").items}
+    events_before = len(kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items)
     with JobController(cluster, store, "restart") as jobs:
-        time.sleep(0.5)
         with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as second:
             cluster.wait_for_watch(RUNS)
-            wait_phase(cluster, "restart", "Succeeded")
+            run = wait_phase(cluster, "restart", "Succeeded")
+            time.sleep(0.5)
     assert second.exception is None
     after = [j.metadata.name for j in batch.list_namespaced_job("default").items]
     assert before <= set(after) and len(after) == len(set(after)) == 1 + 2 * 5
     assert all(name.endswith("-a1") for name in after)
-    assert len(jobs.seen) == len(after)
+    assert run["status"]["bestIteration"] == 2 and [i["index"] for i in run["status"]["iterations"]] == [0, 1, 2]
+    events = [e.reason for e in kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items
+              if e.involved_object.name == "restart"]
+    assert events.count("StageStarted") == events.count("StageSucceeded") == 11 and events.count("RunSucceeded") == 1
+    if held is None:
+        assert jobs.seen == [] and len(events) == events_before
+    else:
+        assert held in jobs.seen
 
 
 def test_deleting_a_run_removes_its_children_and_its_store_prefix(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:

@@ -48,11 +48,12 @@ class JobController:
 
     By default a Job completes after its result.json is written; the shards' Job of a sharded stage
     completes without one (only the merge writes it). Chosen Jobs fail instead (`fail`), fail after
-    one of their pods was preempted (`disrupt`), or are deleted while running (`vanish`).
+    one of their pods was preempted (`disrupt`), are deleted while running (`vanish`), or stay running
+(`hold`).
     """
 
     def __init__(self, cluster: EmulatedCluster, store: Any, run: str, fail: set[str] | None = None,
-                 disrupt: set[str] | None = None, vanish: set[str] | None = None):
+                 disrupt: set[str] | None = None, vanish: set[str] | None = None, hold: set[str] | None = None):
         self.batch = kubernetes.client.BatchV1Api(cluster.api_client())
         self.core = kubernetes.client.CoreV1Api(cluster.api_client())
         self.store = store
@@ -60,6 +61,7 @@ class JobController:
         self.fail = fail or set()
         self.disrupt = disrupt or set()
         self.vanish = vanish or set()
+        self.hold = hold or set()
         self.seen: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -79,6 +81,9 @@ class JobController:
         k, stage = int(labels["dpe.dev/iteration"]), labels["dpe.dev/stage"]
         args = job.spec.template.spec.containers[0].args
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if name in self.hold:
+            self.batch.patch_namespaced_job_status(name, "default", {"status": {"active": 1}})
+            return
         if name in self.vanish:
             # Gone while running, after the operator has seen it run (a Job it never saw is simply made again).
             self.batch.patch_namespaced_job_status(name, "default", {"status": {"active": 1}})
