@@ -1215,10 +1215,9 @@ samples) the ratio was {comparison.steady_ratio:.2f}x ({ours.steady_per_simulate
   pausing the endpoint's limiter for the Retry-After the server sent. The reference took
   {reference.rate_limited} 429s and {reference.server_errors} 5xx answers; each costs one of its ten workers a fixed wait of 4 s,
   then 8, 16 and 30 s, whatever the server asked.
-
 - *Spares at the end instead of late replacements.* Once every needed task has started, ours
-  runs spare tasks beside them, about as many as the failure rate so far says will fail, so a
-  sample failing near the end is covered by work already under way. The first tasks to finish fill
+  runs spare tasks beside them, about as many as the failure rate so far says will fail (and one for
+  each of a type's last two samples), so a sample failing near the end is covered by work already under way. The first tasks to finish fill
   each quota and the type's other tasks are cancelled unfinished ({ours.unfinished} this run; their spend is
   recorded, and no finished sample is dropped). Ours' last tenth of samples took {ours.last_tenth_simulated_s:.0f} simulated seconds.
 
