@@ -84,6 +84,9 @@ def interrupted_when_the_first_wave_ends(ctx: Any) -> Any:
 
 def test_agent_generation_killed_and_rerun_ends_with_exactly_the_target(tmp_path: Path, world: AgentWorld) -> None:
     run_file = agent_run(tmp_path, world, samples=12)
+    # A planner that takes a moment keeps the samples' first calls in flight together, which the
+    # last assertion looks for; instant replies could let them finish one by one.
+    world.script.latency = {"planner": 0.05}
     ctx = context(run_file, StageName.generate, 1)
     with pytest.raises(Killed):
         generate.run(ctx, lambda: interrupted_when_the_first_wave_ends(ctx))

@@ -125,6 +125,8 @@ class Generation:
         self.rejections: Counter[str] = Counter()
         self.cancelled = 0
         """Spare tasks cancelled because their type's quota was filled by others."""
+        self._abandoning = False
+        """Set when the stage fails: tasks cancelled then are not spares and leave no record."""
         self.spent = 0.0
         self.stopped: str | None = None
         self.started = 0
@@ -200,6 +202,8 @@ class Generation:
         try:
             outcome = await self.provider.produce(task)
         except asyncio.CancelledError:
+            if self._abandoning:
+                raise  # the stage is failing: leave no record, so a rerun does this task again
             cost = self._cancelled_cost(task)
             self.spent += cost
             self.cancelled += 1
@@ -270,6 +274,16 @@ class Generation:
 
     async def _loop(self, advance: Callable[[int], None]) -> None:
         running: set[asyncio.Task[None]] = set()
+        try:
+            await self._schedule(advance, running)
+        finally:
+            # An error ends the stage: stop the tasks still running rather than leave them behind.
+            self._abandoning = True
+            for job in running:
+                job.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _schedule(self, advance: Callable[[int], None], running: set[asyncio.Task[None]]) -> None:
         owner: dict[asyncio.Task[None], CapabilityType] = {}
         while True:
             while len(running) < self.in_flight and self.stopped is None:
@@ -289,7 +303,8 @@ class Generation:
                 self._running[capability].add(job)
             if not running:
                 return
-            finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running -= finished
             for job in finished:
                 capability = owner.pop(job)
                 self.plan.types[capability].in_flight -= 1
