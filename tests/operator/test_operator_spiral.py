@@ -92,7 +92,13 @@ def test_sharded_stages_run_their_shards_then_a_merge(cluster: EmulatedCluster, 
     assert shards.spec.completions == 3 and "--shard" in shards.spec.template.spec.containers[0].args
     assert merge.spec.completions in (None, 1) and "--merge" in merge.spec.template.spec.containers[0].args
     assert merge.metadata.labels["dpe.dev/part"] == "merge" and merge.metadata.labels["dpe.dev/attempt"] == "1"
-    assert merge.spec.template.spec.containers[0].args[merge.spec.template.spec.containers[0].args.index("--model") + 1] == "s3://models/base"
+    def model_of(job: Any) -> str:
+        args = job.spec.template.spec.containers[0].args
+        return str(args[args.index("--model") + 1])
+
+    assert model_of(merge) == "s3://models/base"
+    # The evaluation of iteration 1 scores the model iteration 1 trained, in its shards and its merge.
+    assert model_of(by_name["shards-i1-evaluate-a1"]) == model_of(by_name["shards-i1-evaluate-a1-merge"]) == "s3://models/m1"
     iteration = cluster.get(f"{GROUP}/{VERSION}/iterations", "default", "shards-i1")
     score = next(r for r in iteration["status"]["stages"] if r["name"] == "score")
     assert score["outcome"] == "Succeeded" and score["jobName"] == "shards-i1-score-a1-merge" and len(score["history"]) == 1
