@@ -202,8 +202,10 @@ def _record_attempt_end(
     finished_at: float | None, message: str, permanent: bool, started: str | None,
 ) -> StageRecord:
     """The record with a finished attempt added, counted and announced once."""
-    if not any(entry.attempt == attempt for entry in record.history):
+    first = not any(entry.attempt == attempt for entry in record.history)
+    if first:
         metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
+        metrics.progressed(body["metadata"]["namespace"], body["metadata"]["name"])
         event = f"iteration {k} {stage.value} attempt {attempt} {state.value.lower()}"
         if state is JobState.succeeded:
             kopf.info(body, reason="StageSucceeded", message=event)
@@ -213,7 +215,9 @@ def _record_attempt_end(
         if state is JobState.succeeded and created is not None and finished_at is not None:
             metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
     record = observe.record_finished(record, attempt, job, state, finished_at, message, permanent)
-    return record.model_copy(update={"start_time": record.start_time or started, "end_time": _now_iso(), "job_name": job["metadata"]["name"]})
+    # The end is when the attempt was recorded, not the latest pass that saw its Job.
+    end_time = _now_iso() if first or not record.end_time else record.end_time
+    return record.model_copy(update={"start_time": record.start_time or started, "end_time": end_time, "job_name": job["metadata"]["name"]})
 
 
 def _fold_jobs(
@@ -255,6 +259,7 @@ def _fold_jobs(
                 merge = builders.stage_job(run, k, stage, attempt, observe.model_argument(found.main), owner=_owner(body), merge=True,
                                            image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
                 if cluster.create("Job", namespace, merge):
+                    metrics.progressed(namespace, name)
                     kopf.info(body, reason="StageMerging", message=f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
             elif state in (JobState.pending, JobState.running) and not recorded:
                 problem = observe.pod_problem(cluster.pods(namespace, current["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
@@ -398,6 +403,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     namespace, name = run.metadata.namespace, run.metadata.name
     _publish_spec(api, run, body)
     iterations = api.iterations(namespace, name)
+    metrics.progress_from_status(namespace, name, observe.last_progress(status, iterations, jobs))
     finished = None
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
         finished = Finished(RunPhase(status["phase"]), status.get("stopReason") or "", status.get("message") or "")
@@ -421,6 +427,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
             }
             kopf.adopt(iteration, owner=body)
             api.create("Iteration", namespace, iteration)
+            metrics.progressed(namespace, name)
             kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
         elif isinstance(action, StartStage):
             job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=_owner(body),
@@ -431,6 +438,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
                 if action.attempt > 1:
                     previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
                     metrics.RETRIES.labels(previous.value).inc()
+                metrics.progressed(namespace, name)
                 kopf.info(body, reason="StageStarted", message=f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
         elif isinstance(action, (SuspendStage, ResumeStage)):
             current = newest[(action.iteration, action.stage)].current
@@ -445,8 +453,11 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
                     api.delete_job(namespace, job["metadata"]["name"])
         elif isinstance(action, FinishRun):
             kind = "RunSucceeded" if action.phase is RunPhase.succeeded else "RunFailed"
+            metrics.progressed(namespace, name)
             (kopf.info if action.phase is RunPhase.succeeded else kopf.warn)(body, reason=kind, message=f"{action.reason.value}: {action.message}")
     phase = decision.phase
+    if status.get("phase") == RunPhase.suspended.value and phase is RunPhase.running:
+        metrics.progressed(namespace, name)  # resumed: the time waited while suspended is no stall
     terminal = phase in (RunPhase.succeeded, RunPhase.failed)
     reason = decision.reason or ("Running" if phase is RunPhase.running else phase.value)
     summaries = []

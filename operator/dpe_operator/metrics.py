@@ -1,10 +1,13 @@
 """Prometheus metrics of the operator, served on /metrics.
 
-Per-run series (phase, per-capability accuracy, mixture weights) exist only while the run does:
-`forget_run` removes them when the run is deleted, so dashboards never show ghosts.
+Per-run series (phase, per-capability accuracy, mixture weights, last progress) exist only while the
+run does: `forget_run` removes them when the run is deleted, so dashboards never show ghosts.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -13,6 +16,13 @@ REGISTRY = CollectorRegistry()
 RUN_PHASE = Gauge("dpe_run_phase", "1 for the phase each EvolutionRun is in.", ["namespace", "run", "phase"], registry=REGISTRY)
 RUN_ITERATION = Gauge("dpe_run_current_iteration", "Highest iteration started per run.", ["namespace", "run"], registry=REGISTRY)
 RUN_BEST_SCORE = Gauge("dpe_run_best_score", "Best evaluation score so far per run.", ["namespace", "run"], registry=REGISTRY)
+RUN_LAST_PROGRESS = Gauge(
+    "dpe_run_last_progress_timestamp_seconds",
+    "Unix time of the run's latest progress: an iteration started, a stage attempt started or finished, "
+    "the run resumed or finished.",
+    ["namespace", "run"],
+    registry=REGISTRY,
+)
 ITERATIONS = Gauge("dpe_iterations", "Iterations per run by phase.", ["namespace", "run", "phase"], registry=REGISTRY)
 STAGE_ATTEMPTS = Counter("dpe_stage_attempts", "Finished stage attempts by stage and outcome.", ["stage", "outcome"], registry=REGISTRY)
 STAGE_DURATION = Histogram(
@@ -30,6 +40,9 @@ API_ERRORS = Counter("dpe_api_errors", "Errors talking to the Kubernetes API.", 
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
 _per_run: dict[tuple[str, str], set[str]] = {}
+_progress_known: set[tuple[str, str]] = set()
+"""Runs whose progress time this process has set (by a transition or from the status)."""
+_progress_guard = threading.Lock()
 served_port: int | None = None
 """Port of the latest /metrics endpoint started (tests start it on a free port)."""
 
@@ -62,12 +75,36 @@ def observe_run(namespace: str, run: str, phase: str, iteration: int, best: floa
     _per_run[(namespace, run)] = set(accuracy)
 
 
+def progressed(namespace: str, run: str, at: float | None = None) -> None:
+    """The run made progress now (or at `at`, seconds since the epoch)."""
+    with _progress_guard:
+        RUN_LAST_PROGRESS.labels(namespace, run).set(time.time() if at is None else at)
+        _progress_known.add((namespace, run))
+
+
+def progress_from_status(namespace: str, run: str, at: float | None) -> None:
+    """Set the run's progress time from what its status holds, unless this process already knows it.
+
+    After a restart the operator has seen no transition yet; the newest time in the status (see
+    `observe.last_progress`) keeps the run from looking stuck, or fresh, until the next one.
+    """
+    if at is None:
+        return
+    with _progress_guard:
+        if (namespace, run) not in _progress_known:
+            RUN_LAST_PROGRESS.labels(namespace, run).set(at)
+            _progress_known.add((namespace, run))
+
+
 def forget_run(namespace: str, run: str) -> None:
     """Drop every series of a deleted run."""
     for phase in PHASES:
         _remove(RUN_PHASE, namespace, run, phase)
     _remove(RUN_ITERATION, namespace, run)
     _remove(RUN_BEST_SCORE, namespace, run)
+    with _progress_guard:
+        _remove(RUN_LAST_PROGRESS, namespace, run)
+        _progress_known.discard((namespace, run))
     for phase in ("Pending", "Running", "Succeeded", "Failed"):
         _remove(ITERATIONS, namespace, run, phase)
     for capability in _per_run.pop((namespace, run), set()):

@@ -232,6 +232,27 @@ def pod_problem(pods: Iterable[Mapping[str, Any]], now: float, unschedulable_gra
     return None
 
 
+def last_progress(run_status: Mapping[str, Any] | None, iterations: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str, Any]]) -> float | None:
+    """The newest progress the cluster still records for a run, seconds since the epoch; None when none.
+
+    What a restarted operator knows of the run's latest transition: the run's start, completion and
+    latest suspension or resume (its Suspended condition's flip), each Iteration's creation (an
+    iteration started), each stage record's start, end and finished attempts, and each stage Job's
+    creation (an attempt started; retries and merges included).
+    """
+    status = run_status or {}
+    found = [timestamp(status.get("startTime")), timestamp(status.get("completionTime"))]
+    found += [timestamp(c.get("lastTransitionTime")) for c in status.get("conditions") or [] if c.get("type") == "Suspended"]
+    for item in iterations:
+        found.append(timestamp((item.get("metadata") or {}).get("creationTimestamp")))
+        for record in IterationStatus.model_validate(item.get("status") or {}).stages:
+            found += [timestamp(record.start_time), timestamp(record.end_time), *(entry.finished_at for entry in record.history)]
+    for job in jobs:
+        if job_key(job) is not None:
+            found.append(timestamp((job.get("metadata") or {}).get("creationTimestamp")))
+    return max((t for t in found if t is not None), default=None)
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch taking status `old` to `new` for the keys of `new` (None removes a key);
     empty when nothing changed, so that an idle pass writes nothing."""

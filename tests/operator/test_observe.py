@@ -192,3 +192,40 @@ def test_iteration_conditions_name_each_stage_and_what_it_is_doing() -> None:
     assert found["ScoreSucceeded"]["reason"] == "Pending" and all(c["observedGeneration"] == 3 for c in found.values())
     failed = {c["type"]: c for c in iteration_conditions(records, {**outcomes, StageName.generate: StageOutcome.failed}, IterationPhase.failed, 3, [], NOW)}
     assert failed["Failed"]["status"] == "True" and failed["Failed"]["message"] == "generate: BackoffLimitExceeded: exit 1"
+
+
+def test_last_progress_is_the_newest_time_the_cluster_records() -> None:
+    from dpe_operator.observe import last_progress, timestamp
+
+    t0 = timestamp(NOW)
+    assert t0 is not None
+    assert last_progress(None, [], []) is None
+    assert last_progress({"startTime": "2026-11-26T09:00:00Z"}, [], []) == t0 - 3600
+    iteration = {
+        "metadata": {"name": "r-i1", "creationTimestamp": "2026-11-26T09:10:00Z"},
+        "spec": {"index": 1},
+        "status": {"stages": [
+            {"name": "diagnose", "startTime": "2026-11-26T09:11:00Z", "endTime": "2026-11-26T09:20:00Z",
+             "history": [{"attempt": 1, "jobName": "r-i1-diagnose-a1", "state": "Succeeded", "finishedAt": t0 - 2400 + 30}]},
+            {"name": "generate", "startTime": "2026-11-26T09:21:00Z"},
+        ]},
+    }
+    run_status = {"startTime": "2026-11-26T09:00:00Z"}
+    # The generate stage's start is the newest record.
+    assert last_progress(run_status, [iteration], []) == t0 - 39 * 60
+    # A retried attempt's Job is newer than the stage's first start; foreign Jobs do not count.
+    retry = stage_job("r-i1-generate-a2", 2, stage="generate")
+    retry["metadata"]["creationTimestamp"] = "2026-11-26T09:45:00Z"
+    foreign = {"metadata": {"name": "other", "labels": {}, "creationTimestamp": "2026-11-26T09:59:00Z"}}
+    assert last_progress(run_status, [iteration], [retry, foreign]) == t0 - 15 * 60
+    # A finished attempt recorded only in the history, and a finished run.
+    iteration["status"]["stages"][0]["history"][0]["finishedAt"] = t0 - 60
+    assert last_progress(run_status, [iteration], [retry]) == t0 - 60
+    assert last_progress({**run_status, "completionTime": NOW}, [iteration], [retry]) == t0
+    # A resume (the Suspended condition flipping back) restarts the count; other conditions do not count.
+    resumed = {**run_status, "conditions": [{"type": "Suspended", "status": "False", "lastTransitionTime": "2026-11-26T09:58:00Z"},
+                                            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-11-26T11:00:00Z"}]}
+    assert last_progress(resumed, [iteration], [retry]) == t0 - 60 and last_progress(resumed, [], []) == t0 - 120
+    # An Iteration created with no status yet is an iteration started.
+    fresh = {"metadata": {"name": "r-i2", "creationTimestamp": "2026-11-26T10:05:00Z"}, "spec": {"index": 2}}
+    assert last_progress(run_status, [iteration, fresh], []) == t0 + 300

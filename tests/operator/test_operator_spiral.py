@@ -6,6 +6,7 @@ the store (what the workload would) and marks the Job complete (what the Job con
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -27,10 +28,13 @@ def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: A
     api = kubernetes.client.CustomObjectsApi(cluster.api_client())
     with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, JobController(cluster, store, "spiral") as jobs:
         cluster.wait_for_watch(RUNS)
+        created = time.time()
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
         run = wait_phase(cluster, "spiral", "Succeeded")
         samples = scrape()
     assert runner.exception is None
+    # The run's finish is its latest progress.
+    assert created <= samples[("dpe_run_last_progress_timestamp_seconds", (("namespace", "default"), ("run", "spiral")))] <= time.time()
     assert samples[("dpe_run_phase", (("namespace", "default"), ("phase", "Succeeded"), ("run", "spiral")))] == 1.0
     assert samples[("dpe_capability_accuracy", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 0.5
     assert samples[("dpe_mixture_weight", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 1.0

@@ -406,6 +406,7 @@ def test_the_scrape_carries_the_runs_series(outcome: Outcome) -> None:
     assert samples[("dpe_mixture_weight", (("capability", "chart"), *run))] == 0.6
     assert samples[("dpe_stage_retries_total", (("reason", "Failed"),))] >= 1
     assert samples[("dpe_stage_attempts_total", (("outcome", "Failed"), ("stage", "diagnose")))] >= 1
+    assert time.time() - SCENARIO_TIMEOUT * 3 < samples[("dpe_run_last_progress_timestamp_seconds", run)] <= time.time()
 
 
 def test_promtool_lints_the_scrape(outcome: Outcome, tmp_path: Path) -> None:
