@@ -469,8 +469,12 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     phases: dict[str, int] = {}
     for it_status in iteration_statuses.values():
         phases[it_status.get("phase", "Pending")] = phases.get(it_status.get("phase", "Pending"), 0) + 1
+    stages: dict[str, int] = {}
+    for it_status in iteration_statuses.values():
+        for record in it_status.get("stages") or []:
+            stages[record.get("outcome", "Pending")] = stages.get(record.get("outcome", "Pending"), 0) + 1
     metrics.observe_run(
-        namespace, name, phase.value, decision.current_iteration, None if decision.best is None else decision.best.score, phases,
+        namespace, name, phase.value, decision.current_iteration, None if decision.best is None else decision.best.score, phases, stages,
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
     )

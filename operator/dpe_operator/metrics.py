@@ -24,6 +24,7 @@ RUN_LAST_PROGRESS = Gauge(
     registry=REGISTRY,
 )
 ITERATIONS = Gauge("dpe_iterations", "Iterations per run by phase.", ["namespace", "run", "phase"], registry=REGISTRY)
+STAGES = Gauge("dpe_stages", "Stages of a run's iterations by outcome.", ["namespace", "run", "phase"], registry=REGISTRY)
 STAGE_ATTEMPTS = Counter("dpe_stage_attempts", "Finished stage attempts by stage and outcome.", ["stage", "outcome"], registry=REGISTRY)
 STAGE_DURATION = Histogram(
     "dpe_stage_duration_seconds",
@@ -39,6 +40,8 @@ STORE_ERRORS = Counter("dpe_store_errors", "Errors talking to the artifact store
 API_ERRORS = Counter("dpe_api_errors", "Errors talking to the Kubernetes API.", ["status"], registry=REGISTRY)
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+OUTCOMES = ("Pending", "Running", "Succeeded", "Failed")
+"""Phases of an iteration and outcomes of a stage."""
 _per_run: dict[tuple[str, str], set[str]] = {}
 _progress_known: set[tuple[str, str]] = set()
 """Runs whose progress time this process has set (by a transition or from the status)."""
@@ -56,15 +59,16 @@ def serve(port: int, address: str = "0.0.0.0") -> int:
 
 
 def observe_run(namespace: str, run: str, phase: str, iteration: int, best: float | None,
-                iterations: dict[str, int], accuracy: dict[str, float], weights: dict[str, float]) -> None:
+                iterations: dict[str, int], stages: dict[str, int], accuracy: dict[str, float], weights: dict[str, float]) -> None:
     """Set every per-run series from the run's current view."""
     for candidate in PHASES:
         RUN_PHASE.labels(namespace, run, candidate).set(1.0 if candidate == phase else 0.0)
     RUN_ITERATION.labels(namespace, run).set(iteration)
     if best is not None:
         RUN_BEST_SCORE.labels(namespace, run).set(best)
-    for candidate in ("Pending", "Running", "Succeeded", "Failed"):
+    for candidate in OUTCOMES:
         ITERATIONS.labels(namespace, run, candidate).set(iterations.get(candidate, 0))
+        STAGES.labels(namespace, run, candidate).set(stages.get(candidate, 0))
     known = _per_run.setdefault((namespace, run), set())
     for capability in known - set(accuracy):
         CAPABILITY_ACCURACY.remove(namespace, run, capability)
@@ -105,8 +109,9 @@ def forget_run(namespace: str, run: str) -> None:
     with _progress_guard:
         _remove(RUN_LAST_PROGRESS, namespace, run)
         _progress_known.discard((namespace, run))
-    for phase in ("Pending", "Running", "Succeeded", "Failed"):
+    for phase in OUTCOMES:
         _remove(ITERATIONS, namespace, run, phase)
+        _remove(STAGES, namespace, run, phase)
     for capability in _per_run.pop((namespace, run), set()):
         _remove(CAPABILITY_ACCURACY, namespace, run, capability)
         _remove(MIXTURE_WEIGHT, namespace, run, capability)

@@ -52,10 +52,14 @@ def test_a_transition_before_the_seed_wins(run: tuple[str, str]) -> None:
 
 
 def test_forget_run_removes_the_progress_time_and_what_this_process_knew(run: tuple[str, str]) -> None:
-    metrics.observe_run(*run, "Running", 1, 0.5, {"Running": 1}, {"map": 0.5}, {"map": 1.0})
+    metrics.observe_run(*run, "Running", 1, 0.5, {"Running": 1}, {"Succeeded": 1, "Running": 1}, {"map": 0.5}, {"map": 1.0})
     metrics.progressed(*run, at=1_700_000_000.0)
+    stages = {"namespace": run[0], "run": run[1], "phase": "Running"}
+    assert metrics.REGISTRY.get_sample_value("dpe_stages", stages) == 1.0
+    assert metrics.REGISTRY.get_sample_value("dpe_stages", {**stages, "phase": "Failed"}) == 0.0
     metrics.forget_run(*run)
     assert progress(*run) is None
+    assert metrics.REGISTRY.get_sample_value("dpe_stages", stages) is None
     assert metrics.REGISTRY.get_sample_value("dpe_run_current_iteration", {"namespace": run[0], "run": run[1]}) is None
     # A run created again under the same name is seeded from its own status.
     metrics.progress_from_status(*run, 1_700_000_900.0)

@@ -39,6 +39,8 @@ def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: A
     assert samples[("dpe_capability_accuracy", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 0.5
     assert samples[("dpe_mixture_weight", (("capability", "map"), ("namespace", "default"), ("run", "spiral")))] == 1.0
     assert samples[("dpe_run_best_score", (("namespace", "default"), ("run", "spiral")))] == pytest.approx(0.6)
+    assert samples[("dpe_stages", (("namespace", "default"), ("phase", "Succeeded"), ("run", "spiral")))] == 11
+    assert samples[("dpe_stages", (("namespace", "default"), ("phase", "Running"), ("run", "spiral")))] == 0
     assert samples[("dpe_stage_attempts_total", (("outcome", "Succeeded"), ("stage", "train")))] >= 2
     assert samples[("dpe_stage_duration_seconds_count", (("stage", "evaluate"),))] >= 3
     status = run["status"]
