@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -109,8 +110,6 @@ class Cluster:
                 self.batch.create_namespaced_job(namespace, body)
             elif kind == "Service":
                 self.core.create_namespaced_service(namespace, body)
-            elif kind == "ConfigMap":
-                self.core.create_namespaced_config_map(namespace, body)
             else:
                 self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "iterations", body)
         except ApiException as error:
@@ -221,12 +220,12 @@ def _record_attempt_end(
 
 
 def _fold_jobs(
-    cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]], jobs: list[dict[str, Any]], body: Any, terminal: bool
+    cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]],
+    newest: Mapping[tuple[int, StageName], observe.AttemptJobs], body: Any, terminal: bool,
 ) -> tuple[RunObservation, dict[int, dict[str, Any]]]:
     """Copy finished attempts into the Iterations' records (reading result.json once), start the
     merge of sharded attempts whose shards are done, post an Event for each, and observe."""
     namespace, name = run.metadata.namespace, run.metadata.name
-    newest = observe.newest_attempts(jobs)
     observed = {}
     statuses: dict[int, dict[str, Any]] = {}
     for item in iterations:
@@ -407,7 +406,8 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     finished = None
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
         finished = Finished(RunPhase(status["phase"]), status.get("stopReason") or "", status.get("message") or "")
-    observation, iteration_statuses = _fold_jobs(api, run, store, iterations, jobs, body, terminal=finished is not None)
+    newest = observe.newest_attempts(jobs)
+    observation, iteration_statuses = _fold_jobs(api, run, store, iterations, newest, body, terminal=finished is not None)
     started = status.get("startTime")
     observation = RunObservation(
         now=observation.now,
@@ -416,7 +416,6 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         finished=finished,
     )
     decision = decide(run.spec, observation)
-    newest = observe.newest_attempts(jobs)
     for action in decision.actions:
         if isinstance(action, StartIteration):
             iteration = {
@@ -466,13 +465,8 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         summaries.append({"index": k, "phase": it_status.get("phase", IterationPhase.pending.value), "inputModelUri": item["spec"]["inputModelUri"],
                           "outputModelUri": it_status.get("outputModelUri"), "score": it_status.get("score")})
     latest = max((k for k, s in iteration_statuses.items() if s.get("capabilityAccuracy")), default=None)
-    phases: dict[str, int] = {}
-    for it_status in iteration_statuses.values():
-        phases[it_status.get("phase", "Pending")] = phases.get(it_status.get("phase", "Pending"), 0) + 1
-    stages: dict[str, int] = {}
-    for it_status in iteration_statuses.values():
-        for record in it_status.get("stages") or []:
-            stages[record.get("outcome", "Pending")] = stages.get(record.get("outcome", "Pending"), 0) + 1
+    phases = Counter(it_status.get("phase", "Pending") for it_status in iteration_statuses.values())
+    stages = Counter(record.get("outcome", "Pending") for it_status in iteration_statuses.values() for record in it_status.get("stages") or [])
     metrics.observe_run(
         namespace, name, phase.value, decision.current_iteration, None if decision.best is None else decision.best.score, phases, stages,
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],

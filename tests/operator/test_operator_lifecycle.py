@@ -13,7 +13,7 @@ import yaml
 from kopf.testing import KopfRunner
 from support.kube_emulator import EmulatedCluster
 from support.malformed import MALFORMED
-from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
+from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, job_pod, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store
@@ -152,12 +152,9 @@ def test_a_bad_image_fails_the_run_at_once_with_a_readable_message(cluster: Emul
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
         job = cluster.wait_for(JOBS, "default", "pull-i1-diagnose-a1", timeout=10)
         assert job is not None
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pull-i1-diagnose-a1-x", "namespace": "default", "labels": {"job-name": "pull-i1-diagnose-a1"}},
-               "spec": {"containers": [{"name": "stage", "image": "registry.example/dpe:nope"}]}}
-        core.create_namespaced_pod("default", pod)
-        core.patch_namespaced_pod_status("pull-i1-diagnose-a1-x", "default", {"status": {"containerStatuses": [
+        job_pod(core, "pull-i1-diagnose-a1", "registry.example/dpe:nope", {"containerStatuses": [
             {"name": "stage", "ready": False, "restartCount": 0, "image": "registry.example/dpe:nope", "imageID": "",
-             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}})
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]})
         run = wait_phase(cluster, "pull", "Failed")
     assert runner.exception is None
     assert run["status"]["stopReason"] == "StageFailed"

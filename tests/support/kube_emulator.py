@@ -342,11 +342,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         before the full comparison.
         """
         objects = self._objects
-        if request.resource is not None and request.name is not None:
-            for namespace in (request.namespace,) if strict or request.namespace is not None else ():
-                found = objects._objects.get((request.resource, namespace, request.name))
-                if found is not None:
-                    return [found]
+        if request.resource is not None and request.name is not None and (strict or request.namespace is not None):
+            found = objects._objects.get((request.resource, request.namespace, request.name))
+            if found is not None:
+                return [found]
         plural = None if request.resource is None else request.resource.plural
         check = self._KubernetesEmulator__check
         return [

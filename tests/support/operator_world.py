@@ -112,12 +112,9 @@ class JobController:
         raise AssertionError(f"the operator never recorded Job {job} as running")
 
     def preempted_pod(self, job: str, now: str) -> None:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-0-x", "namespace": "default", "labels": {"job-name": job}},
-               "spec": {"containers": [{"name": "stage", "image": "dpe-workload"}]}}
-        self.core.create_namespaced_pod("default", pod)
-        self.core.patch_namespaced_pod_status(f"{job}-0-x", "default", {"status": {"phase": "Failed", "conditions": [
+        job_pod(self.core, job, "dpe-workload", {"phase": "Failed", "conditions": [
             {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted by a higher-priority pod",
-             "lastTransitionTime": now}]}})
+             "lastTransitionTime": now}]})
 
     def __enter__(self) -> JobController:
         self.thread.start()
@@ -126,6 +123,15 @@ class JobController:
     def __exit__(self, *_: object) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+
+
+def job_pod(core: Any, job: str, image: str, status: dict[str, Any]) -> None:
+    """A pod of `job` (as the Job controller would make it) whose status the kubelet then set to `status`."""
+    name = f"{job}-x"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"job-name": job}},
+           "spec": {"containers": [{"name": "stage", "image": image}]}}
+    core.create_namespaced_pod("default", pod)
+    core.patch_namespaced_pod_status(name, "default", {"status": status})
 
 
 def operator_args() -> list[str]:
