@@ -300,6 +300,7 @@ def _fold_jobs(
         generation = item["metadata"].get("generation")
         status["observedGeneration"] = generation
         status["conditions"] = observe.iteration_conditions(records, outcomes, phase, generation, status.get("conditions") or [], _now_iso())
+        status = observe.iteration_status(status)
         if status != (item.get("status") or {}):
             cluster.patch_iteration_status(namespace, item["metadata"]["name"], status)
         statuses[k] = status
@@ -390,7 +391,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     except ValidationError as error:
         message = "; ".join(problems_of(error))
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
-        return observe.status_patch(status, {
+        return observe.run_status_patch(status, {
             "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
             "conditions": [
                 observe.condition("Ready", False, "InvalidSpec", message, generation, previous_conditions, now),
@@ -472,7 +473,7 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
     )
-    return observe.status_patch(status, {
+    return observe.run_status_patch(status, {
         "phase": phase.value,
         "observedGeneration": generation,
         "currentIteration": decision.current_iteration,

@@ -14,7 +14,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from dpe.spec import AttemptRecord, IterationPhase, IterationStatus, StageName, StageOutcome, StageRecord, StageSummary
+from dpe.spec import (
+    AttemptRecord,
+    EvolutionRunStatus,
+    IterationPhase,
+    IterationStatus,
+    StageName,
+    StageOutcome,
+    StageRecord,
+    StageSummary,
+)
 from dpe.spiral import Attempt, IterationObservation, JobState, StageObservation, StageResult, stages_of
 from dpe_operator import names
 from dpe_operator.builders import DISRUPTION_CONDITION
@@ -257,6 +266,21 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     """A JSON merge patch taking status `old` to `new` for the keys of `new` (None removes a key);
     empty when nothing changed, so that an idle pass writes nothing."""
     return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}
+
+
+def run_status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`status_patch` for a run's status, once `new` is checked against `EvolutionRunStatus`.
+
+    The API server silently prunes any key its CRD (generated from that model) does not declare, so
+    an undeclared or misspelt key fails here instead of vanishing on the cluster.
+    """
+    checked = EvolutionRunStatus.model_validate(dict(new)).model_dump(mode="json", by_alias=True)
+    return status_patch(old, {key: checked[key] for key in new})
+
+
+def iteration_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """An Iteration's status as it is written, checked against `IterationStatus` (see `run_status_patch`)."""
+    return IterationStatus.model_validate(dict(status)).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def condition(type_: str, status: bool, reason: str, message: str, generation: int | None, previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:

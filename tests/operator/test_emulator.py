@@ -35,9 +35,10 @@ JSON_PATCH = "application/json-patch+json"
 
 
 def run_body(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
-    """An EvolutionRun manifest; the emulator does not validate specs, so any spec will do."""
+    """A valid EvolutionRun manifest (the emulator checks custom resources against their CRD)."""
     metadata: dict[str, Any] = {"name": name, "labels": labels or {}}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EvolutionRun", "metadata": metadata, "spec": spec}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EvolutionRun", "metadata": metadata,
+            "spec": {"baseModel": "builtin:m0", **spec}}
 
 
 @pytest.fixture
@@ -147,13 +148,13 @@ def test_namespace_in_body_must_match_the_url(cluster: EmulatedCluster, http: ur
 
 def test_resource_version_increases_on_every_write(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
     path = f"{RUNS_PATH}/r1"
-    versions = [rv(created(http, cluster, run_body("r1", a="1")))]
-    versions.append(rv(call(http, cluster, "PATCH", path, {"spec": {"a": "2"}}, MERGE_PATCH)[1]))
-    ops = [{"op": "replace", "path": "/spec/a", "value": "3"}]
+    versions = [rv(created(http, cluster, run_body("r1", baseModel="builtin:m1")))]
+    versions.append(rv(call(http, cluster, "PATCH", path, {"spec": {"baseModel": "builtin:m2"}}, MERGE_PATCH)[1]))
+    ops = [{"op": "replace", "path": "/spec/baseModel", "value": "builtin:m3"}]
     versions.append(rv(call(http, cluster, "PATCH", path, ops, JSON_PATCH)[1]))
     phase = {"status": {"phase": "Running"}}
     versions.append(rv(call(http, cluster, "PATCH", f"{path}/status", phase, MERGE_PATCH)[1]))
-    versions.append(rv(call(http, cluster, "PUT", path, run_body("r1", a="4"))[1]))
+    versions.append(rv(call(http, cluster, "PUT", path, run_body("r1", baseModel="builtin:m4"))[1]))
 
     assert versions == sorted(set(versions))
     status, listing = call(http, cluster, "GET", RUNS_PATH)
@@ -162,9 +163,9 @@ def test_resource_version_increases_on_every_write(cluster: EmulatedCluster, htt
 
 
 def test_noop_patch_keeps_the_resource_version(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
-    obj = created(http, cluster, run_body("r1", a="1"))
+    obj = created(http, cluster, run_body("r1", baseModel="builtin:m1"))
 
-    status, same = call(http, cluster, "PATCH", f"{RUNS_PATH}/r1", {"spec": {"a": "1"}}, MERGE_PATCH)
+    status, same = call(http, cluster, "PATCH", f"{RUNS_PATH}/r1", {"spec": {"baseModel": "builtin:m1"}}, MERGE_PATCH)
 
     assert status == 200
     assert rv(same) == rv(obj)
@@ -172,13 +173,13 @@ def test_noop_patch_keeps_the_resource_version(cluster: EmulatedCluster, http: u
 
 def test_generation_counts_spec_changes_only(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
     path = f"{RUNS_PATH}/r1"
-    created(http, cluster, run_body("r1", a="1"))
+    created(http, cluster, run_body("r1", baseModel="builtin:m1"))
 
     call(http, cluster, "PATCH", path, {"metadata": {"labels": {"x": "y"}}}, MERGE_PATCH)
     call(http, cluster, "PATCH", f"{path}/status", {"status": {"phase": "Running"}}, MERGE_PATCH)
     assert stored_run(cluster, "r1")["metadata"]["generation"] == 1
 
-    call(http, cluster, "PATCH", path, {"spec": {"a": "2"}}, MERGE_PATCH)
+    call(http, cluster, "PATCH", path, {"spec": {"baseModel": "builtin:m2"}}, MERGE_PATCH)
     assert stored_run(cluster, "r1")["metadata"]["generation"] == 2
 
 
@@ -207,28 +208,28 @@ def test_stale_resource_version_in_merge_patch_or_put_is_409(
 ) -> None:
     obj = created(http, cluster, run_body("r1"))
     path = f"{RUNS_PATH}/r1"
-    call(http, cluster, "PATCH", path, {"spec": {"a": "1"}}, MERGE_PATCH)
+    call(http, cluster, "PATCH", path, {"spec": {"baseModel": "builtin:m1"}}, MERGE_PATCH)
     stale_version = obj["metadata"]["resourceVersion"]
 
-    patch = {"metadata": {"resourceVersion": stale_version}, "spec": {"a": "2"}}
+    patch = {"metadata": {"resourceVersion": stale_version}, "spec": {"baseModel": "builtin:m2"}}
     assert call(http, cluster, "PATCH", path, patch, MERGE_PATCH)[0] == 409
-    replacement = run_body("r1", a="3")
+    replacement = run_body("r1", baseModel="builtin:m3")
     replacement["metadata"]["resourceVersion"] = stale_version
     assert call(http, cluster, "PUT", path, replacement)[0] == 409
-    assert stored_run(cluster, "r1")["spec"] == {"a": "1"}
+    assert stored_run(cluster, "r1")["spec"]["baseModel"] == "builtin:m1"
 
 
 def test_put_replaces_the_object_but_keeps_server_metadata(
     cluster: EmulatedCluster, http: urllib3.PoolManager
 ) -> None:
-    obj = created(http, cluster, run_body("r1", {"old": "label"}, a="1", b="2"))
-    replacement = run_body("r1", {"new": "label"}, a="9")
+    obj = created(http, cluster, run_body("r1", {"old": "label"}, baseModel="builtin:m1", suspend=True))
+    replacement = run_body("r1", {"new": "label"}, baseModel="builtin:m9")
     replacement["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
 
     status, replaced = call(http, cluster, "PUT", f"{RUNS_PATH}/r1", replacement)
 
     assert status == 200
-    assert replaced["spec"] == {"a": "9"}
+    assert replaced["spec"]["baseModel"] == "builtin:m9"
     assert replaced["metadata"]["labels"] == {"new": "label"}
     assert replaced["metadata"]["uid"] == obj["metadata"]["uid"]
     assert replaced["metadata"]["generation"] == 2
@@ -236,15 +237,15 @@ def test_put_replaces_the_object_but_keeps_server_metadata(
 
 
 def test_put_to_status_replaces_only_the_status(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
-    created(http, cluster, run_body("r1", a="1"))
-    body = run_body("r1", a="changed")
+    created(http, cluster, run_body("r1", baseModel="builtin:m1"))
+    body = run_body("r1", baseModel="builtin:mchanged")
     body["status"] = {"phase": "Succeeded"}
 
     status, replaced = call(http, cluster, "PUT", f"{RUNS_PATH}/r1/status", body)
 
     assert status == 200
-    assert replaced["status"] == {"phase": "Succeeded"}
-    assert replaced["spec"] == {"a": "1"}
+    assert replaced["status"]["phase"] == "Succeeded"
+    assert replaced["spec"]["baseModel"] == "builtin:m1"
 
 
 def test_put_to_a_missing_object_is_404(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
@@ -256,30 +257,60 @@ def test_put_to_a_missing_object_is_404(cluster: EmulatedCluster, http: urllib3.
 
 
 def test_status_is_isolated_from_the_object(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
-    body = run_body("r1", a="1")
-    body["status"] = {"phase": "Forged"}
+    body = run_body("r1", baseModel="builtin:m1")
+    body["status"] = {"phase": "Failed"}
     obj = created(http, cluster, body)
     assert "status" not in obj  # a create drops the status of a resource with the subresource
 
     path = f"{RUNS_PATH}/r1"
-    patch = {"spec": {"a": "2"}, "metadata": {"labels": {"via": "status"}}, "status": {"phase": "Running"}}
+    patch = {"spec": {"baseModel": "builtin:m2"}, "metadata": {"labels": {"via": "status"}}, "status": {"phase": "Running"}}
     _, after_status = call(http, cluster, "PATCH", f"{path}/status", patch, MERGE_PATCH)
-    assert after_status["status"] == {"phase": "Running"}
-    assert after_status["spec"] == {"a": "1"}
+    assert after_status["status"]["phase"] == "Running"
+    assert after_status["spec"]["baseModel"] == "builtin:m1"
     assert after_status["metadata"]["labels"] == {}
 
-    patch = {"spec": {"a": "3"}, "status": {"phase": "Forged"}}
+    patch = {"spec": {"baseModel": "builtin:m3"}, "status": {"phase": "Failed"}}
     _, after_main = call(http, cluster, "PATCH", path, patch, MERGE_PATCH)
-    assert after_main["status"] == {"phase": "Running"}
-    assert after_main["spec"] == {"a": "3"}
+    assert after_main["status"]["phase"] == "Running"
+    assert after_main["spec"]["baseModel"] == "builtin:m3"
 
     ops = [
-        {"op": "replace", "path": "/status/phase", "value": "Done"},
-        {"op": "replace", "path": "/spec/a", "value": "4"},
+        {"op": "replace", "path": "/status/phase", "value": "Succeeded"},
+        {"op": "replace", "path": "/spec/baseModel", "value": "builtin:m4"},
     ]
     _, after_json = call(http, cluster, "PATCH", f"{path}/status", ops, JSON_PATCH)
-    assert after_json["status"] == {"phase": "Done"}
-    assert after_json["spec"] == {"a": "3"}
+    assert after_json["status"]["phase"] == "Succeeded"
+    assert after_json["spec"]["baseModel"] == "builtin:m3"
+
+
+def test_undeclared_fields_of_a_custom_resource_are_pruned(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
+    """Structural pruning, as the API server applies it to every write: what the CRD does not
+    declare is dropped without an error, in the spec on create and in the status on a status write."""
+    body = run_body("r1")
+    body["spec"]["undeclared"] = {"x": 1}
+    obj = created(http, cluster, body)
+    assert "undeclared" not in obj["spec"]
+    assert obj["spec"]["suspend"] is False  # and defaulted from the schema
+
+    patch = {"status": {"phase": "Running", "undeclaredNote": "lost", "usage": {"gpuHours": 1.0, "typo": 2}}}
+    status, after = call(http, cluster, "PATCH", f"{RUNS_PATH}/r1/status", patch, MERGE_PATCH)
+
+    assert status == 200
+    assert after["status"] == {"phase": "Running", "currentIteration": 0, "message": "", "usage": {"gpuHours": 1.0, "agentSpendUsd": 0.0}}
+    assert cluster.emulator.pruned == ["EvolutionRun/r1: spec.undeclared", "EvolutionRun/r1: status.undeclaredNote",
+                                       "EvolutionRun/r1: status.usage.typo"]
+
+
+def test_a_write_breaking_the_crd_schema_is_422(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
+    created(http, cluster, run_body("r1"))
+
+    status, error = call(http, cluster, "PATCH", f"{RUNS_PATH}/r1/status", {"status": {"phase": "Forged"}}, MERGE_PATCH)
+    assert status == 422 and error["reason"] == "Invalid" and "phase" in error["message"]
+
+    spec = {"spec": {"storage": {"local": {"path": "a"}, "s3": {"endpoint": "minio:9000", "bucket": "dpe-data"}}}}
+    status, error = call(http, cluster, "PATCH", f"{RUNS_PATH}/r1", spec, MERGE_PATCH)
+    assert status == 422 and "set exactly one of local or s3" in error["message"]
+    assert stored_run(cluster, "r1")["spec"]["baseModel"] == "builtin:m0"
 
 
 def test_finalizers_hold_deletion_until_released(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
@@ -433,7 +464,7 @@ def test_sync_client_typed_apis(cluster: EmulatedCluster) -> None:
     patched = custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, "default", "evolutionruns", "r1", status
     )
-    assert patched["status"] == {"phase": "Running"}
+    assert patched["status"]["phase"] == "Running"
 
     job = kubernetes.client.V1Job(
         metadata=kubernetes.client.V1ObjectMeta(name="j1", labels={"dpe.dev/run": "r1"}),
@@ -515,7 +546,7 @@ OPERATOR = textwrap.dedent(
         kopf.adopt(job, owner=body)
         kubernetes.client.BatchV1Api(api()).create_namespaced_job(namespace, job)
         patch.status["phase"] = "Running"
-        patch.status["jobName"] = job["metadata"]["name"]
+        patch.status["artifacts"] = {"job": job["metadata"]["name"]}
 
 
     @kopf.on.delete(GROUP, VERSION, "evolutionruns")
@@ -553,7 +584,7 @@ def test_kopf_operator_runs_against_the_emulator(
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("EvolutionRun", "r1", run["metadata"]["uid"])
     assert owner["controller"] is True
-    assert run["status"]["jobName"] == "r1-train"
+    assert run["status"]["artifacts"] == {"job": "r1-train"}
     assert held is not None and held["metadata"]["finalizers"] == ["dpe.dev/test-finalizer"]
     assert runner.exception is None
     assert runner.exit_code == 0

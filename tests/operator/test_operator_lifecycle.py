@@ -20,8 +20,9 @@ from dpe.store import open_store
 
 pytestmark = pytest.mark.s3
 
-# Malformed runs whose metadata is still a valid object name: the API server would store them
-# (no admission webhook), so the operator itself must refuse them.
+# Malformed runs whose metadata is still a valid object name. The API server refuses those its CRD
+# schema or CEL rules can tell apart, and unknown fields under kubectl's strict field validation
+# (422, naming the field); the operator must refuse the rest itself.
 INVALID_SPECS = [c for c in MALFORMED if c.field.startswith("spec") and isinstance(c.document, dict) and "spec" in c.document]
 
 
@@ -34,19 +35,29 @@ def malformed_body(case_index: int, bucket: str, endpoint: str) -> dict[str, Any
     return body
 
 
-def test_at_least_forty_invalid_runs_fail_with_the_field_named(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
+def test_at_least_forty_invalid_runs_are_refused_with_the_field_named(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:
     assert len(INVALID_SPECS) >= 40
     api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    refused_by_the_server = {}
     with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=120) as runner:
         cluster.wait_for_watch(RUNS)
         for index in range(len(INVALID_SPECS)):
-            api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", malformed_body(index, s3_bucket, s3_server.endpoint))
+            try:
+                api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", malformed_body(index, s3_bucket, s3_server.endpoint),
+                                                    field_validation="Strict")  # as kubectl sends it
+            except kubernetes.client.ApiException as error:
+                assert error.status == 422, INVALID_SPECS[index].name
+                refused_by_the_server[index] = error.body
         for index, case in enumerate(INVALID_SPECS):
+            if index in refused_by_the_server:
+                continue
             run = wait_phase(cluster, f"bad-{index}", "Failed")
             conditions = {c["type"]: c for c in run["status"]["conditions"]}
             assert conditions["Failed"]["reason"] == "InvalidSpec", case.name
             assert case.field in conditions["Failed"]["message"], (case.name, conditions["Failed"]["message"])
+            assert run["status"]["message"] == conditions["Failed"]["message"]
     assert runner.exception is None
+    assert 0 < len(refused_by_the_server) < len(INVALID_SPECS), "both the CRD and the operator refuse some"
     jobs = kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items
     assert jobs == []
 

@@ -15,9 +15,13 @@ so the subclass here adds it (each item is a real API-server behaviour):
   declare the subresource;
 - label selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`) on list and watch,
   `timeoutSeconds` on watch, `kind`/`apiVersion` on lists;
-- `/api/v1/namespaces[/NAME[/status]]` (kmock's path parser fails on it), tidier discovery.
+- `/api/v1/namespaces[/NAME[/status]]` (kmock's path parser fails on it), tidier discovery;
+- custom resources as a structural CRD makes them: every write is pruned to the fields the CRD's
+  schema declares (nulls included), defaulted, and refused with 422 when it breaks the schema or a
+  CEL rule
+  (`support.crdcheck`), so a status field the CRD lacks is lost here as on a real cluster.
 
-Not emulated: schema validation or defaulting, strategic-merge semantics (a dict body is always an
+Not emulated: defaulting, strategic-merge semantics (a dict body is always an
 RFC 7386 merge-patch), server-side apply, field selectors, garbage collection by ownerReferences,
 controllers (tests patch a Job's status themselves), RBAC, and watch events for objects that stop
 matching a label selector.
@@ -52,6 +56,7 @@ import kmock
 import pytest
 import yaml
 from kmock._internal import parsing
+from support import crdcheck
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -215,6 +220,8 @@ class CrdResource:
     resource: kmock.resource
     info: kmock.ResourceInfo
     manifest: dict[str, Any]
+    schema: dict[str, Any]
+    """The version's openAPIV3Schema."""
 
 
 def load_crds(directory: Path = CRD_DIR) -> list[CrdResource]:
@@ -239,7 +246,7 @@ def load_crds(directory: Path = CRD_DIR) -> list[CrdResource]:
                     subresources=(version.get("subresources") or {}).keys(),
                 )
                 resource = kmock.resource(spec["group"], version["name"], names["plural"])
-                found.append(CrdResource(resource, info, manifest))
+                found.append(CrdResource(resource, info, manifest, version["schema"]["openAPIV3Schema"]))
     return found
 
 
@@ -273,6 +280,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _field(obj: Any, path: str) -> Any:
+    """The value at a dotted path with [i] indexes, as `crdcheck.dropped_fields` writes them."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        obj = obj[int(part[1:-1])] if part.startswith("[") else obj[part]
+    return obj
+
+
 def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     """What `generation` tracks: everything except metadata and status."""
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
@@ -292,6 +306,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     _revision: int = attrs.field(default=0, init=False)
     _watched: set[tuple[str | None, str | None]] = attrs.field(factory=set, init=False)
+    _schemas: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    pruned: list[str] = attrs.field(factory=list, init=False)
+    """`Kind/name: field` of every undeclared field a write carried and pruning dropped, in order
+    (dropped nulls are not listed: a null in a merge patch means "remove")."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -306,6 +324,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         """Serve the CRDs' resources and store each CRD as an object, once per CRD."""
         for crd in crds:
             self.resources[crd.resource] = crd.info
+            self._schemas[crd.resource] = crd.schema
             key = (kmock.resource(CRD_RESOURCE), None, crd.manifest["metadata"]["name"])
             if key not in self.objects:
                 self.seed(CRD_RESOURCE, crd.manifest)
@@ -415,6 +434,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             raise _error(409, "AlreadyExists", message)
         if "status" in info.subresources:
             body.pop("status", None)
+        self._admit(request, body)
         self._stamp_new(meta)
         if key in self.objects:
             self.objects[key].create(body)
@@ -476,6 +496,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(field, None)
         meta["resourceVersion"] = old_meta["resourceVersion"]
+        self._admit(request, new)
         meta["generation"] = old_meta.get("generation", 1) + (_content(new) != _content(current))
         if new == current:
             return  # a no-op write changes nothing, not even the resourceVersion, and sends no event
@@ -581,6 +602,28 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             resource, _, name = key
             raise _error(404, "NotFound", f"{resource.plural} {name!r} not found")
         return copy.deepcopy(self.objects[key].raw)
+
+    def _admit(self, request: kmock.Request, obj: dict[str, Any]) -> None:
+        """Prune and default a custom resource by its CRD's schema in place, then refuse it (422) if it
+        is invalid. With `?fieldValidation=Strict` (kubectl's default) an undeclared field is refused
+        rather than pruned."""
+        assert request.resource is not None
+        schema = self._schemas.get(request.resource)
+        if schema is None:
+            return
+        shaped = crdcheck.admitted(obj, schema)
+        kind = self._info(request.resource).kind
+        name = (obj.get("metadata") or {}).get("name")
+        dropped = [field for field in crdcheck.dropped_fields(obj, shaped) if _field(obj, field) is not None]
+        if dropped and request.params.get("fieldValidation") == "Strict":
+            unknown = ", ".join(f'unknown field "{field}"' for field in dropped)
+            raise _error(422, "Invalid", f"{kind}.{request.resource.group} {name!r} is invalid: {unknown}")
+        self.pruned += [f"{kind}/{name}: {field}" for field in dropped]
+        obj.clear()
+        obj.update(shaped)
+        problems = crdcheck.schema_problems(schema, obj)
+        if problems:
+            raise _error(422, "Invalid", f"{kind}.{request.resource.group} {name!r} is invalid: {'; '.join(problems)}")
 
     def _check_precondition(self, current: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         expected = (body.get("metadata") or {}).get("resourceVersion")

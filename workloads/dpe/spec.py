@@ -936,6 +936,8 @@ class EvolutionRunStatus(SpecModel):
     """Spend so far."""
     stop_reason: str | None = None
     """Why the run ended."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Why the run is in its phase, in words: for a failed run, the failing stage and its own error."""
     start_time: str | None = None
     """When the run started (RFC 3339)."""
     completion_time: str | None = None
