@@ -21,12 +21,11 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import kmock
 import kopf
 import kubernetes
 import promql_parser
@@ -36,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import kube_emulator
 from support.charts import CHART, RELEASE_NAMESPACE, ROOT, Authorizer, Helm, one, plain, queries, tool
 from support.images import operator_command
+from support.rbac import Call, Guard, guarded
 
 from dpe import layout
 from dpe.spec import StageName, Storage
@@ -50,84 +50,11 @@ NAMESPACE = "default"
 RUN = "contract"
 TEST_AGENT = "dpe-packaging-test"
 OPERATOR_ACCOUNT = (RELEASE_NAMESPACE, "rel-dpe-operator")
-OWNER_PLURALS = {(GROUP, "EvolutionRun"): "evolutionruns"}
 # Series Prometheus makes itself for every target, not exported by the operator.
 PROMETHEUS_SERIES = {"up"}
 SCENARIO_TIMEOUT = 60.0
 # Seconds kopf may take to start watching runs; a refused read stalls it for about a minute.
 STARTUP_TIMEOUT = 10.0
-
-
-# ---------------------------------------------------------------------------------------------
-# An API server that enforces RBAC
-
-
-@dataclass(frozen=True)
-class Call:
-    verb: str
-    group: str
-    resource: str
-    namespace: str | None
-    allowed: bool
-
-
-def verb_of(request: kmock.Request) -> str:
-    method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
-    if method == "GET":
-        if request.params.get("watch") in {"true", "1"}:
-            return "watch"
-        return "get" if request.name else "list"
-    if method == "DELETE":
-        return "delete" if request.name else "deletecollection"
-    return {"POST": "create", "PUT": "update", "PATCH": "patch"}[method]
-
-
-@dataclass
-class Guard:
-    """Authorises every request not made by the test itself, and remembers each decision."""
-
-    authorizer: Authorizer
-    calls: list[Call] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def denial(self, request: kmock.Request) -> str | None:
-        agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "")
-        if agent.startswith(TEST_AGENT) or request.resource is None or not request.resource.plural:
-            return None  # the test's own calls, and discovery (open to every account)
-        verb, group = verb_of(request), request.resource.group or ""
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        problem = None if self.authorizer.allows(group, resource, verb, request.namespace) else f"{verb} {group}/{resource}"
-        if problem is None and verb == "create":
-            problem = self._owner_problem(request)
-        with self.lock:
-            self.calls.append(Call(verb, group, resource, request.namespace, problem is None))
-        return problem
-
-    def _owner_problem(self, request: kmock.Request) -> str | None:
-        """The OwnerReferencesPermissionEnforcement check: blockOwnerDeletion on an owner reference
-        needs update on the owner's finalizers subresource."""
-        body = request.data if isinstance(request.data, Mapping) else {}
-        for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-            if not ref.get("blockOwnerDeletion"):
-                continue
-            group = ref["apiVersion"].rpartition("/")[0]
-            plural = OWNER_PLURALS[(group, ref["kind"])]
-            if not self.authorizer.allows(group, f"{plural}/finalizers", "update", request.namespace):
-                return f"update {group}/{plural}/finalizers (blockOwnerDeletion)"
-        return None
-
-
-class GuardedEmulator(kube_emulator.KubernetesEmulator):
-    guard: ClassVar[Guard | None] = None
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        guard = type(self).guard
-        problem = None if guard is None else guard.denial(request)
-        if problem is not None:
-            account = ":".join(OPERATOR_ACCOUNT)
-            return await self._render_error(kmock.KubernetesError(
-                status=403, reason="Forbidden", message=f"system:serviceaccount:{account} cannot {problem}", details={}))
-        return await super()._handle(request)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +174,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     bucket = s3_server.new_bucket()
     storage = {"s3": {"endpoint": f"http://{s3_server.endpoint}", "bucket": bucket, "secure": False, "credentialsSecret": {"name": "s3"}}}
     store = open_store(Storage.model_validate(storage), env={"DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key})
-    guard = Guard(Authorizer.from_objects(objects, OPERATOR_ACCOUNT))
+    guard = Guard(Authorizer.from_objects(objects, OPERATOR_ACCOUNT), OPERATOR_ACCOUNT, trusted=(TEST_AGENT,))
     failing = names.job_name(RUN, 1, StageName.diagnose, 1)
     held = names.job_name(RUN, 1, StageName.train, 1)
     body = {
@@ -255,8 +182,6 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         "spec": {"baseModel": "s3://models/base", "stop": {"maxIterations": 1}, "retry": {"maxAttempts": 2, "backoffSeconds": 0.0}, "storage": storage},
     }
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kube_emulator, "KubernetesEmulator", GuardedEmulator)
-        patch.setattr(GuardedEmulator, "guard", guard)
         for name, value in env.items():
             patch.setenv(name, value)
         # Faster passes and a free metrics port for the test; the API address kopf would find in-cluster.
@@ -264,7 +189,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         patch.setenv("DPE_METRICS_PORT", "0")
         patch.setenv("DPE_S3_ACCESS_KEY", s3_server.access_key)
         patch.setenv("DPE_S3_SECRET_KEY", s3_server.secret_key)
-        with kube_emulator.EmulatedCluster() as cluster:
+        with kube_emulator.EmulatedCluster(emulator_class=guarded(guard)) as cluster:
             patch.setenv("DPE_KUBE_URL", cluster.url)
             client = cluster.api_client()
             client.user_agent = TEST_AGENT

@@ -348,6 +348,14 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 return None
             return copy.deepcopy(self.objects[key].raw)
 
+    async def snapshot_all(self, resource: kmock.resource, namespace: str | None) -> list[dict[str, Any]]:
+        """Copies of every live object of `resource` (in `namespace`, or everywhere), taken between writes."""
+        async with self._lock:
+            return [
+                copy.deepcopy(obj.raw) for (found, where, _), obj in self.objects._objects.items()
+                if found == resource and namespace in (None, where) and not obj.deleted
+            ]
+
     async def watched(self, resource: kmock.resource) -> bool:
         """Whether any client has opened a watch on `resource` (in any namespace) so far."""
         return (resource.group, resource.plural) in self._watched
@@ -421,6 +429,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             if meta.get("namespace", namespace) != namespace:
                 raise _error(400, "BadRequest", "the namespace of the object does not match the URL")
             meta["namespace"] = namespace
+            if (kmock.resource(NAMESPACE_RESOURCE), None, namespace) not in self.objects or self.objects[kmock.resource(NAMESPACE_RESOURCE), None, namespace].deleted:
+                raise _error(404, "NotFound", f'namespaces "{namespace}" not found')
         else:
             meta.pop("namespace", None)
         if not meta.get("name"):
@@ -662,9 +672,11 @@ class EmulatedCluster:
     consistent snapshot on the server's loop instead.
     """
 
-    def __init__(self, crd_dir: Path = CRD_DIR, namespaces: tuple[str, ...] = SEEDED_NAMESPACES) -> None:
+    def __init__(self, crd_dir: Path = CRD_DIR, namespaces: tuple[str, ...] = SEEDED_NAMESPACES,
+                 emulator_class: type[KubernetesEmulator] | None = None) -> None:
         self.crd_dir = crd_dir
         self.namespaces = namespaces
+        self.emulator_class = emulator_class or KubernetesEmulator
         self.url = ""
         self._emulator: KubernetesEmulator | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -706,7 +718,7 @@ class EmulatedCluster:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        emulator = KubernetesEmulator()
+        emulator = self.emulator_class()
         server = kmock.Server(emulator, host=HOST, server_cls=_QuickStopServer)
         async with emulator, server:
             emulator.register_builtins()
@@ -747,6 +759,10 @@ class EmulatedCluster:
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """A copy of the live object, or None when it does not exist (or is deleted)."""
         return self._call(self.emulator.snapshot(kmock.resource(resource), namespace, name))
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Copies of every live object of `resource`, in `namespace` or in all of them."""
+        return self._call(self.emulator.snapshot_all(kmock.resource(resource), namespace))
 
     def wait_for(
         self,

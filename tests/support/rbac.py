@@ -1,0 +1,99 @@
+"""An emulated API server that authorises the operator's requests with the chart's rendered RBAC.
+
+`Guard` decides each request not made by a trusted client (the test itself, the node agent) with
+an `Authorizer` built from the rendered Roles, ClusterRoles and bindings, plus the
+OwnerReferencesPermissionEnforcement check the API server makes on `blockOwnerDeletion`, and
+remembers every decision. `guarded(guard)` is the emulator class for `EmulatedCluster`; a denied
+request gets the 403 a real server would give.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import kmock
+from support import kube_emulator
+from support.charts import Authorizer
+
+OWNER_PLURALS = {("dpe.dev", "EvolutionRun"): "evolutionruns", ("batch", "Job"): "jobs", ("apps", "Deployment"): "deployments"}
+
+
+@dataclass(frozen=True)
+class Call:
+    verb: str
+    group: str
+    resource: str
+    namespace: str | None
+    allowed: bool
+
+
+def verb_of(request: kmock.Request) -> str:
+    method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+    if method == "GET":
+        if request.params.get("watch") in {"true", "1", "True"}:
+            return "watch"
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}[method]
+
+
+@dataclass
+class Guard:
+    """Authorises every request whose User-Agent does not start with one of `trusted`."""
+
+    authorizer: Authorizer
+    account: tuple[str, str]
+    trusted: tuple[str, ...]
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def denial(self, request: kmock.Request) -> str | None:
+        agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "")
+        if agent.startswith(self.trusted) or request.resource is None or not request.resource.plural:
+            return None  # trusted clients, and discovery (open to every account)
+        verb, group = verb_of(request), request.resource.group or ""
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        problem = None if self.authorizer.allows(group, resource, verb, request.namespace) else f"{verb} {group}/{resource}"
+        if problem is None and verb == "create":
+            problem = self._owner_problem(request)
+        with self.lock:
+            self.calls.append(Call(verb, group, resource, request.namespace, problem is None))
+        return problem
+
+    def denied(self) -> list[tuple[str, str, str, str | None]]:
+        with self.lock:
+            return sorted({(c.verb, c.group, c.resource, c.namespace) for c in self.calls if not c.allowed})
+
+    def _owner_problem(self, request: kmock.Request) -> str | None:
+        """blockOwnerDeletion on an owner reference needs update on the owner's finalizers subresource."""
+        body = request.data if isinstance(request.data, Mapping) else {}
+        for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion"):
+                continue
+            group = ref["apiVersion"].rpartition("/")[0]
+            plural = OWNER_PLURALS[(group, ref["kind"])]
+            if not self.authorizer.allows(group, f"{plural}/finalizers", "update", request.namespace):
+                return f"update {group}/{plural}/finalizers (blockOwnerDeletion)"
+        return None
+
+
+class GuardedEmulator(kube_emulator.KubernetesEmulator):
+    guard: ClassVar[Guard | None] = None
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        guard = type(self).guard
+        problem = None if guard is None else guard.denial(request)
+        if problem is not None and guard is not None:
+            account = "system:serviceaccount:" + ":".join(guard.account)
+            return await self._render_error(kmock.KubernetesError(
+                status=403, reason="Forbidden", message=f"{account} cannot {problem}", details={}))
+        return await super()._handle(request)
+
+
+def guarded(guard: Guard) -> type[kube_emulator.KubernetesEmulator]:
+    """An emulator class that enforces `guard`."""
+    return type("GuardedByChartRbac", (GuardedEmulator,), {"guard": guard})
