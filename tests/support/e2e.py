@@ -61,14 +61,18 @@ def cpu_example(name: str, endpoint: str, bucket: str, **spec: Any) -> dict[str,
     tiny sizes, one iteration of the plain tiny model unless `spec` says otherwise."""
     document = yaml.safe_load((ROOT / "examples" / "cpu-cluster.yaml").read_text())
     document["metadata"]["name"] = name
-    body = document["spec"]
-    body.update(copy.deepcopy(TINY_SIZES))
-    body["baseModel"] = "builtin:tiny-qwen2.5-vl"
-    body["stop"] = {"maxIterations": 1}
-    body["storage"]["s3"].update(endpoint=endpoint, bucket=bucket)
-    for key, value in spec.items():
-        body[key] = {**body[key], **value} if isinstance(value, dict) and isinstance(body.get(key), dict) else value
+    body = merged(document["spec"], {**TINY_SIZES, "baseModel": "builtin:tiny-qwen2.5-vl", "stop": {"maxIterations": 1},
+                                     "storage": {"s3": {"endpoint": endpoint, "bucket": bucket}}})
+    document["spec"] = merged(body, spec)
     return document
+
+
+def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in, mapping by mapping (lists and scalars replace)."""
+    result = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        result[key] = merged(result[key], value) if isinstance(value, Mapping) and isinstance(result.get(key), Mapping) else copy.deepcopy(value)
+    return result
 
 
 class E2ECluster:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def _judge(endpoint: ModelEndpoint | None) -> Any:
 def _report_failure(message: str, permanent: bool) -> None:
     log.error(message)
     click.echo(f"error: {message}", err=True)
-    if TERMINATION_LOG.parent.is_dir() and os.access(TERMINATION_LOG.parent, os.W_OK):
+    if TERMINATION_LOG.is_file():  # the kubelet makes it in a container; never create one elsewhere
         try:
             TERMINATION_LOG.write_text(("permanent: " if permanent else "") + message[-3500:])
         except OSError:
@@ -70,6 +70,9 @@ def _run_stage(stage: StageName, run_file: Path, iteration: int, model: str | No
         _report_failure(f"invalid EvolutionRun: {'; '.join(error.problems)}", permanent=True)
     except (PermanentStoreError, FileNotFoundError, ValueError) as error:
         _report_failure(f"{type(error).__name__}: {error}", permanent=True)
+    except Exception as error:
+        log.exception("stage %s failed", stage.value)
+        _report_failure(f"{type(error).__name__}: {error}", permanent=False)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "weakness_table"}, sort_keys=True))
 
 
@@ -145,28 +148,37 @@ def score(run_file: Path, iteration: int, model: str | None, store: Path | None,
     _run_stage(StageName.score, run_file, iteration, model, store, shard, body)
 
 
-def _distributed_command(argv: list[str]) -> list[str] | None:
-    """torchrun over this same command when the Job has several GPUs (or nodes) and is not under it yet.
+WORKER_ARGV_ENV = "DPE_STAGE_ARGV"
+"""The stage's command line as JSON, handed to torchrun's workers through their environment."""
+WORKER_MODULE = "dpe.stages.worker"
+
+
+def distributed_launch(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]] | None:
+    """(command, environment) that runs this same stage command under torchrun, when the Job has
+    several GPUs (or nodes) and is not under it yet; None otherwise.
 
     torchrun reads its settings from the PET_* environment the operator sets (PET_NNODES,
     PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT), as Kubeflow Trainer does.
+    The stage's own arguments never pass through torchrun's parser, which takes any option it can
+    abbreviate to one of its own (`--run` for `--run-path`): its workers find them in the environment.
     """
-    if "LOCAL_RANK" in os.environ:
+    if "LOCAL_RANK" in environ:
         return None
-    nproc = int(os.environ.get("PET_NPROC_PER_NODE", "0") or 0)
-    nnodes = int(os.environ.get("PET_NNODES", "1") or 1)
+    nproc = int(environ.get("PET_NPROC_PER_NODE", "0") or 0)
+    nnodes = int(environ.get("PET_NNODES", "1") or 1)
     if nproc <= 1 and nnodes <= 1:
         return None
-    return [sys.executable, "-m", "torch.distributed.run", "-m", "dpe", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "-m", WORKER_MODULE], {**environ, WORKER_ARGV_ENV: json.dumps(argv)}
 
 
 @stage.command()
 @common
 def train(run_file: Path, iteration: int, model: str | None, store: Path | None) -> None:
     """GRPO on the kept samples, from the iteration's input model; exports M(k) to the store."""
-    relaunch = _distributed_command(sys.argv[1:])
+    relaunch = distributed_launch(sys.argv[1:], os.environ)
     if relaunch is not None:
-        os.execv(relaunch[0], relaunch)
+        command, environment = relaunch
+        os.execve(command[0], command, environment)
     from dpe.stages import train as stage_module
 
     _run_stage(StageName.train, run_file, iteration, model, store, None, lambda ctx: stage_module.run(ctx))

@@ -14,15 +14,24 @@ The reward reads the same grading module and the same answer format the prompt a
 format term is earnable (the reference rewarded tags its prompt never asked for). Checkpoints go to
 the store every `checkpoint_every_steps`; a crashed stage resumes from the newest complete one and
 continues the step counter. The final model is an ordinary Hugging Face directory in the store.
+
+Under torchrun (several GPUs or nodes) rank 0 alone writes the result, the metrics and the exported
+model; at every checkpoint each node uploads the files its ranks wrote (each rank's RNG state and
+ZeRO shards, as well as rank 0's model and optimizer) before rank 0 marks it complete, and a resumed
+stage downloads the checkpoint once per node.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +143,68 @@ def _latest_checkpoint(ctx: StageContext) -> str | None:
     return max(steps)[1] if steps else None
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (one process without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Ranks:
+        return cls(int(environ.get("RANK", "0")), int(environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the stage's result, its metrics and the exported model."""
+        return self.rank == 0
+
+    @property
+    def is_node_main(self) -> bool:
+        """Local rank 0 of each node (pod) moves that node's files to and from the store."""
+        return self.local_rank == 0
+
+
+def _barrier() -> None:
+    """Wait for every rank, when there are several."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextmanager
+def _node_lock(path: Path) -> Iterator[None]:
+    """One process of a node at a time (the ranks of a pod share its scratch directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _download_checkpoint(ctx: StageContext, name: str, output_dir: Path) -> Path:
+    """The checkpoint in `output_dir`, downloaded once per node whichever rank asks first.
+
+    It holds the files of every rank (model and optimizer from rank 0, each rank's RNG state, each
+    rank's ZeRO shards), so each rank resumes from its own state.
+    """
     target = output_dir / name
-    prefix = ctx.key("checkpoints", name) + "/"
-    for key in ctx.store.list(prefix):
-        destination = target / key[len(prefix) :]
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        ctx.store.get_file(key, destination)
+    done = output_dir / f".{name}.downloaded"
+    with _node_lock(output_dir / ".download.lock"):
+        if not done.exists():
+            prefix = ctx.key("checkpoints", name) + "/"
+            for key in ctx.store.list(prefix):
+                destination = target / key[len(prefix) :]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                ctx.store.get_file(key, destination)
+            done.touch()
     return target
 
 
-def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], is_main: bool) -> list[Any]:
+def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -> list[Any]:
     from transformers import TrainerCallback
 
     class StoreCallback(TrainerCallback):  # type: ignore[misc]
@@ -168,12 +228,14 @@ def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], is_main: bool) 
             ctx.log.info(json.dumps({"event": "train_step", **entry}))
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if not is_main:
-                return
+            """Every node uploads what its ranks wrote, then rank 0 marks the checkpoint complete."""
             name = f"checkpoint-{state.global_step}"
             local = Path(args.output_dir) / name
-            if local.is_dir():
+            _barrier()
+            if ranks.is_node_main and local.is_dir():
                 _upload_dir(ctx, local, f"checkpoints/{name}")
+            _barrier()
+            if ranks.is_main:
                 ctx.store.put_json(ctx.key("checkpoints", name, COMPLETE_MARKER), {"step": state.global_step})
                 ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
 
@@ -218,7 +280,7 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     processor.tokenizer.padding_side = "left"
     cpu = not torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    ranks = Ranks.from_environment(os.environ)
     config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
     resume = _latest_checkpoint(ctx)
     resume_path = str(_download_checkpoint(ctx, resume, work / "checkpoints")) if resume else None
@@ -233,14 +295,16 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         args=config,
         train_dataset=Dataset.from_list(training_rows(records)),
         processing_class=processor,
-        callbacks=_callbacks(ctx, metrics, is_main),
+        callbacks=_callbacks(ctx, metrics, ranks),
     )
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
     seconds = time.monotonic() - started
     final = work / "final"
     trainer.save_model(str(final))
-    exported = _export(ctx, model_dir, final, processor) if is_main else ""
+    if not ranks.is_main:
+        return {"stage": StageName.train.value, "iteration": ctx.iteration, "rank": ranks.rank, "result": "written by rank 0"}
+    exported = _export(ctx, model_dir, final, processor)
     ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
     gpus = 0 if cpu else settings.nodes * settings.gpus_per_node
     rewards = [m["reward"] for m in metrics if "reward" in m]
