@@ -30,9 +30,10 @@ from dpe.store import (
     PermanentStoreError,
     S3Store,
     StoreError,
+    locate,
     open_store,
 )
-from dpe.store.base import MIB
+from dpe.store.base import MIB, Adoption
 from dpe.store.s3 import PART_SIZE, SHA256_METADATA
 from support.s3server import S3Server
 
@@ -46,6 +47,8 @@ class Backend:
     store: ArtifactStore
     tamper: Callable[[str, bytes], None]
     """Replace the bytes under a key, keeping whatever checksum was recorded (none for a new key)."""
+    outside: Callable[[str, bytes], None]
+    """Write an object as any other client would (a plain S3 PUT, a file copied into the directory)."""
     large: int
     """Size of a 'large' object: big enough to take a while, and multipart on S3."""
 
@@ -58,7 +61,7 @@ def _local_backend(root: Path) -> Backend:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    return Backend(store, tamper, large=8 * MIB)
+    return Backend(store, tamper, tamper, large=8 * MIB)
 
 
 def _s3_backend(server: S3Server) -> Backend:
@@ -70,7 +73,10 @@ def _s3_backend(server: S3Server) -> Backend:
         metadata: DictType = {SHA256_METADATA: store.checksum(key)} if store.exists(key) else {}
         client.put_object(bucket, key, io.BytesIO(data), len(data), metadata=metadata)
 
-    return Backend(store, tamper, large=PART_SIZE + MIB)
+    def outside(key: str, data: bytes) -> None:
+        client.put_object(bucket, key, io.BytesIO(data), len(data))
+
+    return Backend(store, tamper, outside, large=PART_SIZE + MIB)
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -196,13 +202,37 @@ def test_corruption_is_detected_on_every_read(backend: Backend, tmp_path: Path) 
     assert list(tmp_path.glob("*doc.json*")) == []
 
 
-def test_objects_without_a_recorded_checksum_are_refused(backend: Backend) -> None:
-    backend.tamper("runs/a/foreign", b"written by another tool")
-    assert backend.store.exists("runs/a/foreign")
-    with pytest.raises(IntegrityError, match="no recorded SHA-256"):
-        backend.store.get_bytes("runs/a/foreign")
-    with pytest.raises(IntegrityError, match="no recorded SHA-256"):
-        backend.store.checksum("runs/a/foreign")
+def test_an_object_another_client_wrote_is_adopted_at_first_read(backend: Backend, tmp_path: Path) -> None:
+    store, key = backend.store, "runs/a/foreign.bin"
+    backend.outside(key, b"written by another tool")
+
+    assert store.get_bytes(key) == b"written by another tool"
+    assert store.checksum(key) == _sha(b"written by another tool")
+    store.get_file(key, tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == b"written by another tool"
+    assert store.list() == [key], "the store's own records stay out of listings"
+
+    backend.outside(key, b"a new version, from the outside again")
+    assert store.get_bytes(key) == b"a new version, from the outside again"
+    assert store.checksum(key) == _sha(b"a new version, from the outside again")
+
+
+def test_an_adopted_object_is_checked_against_its_record(backend: Backend, tmp_path: Path) -> None:
+    store, key = backend.store, "runs/a/foreign.bin"
+    backend.outside(key, b"written by another tool")
+    store.get_bytes(key)
+    record = store._adoption(key)  # type: ignore[attr-defined]
+    assert record is not None and record.sha256 == _sha(b"written by another tool")
+
+    store._adopt(key, Adoption("0" * 64, record.version))  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError, match="is corrupt"):
+        store.get_bytes(key)
+    with pytest.raises(IntegrityError, match="is corrupt"):
+        store.get_file(key, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+    store.delete_prefix("runs/")
+    assert store._adoption(key) is None  # type: ignore[attr-defined]
 
 
 def test_readers_never_see_a_partial_object(backend: Backend) -> None:
@@ -362,6 +392,29 @@ def test_s3_prefixes_keep_stores_apart(s3_server: S3Server, s3_bucket: str) -> N
     assert names == ["team-a/runs/x", "team-b/dpe/runs/x"]
     assert team_a.delete_prefix("runs/") == 1
     assert team_b.exists("runs/x")
+
+
+@pytest.mark.s3
+def test_locate_reaches_other_buckets_of_the_runs_endpoint(s3_server: S3Server, s3_bucket: str) -> None:
+    """A model uploaded with a plain S3 client to its own bucket is read where it is, then checked."""
+    storage = Storage(s3=S3Storage(endpoint=f"http://{s3_server.endpoint}", bucket=s3_bucket, secure=False, prefix="team/"))
+    env = {"DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key}
+    store = open_store(storage, env)
+    models = s3_server.new_bucket()
+    s3_server.client().put_object(models, "qwen/config.json", io.BytesIO(b"{}"), 2)
+
+    holder, key = locate(storage, store, f"s3://{models}/qwen/")
+    assert key == "qwen" and holder.list("qwen/") == ["qwen/config.json"]
+    assert holder.get_bytes("qwen/config.json") == b"{}"
+    assert locate(storage, store, f"s3://{s3_bucket}/team/runs/x") == (store, "runs/x")
+    outside_prefix, key = locate(storage, store, f"s3://{s3_bucket}/elsewhere/x")
+    assert outside_prefix is not store and key == "elsewhere/x"
+    assert locate(storage, store, f"s3://{models}")[1] == ""
+    with pytest.raises(ValueError):
+        locate(storage, store, f"s3://{models}/a/../b")
+    local = Storage(local=LocalStorage(path="/srv/runs"))
+    with pytest.raises(ValueError, match="not inside this store"):
+        locate(local, LocalStore("/srv/runs"), "file:///elsewhere/model")
 
 
 def test_open_store_local(tmp_path: Path) -> None:

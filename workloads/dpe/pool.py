@@ -30,9 +30,8 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dpe import layout
 from dpe.spec import Storage
-from dpe.store import ArtifactStore
+from dpe.store import ArtifactStore, locate
 from dpe.tools.quality import (
     DUPLICATE_DISTANCE,
     MAX_BYTES,
@@ -191,9 +190,9 @@ class StoreImages(ImageFiles):
     """Objects under a prefix of the artifact store; hidden files and folders are skipped."""
 
     def __init__(self, store: ArtifactStore, storage: Storage, uri: str):
-        self.store = store
+        self.store, key = locate(storage, store, uri)
         self.location = uri.rstrip("/") + "/"
-        self.prefix = layout.key_from_uri(storage, uri.rstrip("/")) + "/"
+        self.prefix = key + "/" if key else ""
 
     def paths(self) -> list[str]:
         return [path for path in (key[len(self.prefix) :] for key in self.store.list(self.prefix)) if _visible(path)]
@@ -402,7 +401,8 @@ def write_index(
     target = index_reference(reference)
     if _is_store_uri(target):
         storage, store = _need_store(target, storage, store)
-        store.put_parquet(layout.key_from_uri(storage, target), table)
+        holder, key = locate(storage, store, target)
+        holder.put_parquet(key, table)
         return target
     path = _local_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -479,7 +479,8 @@ def load_index(reference: str, *, storage: Storage | None = None, store: Artifac
     target = index_reference(reference)
     if _is_store_uri(target):
         storage, store = _need_store(target, storage, store)
-        table = store.get_parquet(layout.key_from_uri(storage, target))
+        holder, key = locate(storage, store, target)
+        table = holder.get_parquet(key)
     else:
         table = pq.read_table(_local_path(target))
     return PoolIndex.from_table(table)

@@ -26,11 +26,10 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from dpe import layout
 from dpe.grading import parse_options
 from dpe.records import OPTION_LETTERS, ReadResult, Rejection, SampleRecord, png_bytes, read_records
 from dpe.spec import Storage
-from dpe.store import ArtifactStore
+from dpe.store import ArtifactStore, locate
 from dpe.taxonomy import CapabilityType, QuestionFormat, parse_capability_type
 
 WORLD = "builtin:world"
@@ -52,17 +51,17 @@ def _files(reference: str, storage: Storage, store: ArtifactStore) -> Iterator[t
     """(name, bytes) of every Parquet/TSV file the reference names, in a stable order."""
     if reference.startswith(("s3://", "file://")):
         try:
-            key = layout.key_from_uri(storage, reference)
+            holder, key = locate(storage, store, reference)
         except ValueError:
             if not reference.startswith("file://"):
                 raise
         else:
-            keys = [key] if store.exists(key) else [k for k in store.list(key.rstrip("/") + "/")]
+            keys = [key] if key and holder.exists(key) else holder.list(key + "/" if key else "")
             keys = [k for k in keys if k.endswith((".parquet", ".tsv"))]
             if not keys:
                 raise FileNotFoundError(f"no .parquet or .tsv files at {reference}")
             for k in keys:
-                yield k, store.get_bytes(k)
+                yield k, holder.get_bytes(k)
             return
         reference = reference.removeprefix("file://")
     path = Path(reference)

@@ -1,8 +1,9 @@
 """Turning a model reference into a local Hugging Face directory.
 
 References are what `spec.baseModel` and status fields hold: `builtin:tiny-qwen2.5-vl` (built on
-first use, deterministically), a store URI (`s3://...` or `file:///...` inside the run's store,
-downloaded once into the cache), a local path, or a hub id (where the network allows it).
+first use, deterministically), a store URI (`file:///...` inside the run's store, or `s3://...` in
+any bucket of the run's S3 endpoint, downloaded once into the cache and checked), a local path, or
+a hub id (where the network allows it).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dpe import layout
 from dpe.spec import Storage
-from dpe.store import ArtifactStore
+from dpe.store import ArtifactStore, locate
 
 BUILTIN_PREFIX = "builtin:tiny-"
 WARM_SUFFIX = "-warm"
@@ -58,23 +58,24 @@ def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_
         return target
     if reference.startswith(("s3://", "file://")):
         try:
-            prefix = layout.key_from_uri(storage, reference).rstrip("/") + "/"
+            holder, key = locate(storage, store, reference)
         except ValueError:
             if reference.startswith("file://"):
                 return Path(reference.removeprefix("file://"))
             raise
+        prefix = key + "/"
         if storage.local is not None:
             return Path(storage.local.path).absolute() / prefix
         target = cache_dir / "store" / hashlib.sha256(reference.encode()).hexdigest()[:16]
         if not (target / "config.json").is_file():
-            keys = store.list(prefix)
+            keys = holder.list(prefix)
             if not keys:
                 raise FileNotFoundError(f"no model files under {reference}")
             staging = _fresh_dir(target)
-            for key in keys:
-                destination = staging / key[len(prefix) :]
+            for found in keys:
+                destination = staging / found[len(prefix) :]
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                store.get_file(key, destination)
+                holder.get_file(found, destination)
             _publish(staging, target)
         return target
     path = Path(reference)

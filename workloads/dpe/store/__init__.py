@@ -2,14 +2,17 @@
 
 Stages and executors call `open_store(spec.storage)` and then use only the ArtifactStore methods,
 so the same code runs against a directory on a laptop and a MinIO bucket in a cluster. Keys come
-from dpe.layout.
+from dpe.layout. `locate` finds what a URI in a spec names: the run's own store, or another bucket
+of the same S3 endpoint (models and datasets uploaded with any S3 client).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
+from dpe import layout
 from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 from dpe.spec import Storage
 from dpe.store.base import ArtifactStore
@@ -41,6 +44,7 @@ __all__ = [
     "StoreError",
     "TransientStoreError",
     "Unreachable",
+    "locate",
     "open_store",
 ]
 
@@ -66,3 +70,23 @@ def open_store(storage: Storage, env: Mapping[str, str] = os.environ) -> Artifac
         secure=s3.secure,
         prefix=s3.prefix,
     )
+
+
+def locate(storage: Storage, store: ArtifactStore, uri: str) -> tuple[ArtifactStore, str]:
+    """The store holding what `uri` names, and its key there ('' for the whole store; no '/' at either end).
+
+    A URI inside the run's store (`store`, opened from `storage`) is found there. An `s3://` URI in
+    another bucket of the run's S3 endpoint, or outside the run's key prefix, is found in that bucket
+    through the same client and credentials. ValueError for anything else (a file:// path outside a
+    local store is a plain local path, which the caller reads itself).
+    """
+    try:
+        return store, layout.key_from_uri(storage, uri.rstrip("/"))
+    except ValueError:
+        if not (isinstance(store, S3Store) and uri.startswith("s3://")):
+            raise
+    parts = urlsplit(uri)
+    key = parts.path.strip("/")
+    if key:
+        layout.check_key(key)
+    return store.in_bucket(parts.netloc), key

@@ -4,6 +4,11 @@ Backends implement a handful of byte- and file-level primitives; keys are valida
 the JSON, Parquet and stage-result helpers are built on the primitives, so both backends store the
 same bytes under the same keys. Every object carries the SHA-256 recorded when it was written, and
 every read checks it.
+
+Objects another client wrote (a model uploaded with any S3 client, files copied into a local store)
+have no such record. The first read adopts them: it records their SHA-256 beside the version it read
+(S3's ETag; a local file's size, modification time and inode) under `.dpe/adopted/<key>`, and later
+reads of that version are checked against it. A new version from the outside is adopted anew.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,15 +81,33 @@ def spool(chunks: Iterable[bytes], directory: Path) -> tuple[Path, str]:
     return path, digest.hexdigest()
 
 
-def no_recorded_checksum(key: str) -> IntegrityError:
-    """The error for an object that carries no SHA-256, so it cannot be verified."""
-    return IntegrityError(f"object '{key}' has no recorded SHA-256; it was not written by this store")
+ADOPTED_DIR = "adopted"
+"""Under the store's reserved `.dpe/`: the records of objects other clients wrote (module doc)."""
 
 
-def verify(key: str, actual: str, expected: str | None) -> None:
+@dataclass(frozen=True)
+class Adoption:
+    """The SHA-256 the store recorded for one version of an object another client wrote."""
+
+    sha256: str
+    version: str
+    """The backend's identity of the version read: S3's ETag, or a local file's size:mtime_ns:inode."""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"sha256": self.sha256, "version": self.version}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Adoption | None:
+        """The record, or None for one that cannot be read (it is then simply made again)."""
+        try:
+            found = json.loads(data)
+            return cls(str(found["sha256"]), str(found["version"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def verify(key: str, actual: str, expected: str) -> None:
     """Raise IntegrityError unless `actual` is the checksum recorded for `key`."""
-    if expected is None:
-        raise no_recorded_checksum(key)
     if actual != expected:
         raise IntegrityError(
             f"object '{key}' is corrupt: its SHA-256 is {actual}, but {expected} was recorded when it "
@@ -91,11 +115,23 @@ def verify(key: str, actual: str, expected: str | None) -> None:
         )
 
 
-def receive(key: str, chunks: Iterable[bytes], destination: Path, expected: str | None) -> None:
-    """Write a downloaded object to `destination` atomically, only if it matches its checksum."""
+def check_read(key: str, actual: str, recorded: str | None, adopted: Adoption | None, version: str) -> Adoption | None:
+    """Check the SHA-256 of bytes just read from `key`; return the adoption to record when there is
+    nothing to check them against (a new object, or a new version, from another client)."""
+    if recorded is not None:
+        verify(key, actual, recorded)
+        return None
+    if adopted is not None and adopted.version == version:
+        verify(key, actual, adopted.sha256)
+        return None
+    return Adoption(actual, version)
+
+
+def receive(key: str, chunks: Iterable[bytes], destination: Path, check: Callable[[str], None]) -> None:
+    """Write a downloaded object to `destination` atomically, only once `check(its SHA-256)` passed."""
     temporary, actual = spool(chunks, destination.parent)
     try:
-        verify(key, actual, expected)
+        check(actual)
         os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -108,7 +144,7 @@ class ArtifactStore(ABC):
 
     A put either publishes the whole object or nothing: no reader ever sees a partial one. Reads
     raise NotFound for a missing key and IntegrityError when the bytes do not match the SHA-256
-    recorded at write time. Each put returns that SHA-256 (hex), for results that list their inputs.
+    recorded at write time (or at adoption, for objects another client wrote). Each put returns that SHA-256 (hex), for results that list their inputs.
 
     Backends implement the underscored primitives below; keys reach them already validated.
     """
@@ -188,7 +224,8 @@ class ArtifactStore(ABC):
         return self._exists(layout.check_key(key))
 
     def checksum(self, key: str) -> str:
-        """The SHA-256 (hex) recorded when the object under `key` was written; nothing is read."""
+        """The SHA-256 (hex) recorded when the object under `key` was written or adopted; an object
+        another client wrote is read (and adopted) the first time."""
         return self._checksum(layout.check_key(key))
 
     def delete_prefix(self, prefix: str) -> int:

@@ -3,9 +3,10 @@
 Objects are plain files at `<root>/<key>`, so a person can open them and file:// URIs point at
 them. The store's own bookkeeping lives under `<root>/.dpe/`, which no key may enter:
 
-    .dpe/tmp/          new objects are written here, fsynced, then renamed into place
-    .dpe/sha256/<key>  the SHA-256 recorded for each object (the sidecar)
-    .dpe/locks/<xx>    lock files; each key hashes to one of 256
+    .dpe/tmp/           new objects are written here, fsynced, then renamed into place
+    .dpe/sha256/<key>   the SHA-256 recorded for each object (the sidecar)
+    .dpe/adopted/<key>  for a file put here by hand, its SHA-256 and version as first read
+    .dpe/locks/<xx>     lock files; each key hashes to one of 256
 
 Temporary files live in one directory rather than beside their objects, so a crashed write leaves
 debris only there and listings never have to filter it out; the root must be one filesystem, so the
@@ -23,20 +24,21 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from dpe.layout import RESERVED_TOP_LEVEL
 from dpe.store.base import (
+    ADOPTED_DIR,
+    Adoption,
     ArtifactStore,
+    check_read,
     fsync_directory,
-    no_recorded_checksum,
     read_chunks,
     receive,
     spool,
-    verify,
 )
 from dpe.store.errors import NotFound, StoreError
 
@@ -52,6 +54,7 @@ class LocalStore(ArtifactStore):
         self._meta = self.root / RESERVED_TOP_LEVEL
         self._tmp = self._meta / "tmp"
         self._sums = self._meta / "sha256"
+        self._adoptions = self._meta / ADOPTED_DIR
         self._locks = self._meta / "locks"
 
     def __repr__(self) -> str:
@@ -79,6 +82,22 @@ class LocalStore(ArtifactStore):
             return self._sidecar(key).read_text("ascii").strip()
         except FileNotFoundError:
             return None
+
+    def _adoption(self, key: str) -> Adoption | None:
+        try:
+            return Adoption.from_bytes((self._adoptions / key).read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _adopt(self, key: str, adoption: Adoption) -> None:
+        record, _ = spool([adoption.to_bytes()], self._tmp)
+        try:
+            target = self._adoptions / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(key, exclusive=True):
+                os.replace(record, target)
+        finally:
+            record.unlink(missing_ok=True)
 
     def _not_found(self, key: str) -> NotFound:
         return NotFound(f"no object '{key}' in {self.root}")
@@ -110,8 +129,9 @@ class LocalStore(ArtifactStore):
         return sha
 
     @contextmanager
-    def _open_verified_source(self, key: str) -> Iterator[tuple[IO[bytes], str | None]]:
-        """Open the object and read its recorded checksum as one consistent pair."""
+    def _open_verified_source(self, key: str) -> Iterator[tuple[IO[bytes], Callable[[str], None]]]:
+        """Open the object, with the check its SHA-256 must pass once read (adopting a file put here by
+        hand); the recorded checksum is read with the object, as one consistent pair."""
         target = self._object(key)
         if not target.is_file():
             raise self._not_found(key)
@@ -122,7 +142,16 @@ class LocalStore(ArtifactStore):
             except FileNotFoundError:
                 raise self._not_found(key) from None
         with handle:
-            yield handle, expected
+            state = os.fstat(handle.fileno())
+            version = f"{state.st_size}:{state.st_mtime_ns}:{state.st_ino}"
+            adopted = None if expected is not None else self._adoption(key)
+
+            def check(actual: str) -> None:
+                adoption = check_read(key, actual, expected, adopted, version)
+                if adoption is not None:
+                    self._adopt(key, adoption)
+
+            yield handle, check
 
     def _put_bytes(self, key: str, data: bytes) -> str:
         return self._commit(key, [data])
@@ -132,25 +161,28 @@ class LocalStore(ArtifactStore):
             return self._commit(key, read_chunks(handle))
 
     def _get_bytes(self, key: str) -> bytes:
-        with self._open_verified_source(key) as (handle, expected):
+        with self._open_verified_source(key) as (handle, check):
             data = handle.read()
-        verify(key, hashlib.sha256(data).hexdigest(), expected)
+            check(hashlib.sha256(data).hexdigest())
         return data
 
     def _get_file(self, key: str, path: Path) -> None:
-        with self._open_verified_source(key) as (handle, expected):
-            receive(key, read_chunks(handle), path, expected)
+        with self._open_verified_source(key) as (handle, check):
+            receive(key, read_chunks(handle), path, check)
 
     def _exists(self, key: str) -> bool:
         return self._object(key).is_file()
 
     def _checksum(self, key: str) -> str:
-        if not self._exists(key):
-            raise self._not_found(key)
         recorded = self._recorded_checksum(key)
-        if recorded is None:
-            raise no_recorded_checksum(key)
-        return recorded
+        if recorded is not None and self._exists(key):
+            return recorded
+        with self._open_verified_source(key) as (handle, check):
+            digest = hashlib.sha256()
+            for chunk in read_chunks(handle):
+                digest.update(chunk)
+            check(digest.hexdigest())
+        return digest.hexdigest()
 
     def _list(self, prefix: str) -> list[str]:
         directory = self.root / prefix.rpartition("/")[0]
@@ -170,7 +202,8 @@ class LocalStore(ArtifactStore):
             with self._locked(key, exclusive=True):
                 self._object(key).unlink(missing_ok=True)
                 self._sidecar(key).unlink(missing_ok=True)
-        for tree in (self.root, self._sums):
+                (self._adoptions / key).unlink(missing_ok=True)
+        for tree in (self.root, self._sums, self._adoptions):
             for key in keys:
                 self._prune_empty_parents(tree, tree / key)
 

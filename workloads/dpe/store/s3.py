@@ -3,7 +3,9 @@
 Atomicity comes from the S3 model: an object appears only when its single PUT, or the completion of
 its multipart upload, succeeds. A failed multipart upload is aborted by the client and is never
 visible. The SHA-256 travels as user metadata on the same PUT, so an object and its checksum can
-never disagree, and a GET returns both in one response.
+never disagree, and a GET returns both in one response. An object another S3 client wrote has no
+such metadata: its first read records the SHA-256 and ETag it read under `.dpe/adopted/<key>` in the
+same bucket (and prefix), which later reads of that ETag are checked against.
 
 Failures are sorted into the store's error types (`classify`). Transient ones are retried by our
 own policy; the HTTP client's retries are switched off and its connect timeout is short, so a dead
@@ -13,6 +15,7 @@ No credential is kept on the store or put into any message.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -21,7 +24,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -31,15 +34,16 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from dpe.layout import check_directory_prefix
+from dpe.layout import RESERVED_TOP_LEVEL, check_directory_prefix
 from dpe.store.base import (
+    ADOPTED_DIR,
     CHUNK_SIZE,
     MIB,
+    Adoption,
     ArtifactStore,
-    no_recorded_checksum,
+    check_read,
     receive,
     sha256_of_file,
-    verify,
 )
 from dpe.store.errors import (
     NotFound,
@@ -243,6 +247,12 @@ class S3Store(ArtifactStore):
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
 
+    def in_bucket(self, bucket: str) -> S3Store:
+        """The whole of another bucket on the same endpoint, through this store's client and credentials."""
+        other = copy.copy(self)
+        other.bucket, other.prefix = bucket, ""
+        return other
+
     def _name(self, key: str) -> str:
         return self.prefix + key
 
@@ -282,24 +292,62 @@ class S3Store(ArtifactStore):
         sha = sha256_of_file(path)
         return self._upload(key, lambda: path.open("rb"), path.stat().st_size, sha)
 
-    def _get_bytes(self, key: str) -> bytes:
-        def operation() -> tuple[bytes, str | None]:
-            response = self._client.get_object(self.bucket, self._name(key))
+    def _adoption_name(self, key: str) -> str:
+        return self._name(f"{RESERVED_TOP_LEVEL}/{ADOPTED_DIR}/{key}")
+
+    def _adoption(self, key: str) -> Adoption | None:
+        def operation() -> bytes:
+            response = self._client.get_object(self.bucket, self._adoption_name(key))
             try:
-                return response.read(), response.headers.get(SHA256_METADATA)
+                return bytes(response.read())
             finally:
                 response.close()
                 response.release_conn()
 
-        data, expected = self._run(key, operation)
-        verify(key, hashlib.sha256(data).hexdigest(), expected)
+        try:
+            return Adoption.from_bytes(self._run(key, operation))
+        except NotFound:
+            return None
+
+    def _adopt(self, key: str, adoption: Adoption) -> None:
+        record = adoption.to_bytes()
+        try:
+            self._run(key, lambda: self._client.put_object(self.bucket, self._adoption_name(key), io.BytesIO(record), len(record)))
+        except PermanentStoreError as error:
+            # Read-only credentials on a bucket of models or datasets: the read itself was fine.
+            log.warning("cannot record the SHA-256 of '%s' in bucket %s (%s); later reads of it are not verified", key, self.bucket, error)
+
+    def _checker(self, key: str, headers: Mapping[str, str]) -> Callable[[str], None]:
+        """The check bytes read with these response headers (case-insensitive) must pass, adopting
+        another client's object."""
+        expected = headers.get(SHA256_METADATA)
+        adopted = None if expected else self._adoption(key)
+
+        def check(actual: str) -> None:
+            adoption = check_read(key, actual, expected, adopted, headers.get("ETag", ""))
+            if adoption is not None:
+                self._adopt(key, adoption)
+
+        return check
+
+    def _get_bytes(self, key: str) -> bytes:
+        def operation() -> tuple[bytes, Mapping[str, str]]:
+            response = self._client.get_object(self.bucket, self._name(key))
+            try:
+                return response.read(), response.headers
+            finally:
+                response.close()
+                response.release_conn()
+
+        data, headers = self._run(key, operation)
+        self._checker(key, headers)(hashlib.sha256(data).hexdigest())
         return data
 
     def _get_file(self, key: str, path: Path) -> None:
         def operation() -> None:
             response = self._client.get_object(self.bucket, self._name(key))
             try:
-                receive(key, response.stream(CHUNK_SIZE), path, response.headers.get(SHA256_METADATA))
+                receive(key, response.stream(CHUNK_SIZE), path, self._checker(key, response.headers))
             finally:
                 response.close()
                 response.release_conn()
@@ -316,23 +364,23 @@ class S3Store(ArtifactStore):
     def _checksum(self, key: str) -> str:
         stat = self._run(key, lambda: self._client.stat_object(self.bucket, self._name(key)))
         value = stat.metadata.get(SHA256_METADATA) if stat.metadata is not None else None
-        if not value:
-            raise no_recorded_checksum(key)
-        return str(value)
+        if value:
+            return str(value)
+        adopted = self._adoption(key)
+        if adopted is not None and adopted.version == stat.etag:
+            return adopted.sha256
+        return hashlib.sha256(self._get_bytes(key)).hexdigest()
 
     def _list(self, prefix: str) -> list[str]:
         def operation() -> list[str]:
             found = self._client.list_objects(self.bucket, prefix=self._name(prefix), recursive=True)
-            return [
-                item.object_name[len(self.prefix) :]
-                for item in found
-                if item.object_name is not None and not item.is_dir
-            ]
+            keys = (item.object_name[len(self.prefix) :] for item in found if item.object_name is not None and not item.is_dir)
+            return [key for key in keys if key.split("/", 1)[0] != RESERVED_TOP_LEVEL]
 
         return self._run(None, operation)
 
     def _delete(self, keys: list[str]) -> None:
-        batch = [DeleteObject(self._name(key)) for key in keys]
+        batch = [DeleteObject(name) for key in keys for name in (self._name(key), self._adoption_name(key))]
 
         def operation() -> None:
             failures = list(self._client.remove_objects(self.bucket, batch))
