@@ -125,12 +125,14 @@ def status(store_dir: Path) -> None:
 
 def _register_commands() -> None:
     from dpe.stages.command import stage
+    from dpe.store.command import store
     from dpe.tools.pool_command import pool
     from dpe.world.command import world
 
     main.add_command(world)
     main.add_command(stage)
     main.add_command(pool)
+    main.add_command(store)
 
 
 _register_commands()
