@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from dpe import layout
 from dpe.models.inference import VISION_TOKENS, Prompt, TransformersAnswerer, open_image
+from dpe.models.loading import resolve_model
 from dpe.models.tiny import ARCHITECTURES, build_tiny_model
-from dpe.spec import Sampling
+from dpe.spec import S3Storage, Sampling, Storage
+from dpe.store import open_store
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
@@ -69,3 +74,21 @@ def test_minimum_image_side_rule() -> None:
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown architecture 'llava'"):
         build_tiny_model("llava", tmp_path)
+
+
+@pytest.mark.s3
+def test_a_built_in_model_is_built_once_per_run_and_shared_through_the_store(tmp_path: Path, s3_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Two stage pods (each its own cache) of one run: the first builds and publishes, the second reads it."""
+    storage = Storage(s3=S3Storage(endpoint=f"http://{s3_server.endpoint}", bucket=s3_server.new_bucket(), secure=False))
+    store = open_store(storage, env={"DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key})
+    caplog.set_level(logging.INFO, logger="dpe.models")
+
+    first = resolve_model("builtin:tiny-qwen2.5-vl", storage, store, tmp_path / "pod-a", run=("default", "r"))
+    second = resolve_model("builtin:tiny-qwen2.5-vl", storage, store, tmp_path / "pod-b", run=("default", "r"))
+
+    events = [json.loads(r.getMessage())["event"] for r in caplog.records if r.name == "dpe.models"]
+    assert events == ["builtin_model_built", "builtin_model_shared"]
+    assert store.exists(layout.shared_model_marker("default", "r", "tiny-qwen2.5-vl"))
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)

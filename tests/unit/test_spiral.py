@@ -37,7 +37,8 @@ from dpe.spiral import (
 )
 
 D, G, S, T, E = StageName.diagnose, StageName.generate, StageName.score, StageName.train, StageName.evaluate
-BASE = "builtin:tiny-qwen2.5-vl"
+BASE = "s3://models/base"
+BUILT_IN = "builtin:tiny-qwen2.5-vl"
 
 
 def make_spec(**spec: Any) -> EvolutionRunSpec:
@@ -117,6 +118,17 @@ def test_a_new_run_starts_the_baseline_and_iteration_one_together() -> None:
 def test_stages_run_in_order(stages: dict[str, StageObservation], expected: set[tuple[int, StageName]]) -> None:
     decision = decide(make_spec(), obs(i0=baseline(None), i1=it(BASE, **stages)))
     assert starts(decision) == expected
+
+
+def test_a_built_in_base_model_is_built_by_the_first_diagnosis_before_the_baseline_reads_it() -> None:
+    spec = make_spec(baseModel=BUILT_IN)
+    assert starts(decide(spec, RunObservation(now=0.0))) == {(1, D)}
+    diagnosing = obs(i0=it(BUILT_IN), i1=it(BUILT_IN, diagnose=running()))
+    assert starts(decide(spec, diagnosing)) == set()
+    diagnosed = obs(i0=it(BUILT_IN), i1=it(BUILT_IN, diagnose=done(D, 1)))
+    assert starts(decide(spec, diagnosed)) == {(0, E), (1, G)}
+    retried = obs(i0=it(BUILT_IN), i1=it(BUILT_IN, diagnose=failed(1, at=0.0)))
+    assert starts(decide(spec, retried)) == {(1, D)}
 
 
 def test_after_train_evaluation_and_the_next_iteration_start_together() -> None:

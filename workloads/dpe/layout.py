@@ -6,6 +6,8 @@ executor and the stage containers agree on paths without sharing any other state
     runs/<namespace>/<run>/run.yaml                                  the spec the run started with
     runs/<namespace>/<run>/weakness_table.json                       per-iteration capability table
     runs/<namespace>/<run>/report/...                                the human-readable run report
+    runs/<namespace>/<run>/models/<name>/...                         a built-in model, built once per run
+    runs/<namespace>/<run>/models/<name>.complete.json               written after all of its files
     runs/<namespace>/<run>/iterations/<k>/<stage>/...                one stage's outputs
     runs/<namespace>/<run>/iterations/<k>/<stage>/result.json        written last: the stage is done
     runs/<namespace>/<run>/iterations/<k>/<stage>/shards/<i>-of-<n>/ one shard of a sharded stage
@@ -26,6 +28,7 @@ RUNS_DIR = "runs"
 ITERATIONS_DIR = "iterations"
 SHARDS_DIR = "shards"
 REPORT_DIR = "report"
+MODELS_DIR = "models"
 RESULT_FILE = "result.json"
 RUN_SPEC_FILE = "run.yaml"
 WEAKNESS_TABLE_FILE = "weakness_table.json"
@@ -147,6 +150,16 @@ def weakness_table_key(namespace: str, run: str) -> str:
 def report_prefix(namespace: str, run: str) -> str:
     """Prefix of the run report's files."""
     return f"{run_prefix(namespace, run)}{REPORT_DIR}/"
+
+
+def shared_model_prefix(namespace: str, run: str, name: str) -> str:
+    """Prefix of a built-in model as the run's first stage built it, for every later stage to read."""
+    return _join(run_prefix(namespace, run), (MODELS_DIR, name)) + "/"
+
+
+def shared_model_marker(namespace: str, run: str, name: str) -> str:
+    """Written after every file of a shared model: its presence alone means the model is complete."""
+    return run_key(namespace, run, MODELS_DIR, f"{name}.complete.json")
 
 
 def iteration_prefix(namespace: str, run: str, k: int) -> str:

@@ -96,6 +96,8 @@ class SpecModel(BaseModel):
 # References: artifacts, secrets, endpoints
 # ---------------------------------------------------------------------------------------------
 
+BUILTIN_SCHEME = "builtin:"
+"""Models (and data sources) that DPE builds itself rather than reads: `builtin:tiny-qwen2.5-vl`."""
 _BUILTIN = r"builtin:[a-z0-9][a-z0-9._-]*"
 _S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
 _FILE = r"file:///[^\s]*"

@@ -7,7 +7,8 @@ iteration, finish the run) and the run-level view (phase, best model, stop reaso
 status. Because the whole history is in the observation, calling `decide` twice on the same
 observation gives the same answer: executors may crash and repeat themselves freely.
 
-Iteration 0 is the baseline: only `evaluate`, on the base model, in parallel with iteration 1.
+Iteration 0 is the baseline: only `evaluate`, on the base model, in parallel with iteration 1 (after
+iteration 1's diagnosis when the base model is a built-in one, which that diagnosis builds for the run).
 Iteration k >= 1 runs diagnose -> generate -> score -> train; its evaluate follows train but is
 off the critical path: iteration k+1 starts as soon as M(k) exists, unless the regression guard
 needs M(k)'s score to choose the next starting model.
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dpe.spec import EvolutionRunSpec, IterationPhase, RunPhase, StageName
+from dpe.spec import BUILTIN_SCHEME, EvolutionRunSpec, IterationPhase, RunPhase, StageName
 
 BASELINE = 0
 """Index of the baseline iteration (evaluation of the base model only)."""
@@ -369,6 +370,11 @@ def _stage_actions(
             continue
         if name is StageName.evaluate and index != BASELINE:
             prerequisite = iteration.stage(StageName.train)
+        elif name is StageName.evaluate and spec.base_model.startswith(BUILTIN_SCHEME):
+            # The first diagnosis builds a built-in base model and shares it through the store; the
+            # baseline evaluation, off the critical path anyway, reads that copy instead of building its own.
+            first = obs.iterations.get(1)
+            prerequisite = StageObservation() if first is None else first.stage(StageName.diagnose)
         elif position > 0:
             prerequisite = iteration.stage(order[position - 1])
         else:

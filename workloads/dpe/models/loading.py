@@ -1,7 +1,7 @@
 """Turning a model reference into a local Hugging Face directory.
 
 References are what `spec.baseModel` and status fields hold: `builtin:tiny-qwen2.5-vl` (built on
-first use, deterministically), a store URI (`file:///...` inside the run's store, or `s3://...` in
+first use, once per run, and shared through the run's store), a store URI (`file:///...` inside the run's store, or `s3://...` in
 any bucket of the run's S3 endpoint, downloaded once into the cache and checked), a local path, or
 a hub id (where the network allows it).
 """
@@ -9,17 +9,23 @@ a hub id (where the network allows it).
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from dpe.spec import Storage
+from dpe import layout
+from dpe.spec import BUILTIN_SCHEME, Storage
 from dpe.store import ArtifactStore, locate
 
-BUILTIN_PREFIX = "builtin:tiny-"
+BUILTIN_PREFIX = f"{BUILTIN_SCHEME}tiny-"
 WARM_SUFFIX = "-warm"
 """builtin:tiny-<arch>-warm is the tiny model after a short supervised warm-up (dpe.models.bootstrap)."""
+
+log = logging.getLogger("dpe.models")
 
 
 def _fresh_dir(target: Path) -> Path:
@@ -36,26 +42,75 @@ def _publish(staging: Path, target: Path) -> Path:
     return target
 
 
-def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_dir: Path) -> Path:
-    """A local directory holding the referenced model."""
-    if reference.startswith(BUILTIN_PREFIX):
-        from dpe.models.bootstrap import build_warm_model
-        from dpe.models.tiny import ARCHITECTURES, build_tiny_model, world_corpus
+def _from_store(holder: ArtifactStore, key: str, storage: Storage, cache_dir: Path, reference: str) -> Path:
+    """The model under `key` of `holder` as a local directory: in place in a local store, otherwise
+    downloaded once into the cache (each file checked against its SHA-256)."""
+    prefix = key + "/"
+    if storage.local is not None:
+        return Path(storage.local.path).absolute() / prefix
+    target = cache_dir / "store" / hashlib.sha256(reference.encode()).hexdigest()[:16]
+    if not (target / "config.json").is_file():
+        keys = holder.list(prefix)
+        if not keys:
+            raise FileNotFoundError(f"no model files under {reference}")
+        staging = _fresh_dir(target)
+        for found in keys:
+            destination = staging / found[len(prefix) :]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            holder.get_file(found, destination)
+        _publish(staging, target)
+    return target
 
-        name = reference.removeprefix(BUILTIN_PREFIX)
-        arch = name.removesuffix(WARM_SUFFIX)
-        if arch not in ARCHITECTURES:
-            choices = [f"{BUILTIN_PREFIX}{a}{w}" for a in ARCHITECTURES for w in ("", WARM_SUFFIX)]
-            raise ValueError(f"unknown built-in model '{reference}'; choose one of {', '.join(choices)}")
-        target = cache_dir / "builtin" / name
-        if not (target / "config.json").is_file():
-            staging = _fresh_dir(target)
-            if name.endswith(WARM_SUFFIX):
-                build_warm_model(arch, staging)
-            else:
-                build_tiny_model(arch, staging, corpus=world_corpus())
-            _publish(staging, target)
-        return target
+
+def _built(name: str, cache_dir: Path) -> Path:
+    """A built-in model built on this machine (or taken from its cache)."""
+    from dpe.models.bootstrap import build_warm_model
+    from dpe.models.tiny import build_tiny_model, world_corpus
+
+    target = cache_dir / "builtin" / name
+    if not (target / "config.json").is_file():
+        started = time.monotonic()
+        staging = _fresh_dir(target)
+        if name.endswith(WARM_SUFFIX):
+            build_warm_model(name.removesuffix(WARM_SUFFIX), staging)
+        else:
+            build_tiny_model(name, staging, corpus=world_corpus())
+        _publish(staging, target)
+        log.info(json.dumps({"event": "builtin_model_built", "model": f"{BUILTIN_PREFIX}{name}", "seconds": round(time.monotonic() - started, 2)}))
+    return target
+
+
+def _builtin(reference: str, storage: Storage, store: ArtifactStore, cache_dir: Path, run: tuple[str, str] | None) -> Path:
+    from dpe.models.tiny import ARCHITECTURES
+
+    name = reference.removeprefix(BUILTIN_PREFIX)
+    if name.removesuffix(WARM_SUFFIX) not in ARCHITECTURES:
+        choices = [f"{BUILTIN_PREFIX}{a}{w}" for a in ARCHITECTURES for w in ("", WARM_SUFFIX)]
+        raise ValueError(f"unknown built-in model '{reference}'; choose one of {', '.join(choices)}")
+    if run is None:
+        return _built(name, cache_dir)
+    shared = reference.removeprefix(BUILTIN_SCHEME)
+    prefix, marker = layout.shared_model_prefix(*run, shared), layout.shared_model_marker(*run, shared)
+    if store.exists(marker):
+        uri = layout.store_uri(storage, prefix.rstrip("/"))
+        log.info(json.dumps({"event": "builtin_model_shared", "model": reference, "from": uri}))
+        return _from_store(store, prefix.rstrip("/"), storage, cache_dir, uri)
+    local = _built(name, cache_dir)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        store.put_file(prefix + path.relative_to(local).as_posix(), path)
+    store.put_json(marker, {"model": reference})
+    return local
+
+
+def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_dir: Path, run: tuple[str, str] | None = None) -> Path:
+    """A local directory holding the referenced model.
+
+    With `run` (namespace, name), a built-in model is built once for the run: the first stage to need
+    it builds it and publishes it to the run's store, and every later stage, in any pod, reads that
+    copy, so all of them see the same weights.
+    """
+    if reference.startswith(BUILTIN_PREFIX):
+        return _builtin(reference, storage, store, cache_dir, run)
     if reference.startswith(("s3://", "file://")):
         try:
             holder, key = locate(storage, store, reference)
@@ -63,21 +118,7 @@ def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_
             if reference.startswith("file://"):
                 return Path(reference.removeprefix("file://"))
             raise
-        prefix = key + "/"
-        if storage.local is not None:
-            return Path(storage.local.path).absolute() / prefix
-        target = cache_dir / "store" / hashlib.sha256(reference.encode()).hexdigest()[:16]
-        if not (target / "config.json").is_file():
-            keys = holder.list(prefix)
-            if not keys:
-                raise FileNotFoundError(f"no model files under {reference}")
-            staging = _fresh_dir(target)
-            for found in keys:
-                destination = staging / found[len(prefix) :]
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                holder.get_file(found, destination)
-            _publish(staging, target)
-        return target
+        return _from_store(holder, key, storage, cache_dir, reference)
     path = Path(reference)
     if reference.startswith(("/", "./", "../")):
         if not (path / "config.json").is_file():

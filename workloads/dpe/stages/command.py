@@ -32,10 +32,8 @@ log = logging.getLogger("dpe.stage")
 def _answerer_factory(ctx: StageContext, min_image_side: int) -> Callable[[], Any]:
     def build() -> Any:
         from dpe.models.inference import open_answerer
-        from dpe.models.loading import resolve_model
 
-        directory = resolve_model(ctx.model_uri, ctx.storage, ctx.store, ctx.cache_dir)
-        return open_answerer(directory, min_image_side=min_image_side)
+        return open_answerer(ctx.model_dir(ctx.model_uri), min_image_side=min_image_side)
 
     return build
 

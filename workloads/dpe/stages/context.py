@@ -107,6 +107,12 @@ class StageContext:
     def cache_dir(self) -> Path:
         return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dpe"))
 
+    def model_dir(self, reference: str) -> Path:
+        """A local directory holding the referenced model (a built-in one as this run built it)."""
+        from dpe.models.loading import resolve_model
+
+        return resolve_model(reference, self.storage, self.store, self.cache_dir, run=(self.namespace, self.name))
+
 
 def open_context(
     run_file: Path, iteration: int, stage: StageName, model_uri: str | None, *, store_dir: Path | None = None, shard: Shard | None = None

@@ -259,12 +259,11 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         return dict(ctx.store.get_json(ctx.result_key))
     import torch
 
-    from dpe.models.loading import resolve_model
     from dpe.models.processor import load_processor
 
     settings = ctx.run.spec.train
     records = read_records(ctx.store.get_bytes(ctx.stage_key(StageName.score, "train.parquet"))).records
-    model_dir = resolve_model(ctx.model_uri, ctx.storage, ctx.store, ctx.cache_dir)
+    model_dir = ctx.model_dir(ctx.model_uri)
     work = work_dir or ctx.cache_dir / "train" / f"{ctx.namespace}-{ctx.name}-{ctx.iteration}"
     work.mkdir(parents=True, exist_ok=True)
     processor = load_processor(model_dir)
