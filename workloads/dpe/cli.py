@@ -84,6 +84,7 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
 def run(run_file: Path, store: Path | None) -> None:
     """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped."""
     from dpe.executor import LocalExecutor
+    from dpe.lease import RunBusy
 
     try:
         status = LocalExecutor(run_file, store).execute()
@@ -91,6 +92,9 @@ def run(run_file: Path, store: Path | None) -> None:
         for problem in error.problems:
             click.echo(f"{run_file}: {problem}", err=True)
         sys.exit(3)
+    except RunBusy as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(4)
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to continue", err=True)
         sys.exit(130)

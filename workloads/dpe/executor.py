@@ -1,10 +1,12 @@
 """The local executor: `dpe run FILE.yaml` drives the spiral on one machine.
 
 It asks `dpe.spiral.decide` what to do, runs each stage as a subprocess through the same
-`dpe stage NAME` command a Kubernetes Job runs, and records every attempt in the store next to the
-stage's outputs (`attempts.json`), so the observation it rebuilds on every turn is the whole
-history. Interrupting it (Ctrl-C) and running it again continues where it stopped: an attempt left
-running by a dead executor counts as a disruption, and finished stages are never repeated.
+`dpe stage NAME` command a Kubernetes Job runs, side by side when the spiral starts several (an
+evaluation off the critical path beside the next iteration), and records every attempt in the store
+next to the stage's outputs (`attempts.json`), so the observation it rebuilds on every turn is the
+whole history. Interrupting it (Ctrl-C) and running it again continues where it stopped: an attempt
+left running by a dead executor counts as a disruption, and finished stages are never repeated. A
+lease in the store (`dpe.lease`) keeps two executors off one run.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 
 from dpe import layout
+from dpe.lease import Lease, RunBusy
 from dpe.manifest import load_run
 from dpe.spec import EvolutionRun, LocalStorage, RunPhase, StageName, Storage
 from dpe.spiral import (
@@ -33,13 +38,11 @@ from dpe.spiral import (
     IterationObservation,
     JobState,
     Requeue,
-    ResumeStage,
     RunObservation,
     StageObservation,
     StageResult,
     StartIteration,
     StartStage,
-    SuspendStage,
     decide,
     stages_of,
 )
@@ -48,6 +51,33 @@ from dpe.store import ArtifactStore, open_store
 
 MAX_WAIT_SECONDS = 300.0
 """Longest sleep for a retry's backoff before the executor looks again."""
+POLL_SECONDS = 0.2
+"""How often a waiting executor checks its stage processes."""
+IDLE_SECONDS = 1.0
+"""How long an executor with nothing running waits before it looks again."""
+STOP_SECONDS = 10.0
+"""How long a stopped stage process has to exit after SIGTERM before it is killed."""
+
+
+@dataclass
+class RunningStage:
+    """One stage attempt running as a subprocess (its own process group), its output in a temporary file."""
+
+    action: StartStage
+    process: subprocess.Popen[bytes]
+    output: IO[bytes]
+    started: float
+
+    def stop(self) -> None:
+        """SIGTERM the stage's process group, then SIGKILL if it does not exit in time."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 def _now() -> float:
@@ -146,29 +176,38 @@ class LocalExecutor:
             command += ["--store", str(self.store_dir)]
         return command
 
-    def _run_stage(self, action: StartStage) -> None:
+    def _launch(self, action: StartStage) -> RunningStage:
         label = f"iteration {action.iteration} {action.stage.value}"
         self.console.print(f"[bold]▶ {label}[/bold] (attempt {action.attempt}, model {action.input_model_uri})")
         started = _now()
         self._record_attempt(action.iteration, action.stage, {"state": JobState.running.value, "started_at": started})
-        process = subprocess.Popen(self._command(action), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = process.communicate()
-        except KeyboardInterrupt:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
-            raise
-        seconds = _now() - started
+        output = tempfile.TemporaryFile()
+        process = subprocess.Popen(self._command(action), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        return RunningStage(action, process, output, started)
+
+    def _finish(self, running: RunningStage, cancelled: str | None = None) -> None:
+        """Record how a stage process ended (cancelled: stopped because the run ended around it)."""
+        action, process = running.action, running.process
+        label = f"iteration {action.iteration} {action.stage.value}"
+        seconds = _now() - running.started
         complete = self.store.exists(layout.result_key(self.namespace, self.name, action.iteration, action.stage))
-        if process.returncode == 0 and complete:
-            self._record_attempt(action.iteration, action.stage, {"state": JobState.succeeded.value, "started_at": started, "finished_at": _now(), "seconds": round(seconds, 2)})
+        base = {"started_at": running.started, "finished_at": _now(), "seconds": round(seconds, 2)}
+        if cancelled is None and process.returncode == 0 and complete:
+            self._record_attempt(action.iteration, action.stage, {"state": JobState.succeeded.value, **base})
             self.console.print(f"  [green]✓ {label}[/green] in {seconds:.1f} s")
             return
-        message = (err.strip().splitlines() or ["no output"])[-1][-500:]
+        running.output.seek(0)
+        log = running.output.read().decode("utf-8", "replace")
+        if cancelled is not None:
+            self._record_attempt(action.iteration, action.stage, {"state": JobState.cancelled.value, **base, "message": cancelled})
+            self.console.print(f"  [yellow]■ {label}[/yellow] cancelled: {cancelled}")
+            return
+        message = (log.strip().splitlines() or ["no output"])[-1][-500:]
         permanent = process.returncode == PERMANENT_EXIT
-        self._record_attempt(action.iteration, action.stage, {"state": JobState.failed.value, "started_at": started, "finished_at": _now(), "message": message, "permanent": permanent})
+        self._record_attempt(action.iteration, action.stage, {"state": JobState.failed.value, **base, "message": message, "permanent": permanent})
         log_key = layout.stage_key(self.namespace, self.name, action.iteration, action.stage, f"attempt-{action.attempt}.log")
-        self.store.put_bytes(log_key, (out + "\n" + err).encode())
+        self.store.put_bytes(log_key, log.encode())
         self.console.print(f"  [red]✗ {label}[/red] exit {process.returncode}: {message}")
 
     def _write_status(self, decision: Decision, observation: RunObservation) -> dict[str, Any]:
@@ -204,24 +243,43 @@ class LocalExecutor:
     # -- the loop --------------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
-        """Run the spiral to a terminal state (or until suspended); return the final status."""
+        """Run the spiral to a terminal state (or until suspended); return the final status.
+
+        Whatever the spiral decides runs at once, side by side (an evaluation beside the next
+        iteration's stages); the run's lease keeps a second `dpe run` of it from starting.
+        """
         self.store.put_bytes(self._run_key("run.yaml"), self.run_file.read_bytes())
-        self.recover()
+        with Lease(self.store, layout.executor_lease_key(self.namespace, self.name), f"{self.namespace}/{self.name}") as lease:
+            self.recover()
+            running: dict[tuple[int, StageName], RunningStage] = {}
+            try:
+                return self._drive(running, lease)
+            finally:
+                for stage in running.values():
+                    stage.stop()
+
+    def _drive(self, running: dict[tuple[int, StageName], RunningStage], lease: Lease) -> dict[str, Any]:
         while True:
+            if lease.lost.is_set():
+                raise RunBusy(f"run {self.namespace}/{self.name}: another executor took over its lease; stopping")
+            for key, stage in list(running.items()):
+                if stage.process.poll() is not None:
+                    self._finish(running.pop(key))
             observation = self.observe()
             decision = decide(self.run.spec, observation)
             status = self._write_status(decision, observation)
-            waits = []
-            progressed = False
+            waits = [MAX_WAIT_SECONDS if running else IDLE_SECONDS]
             for action in decision.actions:
                 if isinstance(action, StartIteration):
                     self.store.put_json(self._iteration_key(action.index), {"index": action.index, "input_model_uri": action.input_model_uri})
                     self.console.print(f"[bold cyan]● iteration {action.index}[/bold cyan] from {action.input_model_uri}")
-                    progressed = True
-            for action in decision.actions:
-                if isinstance(action, StartStage):
-                    self._run_stage(action)
-                    progressed = True
+                    waits.append(0.0)
+                elif isinstance(action, StartStage) and (action.iteration, action.stage) not in running:
+                    running[(action.iteration, action.stage)] = self._launch(action)
+                elif isinstance(action, CancelStage) and (action.iteration, action.stage) in running:
+                    stage = running.pop((action.iteration, action.stage))
+                    stage.stop()
+                    self._finish(stage, cancelled=action.reason)
                 elif isinstance(action, Requeue):
                     waits.append(action.after_seconds)
                 elif isinstance(action, FinishRun):
@@ -232,15 +290,21 @@ class LocalExecutor:
                     report = write_report(self.store, self.storage, self.namespace, self.name)
                     self.console.print(f"report: {report}")
                     return status
-                elif isinstance(action, (SuspendStage, CancelStage, ResumeStage)):
-                    continue
-            if decision.phase in (RunPhase.succeeded, RunPhase.failed):
+            if decision.phase in (RunPhase.succeeded, RunPhase.failed) and not running:
                 return status
-            if decision.phase is RunPhase.suspended:
+            if decision.phase is RunPhase.suspended and not running:
                 self.console.print("run is suspended (spec.suspend); set it to false and run again to continue")
                 return status
-            if not progressed:
-                time.sleep(min(min(waits, default=1.0), MAX_WAIT_SECONDS))
+            self._wait(running, min(waits))
+
+    @staticmethod
+    def _wait(running: dict[tuple[int, StageName], RunningStage], seconds: float) -> None:
+        """Until a stage process ends or `seconds` pass (a retry's backoff), whichever comes first."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if any(stage.process.poll() is not None for stage in running.values()):
+                return
+            time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
 
 
 def print_status(store_dir: Path, console: Console | None = None) -> int:

@@ -4,6 +4,7 @@ Every executor, stage and report builds keys here and nowhere else, so the opera
 executor and the stage containers agree on paths without sharing any other state:
 
     runs/<namespace>/<run>/run.yaml                                  the spec the run started with
+    runs/<namespace>/<run>/executor.json                             the lease of the `dpe run` executing it
     runs/<namespace>/<run>/weakness_table.json                       per-iteration capability table
     runs/<namespace>/<run>/report/...                                the human-readable run report
     runs/<namespace>/<run>/models/<name>/...                         a built-in model, built once per run
@@ -31,6 +32,7 @@ REPORT_DIR = "report"
 MODELS_DIR = "models"
 RESULT_FILE = "result.json"
 RUN_SPEC_FILE = "run.yaml"
+EXECUTOR_LEASE_FILE = "executor.json"
 WEAKNESS_TABLE_FILE = "weakness_table.json"
 
 RESERVED_TOP_LEVEL = ".dpe"
@@ -140,6 +142,11 @@ def run_key(namespace: str, run: str, *parts: str) -> str:
 def run_spec_key(namespace: str, run: str) -> str:
     """The copy of the EvolutionRun spec the run was started with."""
     return run_key(namespace, run, RUN_SPEC_FILE)
+
+
+def executor_lease_key(namespace: str, run: str) -> str:
+    """Who is executing the run on one machine now (`dpe run`), renewed while it lives."""
+    return run_key(namespace, run, EXECUTOR_LEASE_FILE)
 
 
 def weakness_table_key(namespace: str, run: str) -> str:

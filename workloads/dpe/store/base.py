@@ -228,6 +228,10 @@ class ArtifactStore(ABC):
         another client wrote is read (and adopted) the first time."""
         return self._checksum(layout.check_key(key))
 
+    def delete(self, key: str) -> None:
+        """Delete the object under `key`, if there is one."""
+        self._delete([layout.check_key(key)])
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object whose key starts with `prefix` (which must end with '/'); return how many."""
         keys = self.list(layout.check_directory_prefix(prefix))

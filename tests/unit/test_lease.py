@@ -1,0 +1,71 @@
+"""The run lease: one `dpe run` executes a run at a time; a dead executor's lease is taken over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.runs import write_run
+
+from dpe import layout
+from dpe.lease import CONFIRM_SECONDS, LEASE_SECONDS, Lease, RunBusy
+from dpe.store import LocalStore
+
+KEY = layout.executor_lease_key("default", "r")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def lease(store: LocalStore, clock: Clock) -> Lease:
+    return Lease(store, KEY, "default/r", clock=clock, sleep=clock.sleep)
+
+
+def test_a_held_lease_refuses_a_second_executor_and_is_released_after(tmp_path: Path) -> None:
+    store, clock = LocalStore(tmp_path), Clock()
+    with lease(store, clock):
+        assert store.exists(KEY)
+        with pytest.raises(RunBusy, match=rf"pid {os.getpid()} on host .* renewed {CONFIRM_SECONDS:.0f} s ago"):
+            lease(store, clock).__enter__()
+    assert not store.exists(KEY)
+    with lease(store, clock):
+        pass
+
+
+def test_a_lease_not_renewed_in_time_is_taken_over(tmp_path: Path) -> None:
+    store, clock = LocalStore(tmp_path), Clock()
+    dead = lease(store, clock)
+    dead.__enter__()
+    dead._stop.set()  # the executor died: no more renewals
+    clock.now += LEASE_SECONDS + 1
+    with lease(store, clock) as taken:
+        assert store.get_json(KEY)["owner"] == taken.owner
+
+
+def test_two_executors_taking_it_at_once_leave_one(tmp_path: Path) -> None:
+    """Both found it free and wrote; the one whose write the other overwrote sees it and backs off."""
+    store, clock = LocalStore(tmp_path), Clock()
+    first, second = lease(store, clock), lease(store, clock)
+    first.sleep = lambda seconds: second._write()  # the second writes while the first waits to confirm
+    with pytest.raises(RunBusy):
+        first.__enter__()
+
+
+def test_dpe_run_refuses_a_run_another_executor_holds(tmp_path: Path) -> None:
+    run_file = write_run(tmp_path)
+    store = LocalStore(tmp_path / "store")
+    with Lease(store, layout.executor_lease_key("default", "stage-test"), "default/stage-test"):
+        refused = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4
+    assert "is being executed by pid" in refused.stderr and "▶" not in refused.stderr
