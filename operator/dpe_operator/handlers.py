@@ -8,13 +8,15 @@ duplicate Job. Terminal runs only ever have stragglers cancelled.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +33,7 @@ from dpe.spiral import (
     Finished,
     FinishRun,
     JobState,
+    Requeue,
     ResumeStage,
     RunObservation,
     StartIteration,
@@ -50,6 +53,8 @@ WORKERS = int(os.environ.get("DPE_WORKERS", "16"))
 WORKLOAD_IMAGE = os.environ.get("DPE_WORKLOAD_IMAGE", "dpe-workload:latest")
 WORKLOAD_SERVICE_ACCOUNT = os.environ.get("DPE_WORKLOAD_SERVICE_ACCOUNT", "dpe-workload")
 UNSCHEDULABLE_GRACE_SECONDS = float(os.environ.get("DPE_UNSCHEDULABLE_GRACE_SECONDS", "600"))
+MISSING_REFERENCE_GRACE_SECONDS = float(os.environ.get("DPE_MISSING_REFERENCE_GRACE_SECONDS", "600"))
+"""How long a stage waits for a Secret or ConfigMap its pods need before it fails."""
 log = logging.getLogger("dpe.operator")
 
 
@@ -171,6 +176,13 @@ class Cluster:
     def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 
+    def delete_service(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_service(name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
@@ -196,42 +208,75 @@ def _owner(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": body["metadata"]["name"], "uid": body["metadata"]["uid"]}
 
 
+Announce = Callable[[], None]
+"""An Event or a metric for a transition, sent once the status that records the transition is written."""
+
+
 def _record_attempt_end(
     body: Any, k: int, stage: StageName, record: StageRecord, attempt: int, job: Mapping[str, Any], state: JobState,
-    finished_at: float | None, message: str, permanent: bool, started: str | None,
+    finished_at: float | None, message: str, permanent: bool, started: str | None, announce: list[Announce],
 ) -> StageRecord:
-    """The record with a finished attempt added, counted and announced once."""
+    """The record with a finished attempt added; its Event and counters go to `announce`, so that a
+    status write that fails (and is redone by the next pass) does not announce it twice."""
     first = not any(entry.attempt == attempt for entry in record.history)
     if first:
-        metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
-        metrics.progressed(body["metadata"]["namespace"], body["metadata"]["name"])
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         event = f"iteration {k} {stage.value} attempt {attempt} {state.value.lower()}"
-        if state is JobState.succeeded:
-            kopf.info(body, reason="StageSucceeded", message=event)
-        else:
-            kopf.warn(body, reason=f"Stage{state.value}", message=f"{event}: {message}"[:1000])
         created = observe.timestamp(started)
-        if state is JobState.succeeded and created is not None and finished_at is not None:
-            metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
+
+        def counted() -> None:
+            metrics.STAGE_ATTEMPTS.labels(stage.value, state.value).inc()
+            metrics.progressed(namespace, name)
+            if state is JobState.succeeded:
+                kopf.info(body, reason="StageSucceeded", message=event)
+            else:
+                kopf.warn(body, reason=f"Stage{state.value}", message=f"{event}: {message}"[:1000])
+            if state is JobState.succeeded and created is not None and finished_at is not None:
+                metrics.STAGE_DURATION.labels(stage.value).observe(max(finished_at - created, 0.0))
+
+        announce.append(counted)
     record = observe.record_finished(record, attempt, job, state, finished_at, message, permanent)
     # The end is when the attempt was recorded, not the latest pass that saw its Job.
     end_time = _now_iso() if first or not record.end_time else record.end_time
     return record.model_copy(update={"start_time": record.start_time or started, "end_time": end_time, "job_name": job["metadata"]["name"]})
 
 
+def _note_disruptions(body: Any, run: EvolutionRun, k: int, stage: StageName, attempt: int, record: StageRecord,
+                      pods: list[dict[str, Any]], announce: list[Announce]) -> StageRecord:
+    """Count the attempt's pods preempted or evicted (its Job replaces them), one Event each."""
+    record, fresh = observe.with_disrupted_pods(record, observe.disrupted_pods(pods), run.spec.retry.max_disruptions)
+    for pod, why in fresh.items():
+        message = f"iteration {k} {stage.value} attempt {attempt}: pod {pod} disrupted ({why}); {record.disruptions} of {run.spec.retry.max_disruptions} tolerated"
+        announce.append(lambda message=message: kopf.warn(body, reason="StageDisrupted", message=message[:1000]))
+    return record
+
+
+@dataclass
+class Folded:
+    """What folding a run's Jobs into its Iterations found."""
+
+    observation: RunObservation
+    statuses: dict[int, dict[str, Any]]
+    waiting: list[observe.MissingReference] = field(default_factory=list)
+    """Secrets and ConfigMaps that running stages wait for."""
+
+
 def _fold_jobs(
     cluster: Cluster, run: EvolutionRun, store: Any, iterations: list[dict[str, Any]],
     newest: Mapping[tuple[int, StageName], observe.AttemptJobs], body: Any, terminal: bool,
-) -> tuple[RunObservation, dict[int, dict[str, Any]]]:
-    """Copy finished attempts into the Iterations' records (reading result.json once), start the
-    merge of sharded attempts whose shards are done, post an Event for each, and observe."""
+) -> Folded:
+    """Copy finished attempts into the Iterations' records (reading result.json once, with the stage's
+    own error for a failure), start the merge of sharded attempts whose shards are done, count
+    disrupted pods, note missing Secrets and ConfigMaps, announce each, and observe."""
     namespace, name = run.metadata.namespace, run.metadata.name
     observed = {}
     statuses: dict[int, dict[str, Any]] = {}
+    waiting: list[observe.MissingReference] = []
     for item in iterations:
         k = int(item["spec"]["index"])
         records = observe.stage_records(item.get("status"), k)
         live: dict[StageName, JobState] = {}
+        announce: list[Announce] = []
         for stage, record in records.items():
             result_key = layout.result_key(namespace, name, k, stage)
             found = newest.get((k, stage))
@@ -245,11 +290,12 @@ def _fold_jobs(
                 else:
                     state = JobState.cancelled if terminal else JobState.disrupted
                     message = f"Job {record.job_name} was deleted before it finished"
-                record = _record_attempt_end(body, k, stage, record, lost, gone, state, time.time(), message, False, record.start_time)
+                record = _record_attempt_end(body, k, stage, record, lost, gone, state, time.time(), message, False, record.start_time, announce)
                 records[stage] = record
             if found is None:
                 continue
             attempt, current = found.attempt, found.current
+            job_name = current["metadata"]["name"]
             started = (found.main or current)["metadata"].get("creationTimestamp")
             recorded = any(entry.attempt == attempt for entry in record.history)
             state, finished_at, message, permanent, merge_due = observe.attempt_state(found, observe.is_sharded(found))
@@ -261,24 +307,44 @@ def _fold_jobs(
                     metrics.progressed(namespace, name)
                     kopf.info(body, reason="StageMerging", message=f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
             elif state in (JobState.pending, JobState.running) and not recorded:
-                problem = observe.pod_problem(cluster.pods(namespace, current["metadata"]["name"]), time.time(), UNSCHEDULABLE_GRACE_SECONDS)
+                pods = cluster.pods(namespace, job_name)
+                record = _note_disruptions(body, run, k, stage, attempt, record, pods, announce)
+                problem = observe.pod_problem(pods, time.time(), UNSCHEDULABLE_GRACE_SECONDS)
+                missing = observe.missing_reference(pods)
+                age = time.time() - (observe.timestamp(current["metadata"].get("creationTimestamp")) or time.time())
+                if problem is None and missing is not None and age >= MISSING_REFERENCE_GRACE_SECONDS:
+                    problem = f"{missing.kind} {missing.name} still missing after {int(age)} s: {missing.message}"
                 if problem is not None:
-                    cluster.delete_job(namespace, current["metadata"]["name"])
+                    cluster.delete_job(namespace, job_name)
                     state, finished_at, message, permanent = JobState.failed, time.time(), problem, True
+                elif missing is not None:
+                    waiting.append(missing)
+                    text = f"waits for {missing.kind} {missing.name}: {missing.message}"
+                    if record.message != text:
+                        record = record.model_copy(update={"message": text})
+                        event = f"iteration {k} {stage.value} attempt {attempt} {text}"[:1000]
+                        announce.append(lambda reason=f"Waiting{missing.kind}", event=event: kopf.warn(body, reason=reason, message=event))
             if state is JobState.failed and not permanent and not recorded:
-                disrupted = observe.disruption(cluster.pods(namespace, current["metadata"]["name"]))
+                pods = cluster.pods(namespace, job_name)
+                record = _note_disruptions(body, run, k, stage, attempt, record, pods, announce)
+                disrupted = observe.disruption(pods)
                 if disrupted is not None:
                     state, message = JobState.disrupted, disrupted
+                else:
+                    cause = observe.termination_message(pods)
+                    message = f"{cause} ({message})" if cause else message
             if state in (JobState.succeeded, JobState.failed, JobState.disrupted):
                 if state is JobState.succeeded and record.summary is None:
                     if store.exists(result_key):
                         record = record.model_copy(update={"summary": observe.summary_from_result(store.get_json(result_key))})
                     else:
                         state, message = JobState.failed, "the stage exited without writing result.json"
-                records[stage] = _record_attempt_end(body, k, stage, record, attempt, current, state, finished_at, message, permanent, started)
+                if not recorded and stage is StageName.train:
+                    cluster.delete_service(namespace, names.service_name(name, k, attempt))
+                records[stage] = _record_attempt_end(body, k, stage, record, attempt, current, state, finished_at, message, permanent, started, announce)
             elif not recorded:
                 live[stage] = state
-                records[stage] = record.model_copy(update={"job_name": current["metadata"]["name"], "start_time": record.start_time or started})
+                records[stage] = record.model_copy(update={"job_name": job_name, "start_time": record.start_time or started})
         outcomes = {s: observe.outcome(r, live.get(s)) for s, r in records.items()}
         stage_list = [r.model_copy(update={"outcome": outcomes[s]}) for s, r in records.items()]
         observed[k] = observe.iteration_observation(item["spec"]["inputModelUri"], records, live)
@@ -303,8 +369,10 @@ def _fold_jobs(
         status = observe.iteration_status(status)
         if status != (item.get("status") or {}):
             cluster.patch_iteration_status(namespace, item["metadata"]["name"], status)
+        for announcement in announce:
+            announcement()
         statuses[k] = status
-    return RunObservation(now=time.time(), started_at=None, iterations=observed), statuses
+    return Folded(RunObservation(now=time.time(), started_at=None, iterations=observed), statuses, waiting)
 
 
 _run_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -321,9 +389,10 @@ def reconcile(namespace: str, name: str, jobs_by_run: kopf.Index[tuple[str, str]
     """One pass of the spiral for one EvolutionRun, on its freshest state; API and store outages
     are retried by kopf.
 
-    Every trigger (the run's own events, its timer, a Job of it finishing) comes here, and the pass
-    reads the run inside the per-run lock and patches its status itself, so no pass ever works
-    from, or writes back, a status older than the one before it.
+    Every trigger (the run's own events, its timer, a Job of it finishing, a wake-up the spiral
+    asked for) comes here, and the pass reads the run inside the per-run lock and patches its status
+    itself, so no pass ever works from, or writes back, a status older than the one before it. The
+    Events and counters of the run's transitions go out only once that status is written.
     """
     from dpe.store import StoreError
 
@@ -332,15 +401,68 @@ def reconcile(namespace: str, name: str, jobs_by_run: kopf.Index[tuple[str, str]
             body = cluster().get_run(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            status = _reconcile(body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
-            if status and not cluster().patch_run_status(namespace, name, status, body["metadata"]["resourceVersion"]):
+            result = _reconcile(body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
+            if result.patch and not cluster().patch_run_status(namespace, name, result.patch, body["metadata"]["resourceVersion"]):
                 log.debug("run %s/%s changed during the pass; the next pass writes its status", namespace, name)
+            else:
+                for announcement in result.announce:
+                    announcement()
+            if result.requeue is not None:
+                _wakeups.schedule(namespace, name, result.requeue, jobs_by_run)
     except ApiException as error:
         metrics.API_ERRORS.labels(str(error.status)).inc()
         raise kopf.TemporaryError(f"Kubernetes API error {error.status}: {error.reason}", delay=RECONCILE_SECONDS) from error
     except StoreError as error:
         metrics.STORE_ERRORS.labels(type(error).__name__).inc()
         raise kopf.TemporaryError(f"artifact store error: {error}", delay=RECONCILE_SECONDS) from error
+
+
+class Wakeups:
+    """Passes the spiral asked for at a later time (a retry's back-off), run when they fall due
+    rather than at the next safety-net timer.
+
+    Each runs in a copy of the context of the pass that asked for it, where kopf's Event posting works.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, str], tuple[float, contextvars.Context, Any]] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, namespace: str, name: str, after: float, jobs_by_run: Any) -> None:
+        """A pass of the run in `after` seconds, unless an earlier one is already due."""
+        when = time.monotonic() + after
+        with self._changed:
+            current = self._due.get((namespace, name))
+            if current is None or when < current[0]:
+                self._due[(namespace, name)] = (when, contextvars.copy_context(), jobs_by_run)
+                self._changed.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dpe-wakeups", daemon=True)
+                self._thread.start()
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._changed:
+            self._due.pop((namespace, name), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                ready = [(key, entry) for key, entry in self._due.items() if entry[0] <= now]
+                if not ready:
+                    self._changed.wait(timeout=min((entry[0] for entry in self._due.values()), default=now + 60.0) - now)
+                    continue
+                for key, _ in ready:
+                    del self._due[key]
+            for (namespace, name), (_, context, jobs_by_run) in ready:
+                try:
+                    context.run(reconcile, namespace, name, jobs_by_run)
+                except Exception as error:  # the safety-net timer passes again soon; this wake-up is spent
+                    log.warning("wake-up pass of run %s/%s failed: %s", namespace, name, error)
+
+
+_wakeups = Wakeups()
 
 
 _published: dict[str, int] = {}
@@ -373,8 +495,20 @@ def _store(run: EvolutionRun) -> Any:
         return _stores[key]
 
 
-def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Observe, decide and act for one run, given its Jobs; returns the status patch.
+@dataclass
+class PassResult:
+    """What one pass leaves to do once it has decided: write the status, then announce, then wake up."""
+
+    patch: dict[str, Any]
+    """The run's status merge patch; empty when nothing changed."""
+    announce: list[Announce] = field(default_factory=list)
+    """Events and counters of the transitions the patch records."""
+    requeue: float | None = None
+    """Seconds until the spiral wants another look (a retry's back-off), if it does."""
+
+
+def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> PassResult:
+    """Observe, decide and act for one run, given its Jobs; returns the status patch and what follows it.
 
     The Jobs come from the operator's watch (an index kept by kopf) rather than a list call per
     pass. The watch may lag a pass behind, which only ever means seeing a Job a pass late: a
@@ -385,19 +519,18 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     previous_conditions = list(status.get("conditions") or [])
     now = _now_iso()
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value) and status.get("stopReason") == "InvalidSpec":
-        return {}
+        return PassResult({})
     try:
         run = EvolutionRun.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
     except ValidationError as error:
         message = "; ".join(problems_of(error))
-        kopf.warn(body, reason="InvalidSpec", message=message[:1000])
-        return observe.run_status_patch(status, {
+        return PassResult(observe.run_status_patch(status, {
             "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
             "conditions": [
                 observe.condition("Ready", False, "InvalidSpec", message, generation, previous_conditions, now),
                 observe.condition("Failed", True, "InvalidSpec", message, generation, previous_conditions, now),
             ],
-        })
+        }), [lambda: kopf.warn(body, reason="InvalidSpec", message=message[:1000])])
     api = cluster()
     store = _store(run)
     namespace, name = run.metadata.namespace, run.metadata.name
@@ -408,15 +541,17 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
     if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
         finished = Finished(RunPhase(status["phase"]), status.get("stopReason") or "", status.get("message") or "")
     newest = observe.newest_attempts(jobs)
-    observation, iteration_statuses = _fold_jobs(api, run, store, iterations, newest, body, terminal=finished is not None)
+    folded = _fold_jobs(api, run, store, iterations, newest, body, terminal=finished is not None)
+    iteration_statuses = folded.statuses
     started = status.get("startTime")
     observation = RunObservation(
-        now=observation.now,
+        now=folded.observation.now,
         started_at=None if not started else datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp(),
-        iterations=observation.iterations,
+        iterations=folded.observation.iterations,
         finished=finished,
     )
     decision = decide(run.spec, observation)
+    announce: list[Announce] = []
     for action in decision.actions:
         if isinstance(action, StartIteration):
             iteration = {
@@ -426,9 +561,9 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
                 "spec": {"runName": name, "index": action.index, "inputModelUri": action.input_model_uri},
             }
             kopf.adopt(iteration, owner=body)
-            api.create("Iteration", namespace, iteration)
-            metrics.progressed(namespace, name)
-            kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
+            if api.create("Iteration", namespace, iteration):
+                metrics.progressed(namespace, name)
+                kopf.info(body, reason="IterationStarted", message=f"iteration {action.index} from {action.input_model_uri}")
         elif isinstance(action, StartStage):
             job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=_owner(body),
                                      image_default=WORKLOAD_IMAGE, service_account_default=WORKLOAD_SERVICE_ACCOUNT)
@@ -453,11 +588,15 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
                     api.delete_job(namespace, job["metadata"]["name"])
         elif isinstance(action, FinishRun):
             kind = "RunSucceeded" if action.phase is RunPhase.succeeded else "RunFailed"
-            metrics.progressed(namespace, name)
-            (kopf.info if action.phase is RunPhase.succeeded else kopf.warn)(body, reason=kind, message=f"{action.reason.value}: {action.message}")
+            post = kopf.info if action.phase is RunPhase.succeeded else kopf.warn
+            announce.append(lambda post=post, kind=kind, text=f"{action.reason.value}: {action.message}": post(body, reason=kind, message=text[:1000]))
+            announce.append(lambda: metrics.progressed(namespace, name))
     phase = decision.phase
     if status.get("phase") == RunPhase.suspended.value and phase is RunPhase.running:
-        metrics.progressed(namespace, name)  # resumed: the time waited while suspended is no stall
+        announce.append(lambda: metrics.progressed(namespace, name))  # resumed: the time waited while suspended is no stall
+        announce.append(lambda: kopf.info(body, reason="RunResumed", message="spec.suspend is false: suspended stages resume"))
+    elif status.get("phase") != RunPhase.suspended.value and phase is RunPhase.suspended:
+        announce.append(lambda: kopf.info(body, reason="RunSuspended", message="spec.suspend is true: running stages are suspended, none start"))
     terminal = phase in (RunPhase.succeeded, RunPhase.failed)
     reason = decision.reason or ("Running" if phase is RunPhase.running else phase.value)
     summaries = []
@@ -473,7 +612,8 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
         {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
     )
-    return observe.run_status_patch(status, {
+    requeue = min((a.after_seconds for a in decision.actions if isinstance(a, Requeue)), default=None)
+    return PassResult(observe.run_status_patch(status, {
         "phase": phase.value,
         "observedGeneration": generation,
         "currentIteration": decision.current_iteration,
@@ -495,8 +635,9 @@ def _reconcile(body: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, An
             observe.condition("Suspended", phase is RunPhase.suspended, reason, decision.message, generation, previous_conditions, now),
             observe.condition("Complete", phase is RunPhase.succeeded, reason, decision.message, generation, previous_conditions, now),
             observe.condition("Failed", phase is RunPhase.failed, reason, decision.message, generation, previous_conditions, now),
+            observe.references_condition(folded.waiting, MISSING_REFERENCE_GRACE_SECONDS, generation, previous_conditions, now),
         ],
-    })
+    }), announce, requeue)
 
 
 @kopf.on.create(API_GROUP, API_VERSION, "evolutionruns")
@@ -536,6 +677,28 @@ def on_job_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[
         reconcile(body["metadata"]["namespace"], owner["name"], jobs_by_run)
 
 
+@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
+def on_pod_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+    """A stage pod was preempted or evicted, or waits for what it cannot get: reconcile its run now.
+
+    A disrupted pod may be deleted soon after (its Job replaces it), so it is counted when seen.
+    """
+    if event.get("type") not in ("ADDED", "MODIFIED"):
+        return
+    pods = [dict(body)]
+    if not (observe.disrupted_pods(pods) or observe.missing_reference(pods) or observe.pod_problem(pods, time.time(), UNSCHEDULABLE_GRACE_SECONDS)):
+        return
+    labels = body["metadata"].get("labels") or {}
+    namespace = body["metadata"]["namespace"]
+    job = labels.get(builders.JOB_NAME_LABEL) or labels.get("job-name")
+    for found in jobs_by_run.get((namespace, labels.get(names.RUN_LABEL, "")), []):
+        if found["metadata"]["name"] == job:
+            owner = next((o for o in found["metadata"].get("ownerReferences") or [] if o.get("kind") == "EvolutionRun"), None)
+            if owner is not None:
+                reconcile(namespace, owner["name"], jobs_by_run)
+            return
+
+
 @kopf.on.delete(API_GROUP, API_VERSION, "evolutionruns")
 def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     """Remove the run's Jobs and Iterations (and its store prefix when the spec asks for it)."""
@@ -544,6 +707,7 @@ def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
     # Under the run's lock: a pass already under way finishes first, and later ones see the deletion.
     with _run_lock(namespace, name):
         metrics.forget_run(namespace, name)
+        _wakeups.forget(namespace, name)
     with _run_locks_guard:
         _run_locks.pop((namespace, name), None)
     _published.pop(body["metadata"]["uid"], None)

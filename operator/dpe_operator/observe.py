@@ -9,6 +9,7 @@ record holds the summary of its `result.json`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -71,18 +72,37 @@ def stage_records(status: Mapping[str, Any] | None, index: int) -> dict[StageNam
 
 
 def record_finished(record: StageRecord, attempt: int, job: Mapping[str, Any], state: JobState, finished_at: float | None, message: str, permanent: bool) -> StageRecord:
-    """The record with one more finished attempt (idempotent: an attempt is recorded once)."""
+    """The record with one more finished attempt (idempotent: an attempt is recorded once).
+
+    The pods seen disrupted while it ran move into the attempt's entry.
+    """
     if any(entry.attempt == attempt for entry in record.history):
         return record
     entry = AttemptRecord(
         attempt=attempt, job_name=job["metadata"]["name"], state=state.value, finished_at=finished_at,
-        message=message[:1000], permanent=permanent,
+        message=message[:1000], permanent=permanent, disruptions=len(record.disrupted_pods),
     )
     history = sorted([*record.history, entry], key=lambda e: e.attempt)
     failures = sum(1 for e in history if e.state == JobState.failed.value)
-    disruptions = sum(1 for e in history if e.state == JobState.disrupted.value)
-    return record.model_copy(update={"history": history, "attempts": failures + (state is JobState.succeeded), "disruptions": disruptions,
-                                     "message": message[:1000] or record.message})
+    return record.model_copy(update={"history": history, "attempts": failures + (state is JobState.succeeded), "disruptions": disruptions_of(history, []),
+                                     "disrupted_pods": [], "message": message[:1000] or record.message})
+
+
+def disruptions_of(history: Iterable[AttemptRecord], live_pods: Iterable[str]) -> int:
+    """Pods lost over a stage's attempts (an attempt that ended disrupted lost one at least), the live one's included."""
+    return sum(max(e.disruptions, e.state == JobState.disrupted.value) for e in history) + len(list(live_pods))
+
+
+def with_disrupted_pods(record: StageRecord, pods: Mapping[str, str], limit: int) -> tuple[StageRecord, dict[str, str]]:
+    """The record with the running attempt's newly disrupted pods added (at most `limit` + 1 kept:
+    one more than tolerated is enough to fail the stage), and those new pods with their reasons."""
+    new = {name: why for name, why in pods.items() if name not in record.disrupted_pods}
+    if not new:
+        return record, {}
+    listed = [*record.disrupted_pods, *sorted(new)][: limit + 1]
+    fresh = {name: new[name] for name in listed if name in new}
+    updated = record.model_copy(update={"disrupted_pods": listed, "disruptions": disruptions_of(record.history, listed)})
+    return updated, fresh
 
 
 def summary_from_result(result: Mapping[str, Any]) -> StageSummary:
@@ -97,9 +117,9 @@ def summary_from_result(result: Mapping[str, Any]) -> StageSummary:
 
 
 def stage_observation(record: StageRecord, live: JobState | None) -> StageObservation:
-    attempts = [Attempt(JobState(e.state), e.finished_at, e.message, e.permanent) for e in record.history]
+    attempts = [Attempt(JobState(e.state), e.finished_at, e.message, e.permanent, e.disruptions) for e in record.history]
     if live is not None:
-        attempts.append(Attempt(live))
+        attempts.append(Attempt(live, disruptions=len(record.disrupted_pods)))
     result = None
     if record.summary is not None:
         s = record.summary
@@ -206,6 +226,24 @@ def vanished_attempt(record: StageRecord, newest: AttemptJobs | None) -> int | N
     return attempt
 
 
+def _disruption(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of a pod's DisruptionTarget condition (preempted, evicted, drained), or None."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == DISRUPTION_CONDITION and condition.get("status") == "True":
+            return condition.get("reason", "Disrupted"), condition.get("message", "")
+    return None
+
+
+def disrupted_pods(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Pod name -> why, for every disrupted pod."""
+    found = {}
+    for pod in pods:
+        disrupted = _disruption(pod)
+        if disrupted is not None:
+            found[(pod.get("metadata") or {}).get("name", "a pod")] = ": ".join(part for part in disrupted if part)
+    return found
+
+
 def disruption(pods: Iterable[Mapping[str, Any]]) -> str | None:
     """Why a failed attempt was really a disruption (a pod preempted, evicted or drained), or None.
 
@@ -214,24 +252,86 @@ def disruption(pods: Iterable[Mapping[str, Any]]) -> str | None:
     peer and exit) failed because of the disruption, not because of the stage.
     """
     for pod in pods:
-        for condition in (pod.get("status") or {}).get("conditions") or []:
-            if condition.get("type") == DISRUPTION_CONDITION and condition.get("status") == "True":
-                name = (pod.get("metadata") or {}).get("name", "a pod")
-                return f"{condition.get('reason', 'Disrupted')} of {name}: {condition.get('message', '')}".strip(": ")
+        disrupted = _disruption(pod)
+        if disrupted is not None:
+            reason, message = disrupted
+            return f"{reason} of {(pod.get('metadata') or {}).get('name', 'a pod')}: {message}".strip(": ")
+    return None
+
+
+def _started(pod: Mapping[str, Any]) -> str:
+    return (pod.get("status") or {}).get("startTime") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
+
+
+def termination_message(pods: Iterable[Mapping[str, Any]], limit: int = 1500) -> str | None:
+    """The stage's own account of its failure: the newest failed container's exit code and termination
+    message (what it wrote to /dev/termination-log, or its log's tail: `FallbackToLogsOnError`)."""
+    for pod in sorted(pods, key=_started, reverse=True):
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode")
+            if code:
+                text = (terminated.get("message") or "").strip()
+                head = f"container {status.get('name')} of pod {pod['metadata']['name']} exited with {code}"
+                return f"{head}: {text[-limit:]}" if text else head
+    return None
+
+
+@dataclass(frozen=True)
+class MissingReference:
+    """A Secret or ConfigMap (or a key of one) a stage pod needs and the cluster lacks, as the kubelet says."""
+
+    kind: str
+    name: str
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.kind}NotFound"
+
+
+_MISSING = (
+    (re.compile(r'secret "([^"]+)" not found'), "Secret"),
+    (re.compile(r'configmap "([^"]+)" not found'), "ConfigMap"),
+    (re.compile(r"couldn't find key \S+ in Secret [^/\s]+/(\S+)"), "Secret"),
+    (re.compile(r"couldn't find key \S+ in ConfigMap [^/\s]+/(\S+)"), "ConfigMap"),
+)
+
+
+def _missing(waiting: Mapping[str, Any]) -> MissingReference | None:
+    if waiting.get("reason") != "CreateContainerConfigError":
+        return None
+    message = waiting.get("message") or ""
+    for pattern, kind in _MISSING:
+        match = pattern.search(message)
+        if match is not None:
+            return MissingReference(kind, match.group(1), message)
+    return None
+
+
+def missing_reference(pods: Iterable[Mapping[str, Any]]) -> MissingReference | None:
+    """The first Secret or ConfigMap a pod waits for (kubelet's CreateContainerConfigError), or None."""
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            found = _missing((container.get("state") or {}).get("waiting") or {})
+            if found is not None:
+                return found
     return None
 
 
 FATAL_WAITING_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"})
-"""Container waiting reasons that never resolve by waiting: the stage fails at once, readably."""
+"""Container waiting reasons that never resolve by waiting: the stage fails at once, readably. A
+missing Secret or ConfigMap (also CreateContainerConfigError) is the exception: someone may still
+create it (`missing_reference`)."""
 
 
 def pod_problem(pods: Iterable[Mapping[str, Any]], now: float, unschedulable_grace: float) -> str | None:
-    """Why a Job's pods can never run (a bad image, a missing Secret, no node for too long), or None."""
+    """Why a Job's pods can never run (a bad image, a container it cannot create, no node for too long), or None."""
     for pod in pods:
         status = pod.get("status") or {}
         for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in FATAL_WAITING_REASONS:
+            if waiting.get("reason") in FATAL_WAITING_REASONS and _missing(waiting) is None:
                 return f"{waiting['reason']} in container {container.get('name')}: {waiting.get('message', '')}".strip()
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
@@ -274,8 +374,8 @@ def run_status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
     The API server silently prunes any key its CRD (generated from that model) does not declare, so
     an undeclared or misspelt key fails here instead of vanishing on the cluster.
     """
-    checked = EvolutionRunStatus.model_validate(dict(new)).model_dump(mode="json", by_alias=True)
-    return status_patch(old, {key: checked[key] for key in new})
+    checked = EvolutionRunStatus.model_validate(dict(new)).model_dump(mode="json", by_alias=True, exclude_none=True)
+    return status_patch(old, {key: checked.get(key) for key in new})
 
 
 def iteration_status(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,6 +393,22 @@ def condition(type_: str, status: bool, reason: str, message: str, generation: i
         "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
         "observedGeneration": generation,
     }
+
+
+REFERENCES_CONDITION = "ReferencesResolved"
+
+
+def references_condition(waiting: Iterable[MissingReference], grace: float, generation: int | None,
+                         previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """ReferencesResolved: False, naming them, while running stages wait for Secrets or ConfigMaps."""
+    missing = sorted({(m.kind, m.name) for m in waiting})
+    if not missing:
+        return condition(REFERENCES_CONDITION, True, "Resolved", "every Secret and ConfigMap the running stages need exists", generation, previous, now)
+    kinds = sorted({kind for kind, _ in missing})
+    reason = f"{kinds[0]}NotFound" if len(kinds) == 1 else "ReferencesNotFound"
+    listed = ", ".join(f"{kind} {name}" for kind, name in missing)
+    message = f"running stages wait for {listed} in this namespace; each stage fails if still missing {int(grace)} s after its Job started"
+    return condition(REFERENCES_CONDITION, False, reason, message, generation, previous, now)
 
 
 def stage_condition_type(stage: StageName) -> str:

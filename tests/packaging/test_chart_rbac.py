@@ -22,8 +22,8 @@ EXPECTED = {
     ("dpe.dev", "iterations/status", "patch"),
     ("batch", "jobs", "create"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"),
     ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
-    ("", "services", "create"), ("", "configmaps", "create"), ("", "configmaps", "patch"),
-    ("", "pods", "list"),
+    ("", "services", "create"), ("", "services", "delete"), ("", "configmaps", "create"), ("", "configmaps", "patch"),
+    ("", "pods", "list"), ("", "pods", "watch"),
     ("", "events", "create"),
 }
 # What kopf's scanning would read, had the operator not turned it off.

@@ -127,12 +127,14 @@ def test_operator_settings_are_the_ones_the_operator_reads(helm: Helm) -> None:
 
 def test_settings_reach_the_operator(helm: Helm) -> None:
     objects = helm.render(settings=[
-        "operator.reconcileSeconds=7", "operator.unschedulableGraceSeconds=1200", "workload.image.repository=reg/wl",
+        "operator.reconcileSeconds=7", "operator.unschedulableGraceSeconds=1200", "operator.missingReferenceGraceSeconds=90",
+        "workload.image.repository=reg/wl",
         "workload.image.tag=9.9", "workload.serviceAccount.name=runner", "metrics.port=9102",
     ])
     env = _env(_container(objects))
     values = {name: item.get("value") for name, item in env.items()}
     assert values["DPE_RECONCILE_SECONDS"] == "7" and values["DPE_UNSCHEDULABLE_GRACE_SECONDS"] == "1200"
+    assert values["DPE_MISSING_REFERENCE_GRACE_SECONDS"] == "90"
     assert values["DPE_WORKLOAD_IMAGE"] == "reg/wl:9.9" and values["DPE_WORKLOAD_SERVICE_ACCOUNT"] == "runner"
     assert values["DPE_METRICS_PORT"] == "9102"
     service = one(objects, "Service")

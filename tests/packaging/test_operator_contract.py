@@ -246,7 +246,7 @@ def test_the_scenario_exercised_the_operators_permissions(outcome: Outcome) -> N
         ("patch", GROUP, "evolutionruns/status"), ("create", GROUP, "iterations"), ("list", GROUP, "iterations"),
         ("delete", GROUP, "iterations"), ("patch", GROUP, "iterations/status"), ("create", "batch", "jobs"),
         ("list", "batch", "jobs"), ("watch", "batch", "jobs"), ("patch", "batch", "jobs"), ("delete", "batch", "jobs"),
-        ("create", "", "configmaps"), ("patch", "", "configmaps"), ("list", "", "pods"), ("create", "", "events"),
+        ("create", "", "configmaps"), ("patch", "", "configmaps"), ("list", "", "pods"), ("watch", "", "pods"), ("create", "", "events"),
     ]:
         assert permission in used, f"the scenario never needed {permission}"
 

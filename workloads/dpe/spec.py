@@ -644,6 +644,10 @@ class RegressionGuard(SpecModel):
     """Drops up to this much below the best score are not regressions."""
 
 
+MAX_DISRUPTIONS_LIMIT = 255
+"""Highest retry.maxDisruptions: a stage record lists its current attempt's disrupted pods."""
+
+
 class RetryPolicy(SpecModel):
     """Retries of a failed stage attempt. Preemptions and evictions do not count."""
 
@@ -655,8 +659,8 @@ class RetryPolicy(SpecModel):
     """Growth of the delay per retry."""
     max_backoff_seconds: NonNegativeFloat = 900.0
     """Cap of the delay."""
-    max_disruptions: NonNegativeInt = 20
-    """Preemptions and evictions tolerated per stage before it fails."""
+    max_disruptions: Annotated[int, Strict(), Field(ge=0, le=MAX_DISRUPTIONS_LIMIT)] = 20
+    """Pods lost to preemption or eviction tolerated per stage, over all its attempts, before it fails."""
 
 
 class S3CredentialsRef(SpecModel):
@@ -839,6 +843,8 @@ class AttemptRecord(SpecModel):
     """Why it failed, when it did."""
     permanent: Bool = False
     """The failure cannot be fixed by retrying."""
+    disruptions: NonNegativeInt = 0
+    """Pods of this attempt preempted or evicted, which its Job replaced."""
 
 
 class StageSummary(SpecModel):
@@ -868,7 +874,9 @@ class StageRecord(SpecModel):
     attempts: NonNegativeInt = 0
     """Attempts started that count against the retry policy."""
     disruptions: NonNegativeInt = 0
-    """Attempts lost to preemption or eviction (not counted as failures)."""
+    """Pods lost to preemption or eviction over all attempts (not counted as failures)."""
+    disrupted_pods: Annotated[list[str], Field(max_length=MAX_DISRUPTIONS_LIMIT + 1)] = Field(default_factory=list)
+    """Pods of the running attempt seen preempted or evicted so far."""
     start_time: str | None = None
     """When the first attempt started (RFC 3339)."""
     end_time: str | None = None

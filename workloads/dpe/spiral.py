@@ -83,6 +83,8 @@ class Attempt:
     message: str = ""
     permanent: bool = False
     """The failure cannot be fixed by retrying (bad image, invalid spec): fail without retries."""
+    disruptions: int = 0
+    """Pods of this attempt preempted or evicted (the Job replaced them); not failures."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class StageObservation:
 
     @property
     def disruptions(self) -> int:
-        return sum(1 for a in self.attempts if a.state is JobState.disrupted)
+        """Pods lost to preemption or eviction over every attempt; an attempt that ended disrupted lost one at least."""
+        return sum(max(a.disruptions, 1 if a.state is JobState.disrupted else 0) for a in self.attempts)
 
 
 @dataclass(frozen=True)
@@ -292,16 +295,22 @@ def _live_stages(obs: RunObservation) -> list[tuple[int, StageName, Attempt]]:
 
 
 def exhausted(spec: EvolutionRunSpec, stage: StageObservation) -> str | None:
-    """Why a stage can no longer be retried, or None while it can."""
-    if stage.succeeded or stage.live is not None or not stage.attempts:
+    """Why a stage can no longer be retried, or None while it can.
+
+    Disruptions count while an attempt runs (the Job replaces each lost pod): one too many fails the
+    stage even then.
+    """
+    if stage.succeeded or not stage.attempts:
+        return None
+    if stage.disruptions > spec.retry.max_disruptions:
+        return f"disrupted {stage.disruptions} times (limit {spec.retry.max_disruptions})"
+    if stage.live is not None:
         return None
     last = stage.attempts[-1]
     if stage.is_failure(last) and last.permanent:
         return f"permanent failure: {last.message}"
     if stage.failures >= spec.retry.max_attempts:
         return f"failed {stage.failures} of {spec.retry.max_attempts} attempts: {last.message}"
-    if stage.disruptions > spec.retry.max_disruptions:
-        return f"disrupted {stage.disruptions} times (limit {spec.retry.max_disruptions})"
     return None
 
 
