@@ -1,11 +1,26 @@
-"""Reading Jobs and Pods: states, permanent failures, pods that can never run."""
+"""Reading Jobs and Pods: states, permanent failures, pods that can never run, the stage's own error,
+disruptions, missing Secrets and ConfigMaps; status as the CRD declares it."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from dpe.spec import StageName, StageRecord
 from dpe.spiral import JobState
-from dpe_operator.observe import job_state, pod_problem
+from dpe_operator.observe import (
+    MissingReference,
+    disrupted_pods,
+    job_state,
+    missing_reference,
+    pod_problem,
+    record_finished,
+    references_condition,
+    run_status_patch,
+    stage_observation,
+    termination_message,
+    with_disrupted_pods,
+)
 
 NOW = "2026-11-26T10:00:00Z"
 
@@ -229,3 +244,83 @@ def test_last_progress_is_the_newest_time_the_cluster_records() -> None:
     # An Iteration created with no status yet is an iteration started.
     fresh = {"metadata": {"name": "r-i2", "creationTimestamp": "2026-11-26T10:05:00Z"}, "spec": {"index": 2}}
     assert last_progress(run_status, [iteration, fresh], []) == t0 + 300
+
+
+# ---------------------------------------------------------------------------------------------
+# What the pods say: the stage's own error, disruptions, missing Secrets and ConfigMaps
+
+
+def config_error(message: str) -> dict:
+    return {"status": {"containerStatuses": [{"name": "stage", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}]}}
+
+
+def exited(name: str, code: int, message: str, started: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"startTime": started, "containerStatuses": [
+        {"name": "stage", "state": {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed", "message": message}}}]}}
+
+
+def test_the_termination_message_of_the_newest_failed_container_is_the_cause() -> None:
+    pods = [exited("a", 1, "old error", "2026-11-26T10:00:00Z"), exited("b", 3, "permanent: no model files under s3://m/x", "2026-11-26T10:05:00Z"),
+            exited("c", 0, "", "2026-11-26T10:09:00Z")]
+    assert termination_message(pods) == "container stage of pod b exited with 3: permanent: no model files under s3://m/x"
+    assert termination_message([exited("d", 137, "", NOW)]) == "container stage of pod d exited with 137"
+    assert termination_message([exited("e", 0, "fine", NOW)]) is None
+
+
+@pytest.mark.parametrize("message, kind, name", [
+    ('secret "dpe-minio" not found', "Secret", "dpe-minio"),
+    ('configmap "settings" not found', "ConfigMap", "settings"),
+    ("couldn't find key accessKey in Secret dpe/dpe-minio", "Secret", "dpe-minio"),
+    ("couldn't find key k in ConfigMap dpe/cm", "ConfigMap", "cm"),
+])
+def test_a_missing_secret_or_configmap_is_waited_for_not_fatal(message: str, kind: str, name: str) -> None:
+    found = missing_reference([config_error(message)])
+    assert found is not None and (found.kind, found.name, found.reason) == (kind, name, f"{kind}NotFound")
+    assert pod_problem([config_error(message)], 0.0, 600) is None
+
+
+def test_other_container_config_errors_are_fatal() -> None:
+    pod = config_error("container has runAsNonRoot and image will run as root")
+    assert missing_reference([pod]) is None
+    assert "runAsNonRoot" in (pod_problem([pod], 0.0, 600) or "")
+
+
+def disrupted(name: str, reason: str = "PreemptionByScheduler") -> dict:
+    return {"metadata": {"name": name}, "status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": "preempted"}]}}
+
+
+def test_disrupted_pods_are_counted_once_and_move_into_their_attempt() -> None:
+    record = StageRecord(name=StageName.diagnose)
+    record, fresh = with_disrupted_pods(record, disrupted_pods([disrupted("p1"), {"metadata": {"name": "ok"}}]), limit=5)
+    assert fresh == {"p1": "PreemptionByScheduler: preempted"} and record.disruptions == 1
+    record, fresh = with_disrupted_pods(record, disrupted_pods([disrupted("p1"), disrupted("p2", "EvictionByEvictionAPI")]), limit=5)
+    assert list(fresh) == ["p2"] and record.disrupted_pods == ["p1", "p2"] and record.disruptions == 2
+    assert stage_observation(record, JobState.running).disruptions == 2
+
+    finished = record_finished(record, 1, {"metadata": {"name": "j"}}, JobState.failed, 1.0, "exit 1", False)
+    assert finished.disrupted_pods == [] and finished.history[0].disruptions == 2 and finished.disruptions == 2
+    assert stage_observation(finished, None).disruptions == 2
+
+
+def test_disrupted_pods_kept_stop_one_past_the_limit() -> None:
+    record, _ = with_disrupted_pods(StageRecord(name=StageName.train), disrupted_pods([disrupted(f"p{i}") for i in range(9)]), limit=2)
+    assert len(record.disrupted_pods) == 3 and record.disruptions == 3
+
+
+def test_references_condition_names_what_is_missing() -> None:
+    ok = references_condition([], 600, 1, [], NOW)
+    assert (ok["type"], ok["status"], ok["reason"]) == ("ReferencesResolved", "True", "Resolved")
+    waiting = [MissingReference("Secret", "dpe-minio", "m"), MissingReference("Secret", "dpe-minio", "m"), MissingReference("ConfigMap", "c", "m")]
+    missing = references_condition(waiting, 600, 1, [ok], NOW)
+    assert (missing["status"], missing["reason"]) == ("False", "ReferencesNotFound")
+    assert "ConfigMap c, Secret dpe-minio" in missing["message"] and "600 s" in missing["message"]
+    assert references_condition(waiting[:1], 600, 1, [], NOW)["reason"] == "SecretNotFound"
+
+
+def test_run_status_patches_hold_only_declared_keys_and_no_nested_nulls() -> None:
+    patch = run_status_patch({"bestScore": 0.4}, {"phase": "Running", "bestScore": None, "message": "m",
+                                                  "iterations": [{"index": 0, "phase": "Running", "score": None}]})
+    assert patch == {"phase": "Running", "bestScore": None, "message": "m", "iterations": [{"index": 0, "phase": "Running"}]}
+    with pytest.raises(ValidationError, match="jobName"):
+        run_status_patch({}, {"jobName": "x"})

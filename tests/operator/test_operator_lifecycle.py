@@ -58,6 +58,9 @@ def test_at_least_forty_invalid_runs_are_refused_with_the_field_named(cluster: E
             assert run["status"]["message"] == conditions["Failed"]["message"]
     assert runner.exception is None
     assert 0 < len(refused_by_the_server) < len(INVALID_SPECS), "both the CRD and the operator refuse some"
+    events = kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items
+    announced = sorted(e.involved_object.name for e in events if e.reason == "InvalidSpec")
+    assert announced == sorted({f"bad-{i}" for i in range(len(INVALID_SPECS)) if i not in refused_by_the_server}), "one InvalidSpec Event per run"
     jobs = kubernetes.client.BatchV1Api(cluster.api_client()).list_namespaced_job("default").items
     assert jobs == []
 

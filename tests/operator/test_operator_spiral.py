@@ -6,14 +6,16 @@ the store (what the workload would) and marks the Job complete (what the Job con
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+import kmock
 import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
-from support.kube_emulator import EmulatedCluster
+from support.kube_emulator import EmulatedCluster, KubernetesEmulator
 from support.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
@@ -147,3 +149,59 @@ def test_a_finished_job_starts_the_next_stage_without_waiting_for_the_timer(
         api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
         wait_phase(cluster, "events", "Succeeded", timeout=30)
     assert runner.exception is None and len(jobs.seen) == 1 + 2 * 5
+
+
+
+class FailingFirstHistoryWrite(KubernetesEmulator):
+    """Answers 500 to the first Iteration status write that records a finished attempt (a flaky API server)."""
+
+    failures: ClassVar[int] = 1
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        body = request.data if isinstance(request.data, dict) else {}
+        if (request.resource is not None and request.resource.plural == "iterations" and request.subresource == "status"
+                and "history" in json.dumps(body) and type(self).failures > 0):
+            type(self).failures -= 1
+            return await self._render_error(kmock.KubernetesError(status=500, reason="InternalError", message="etcd timeout", details={}))
+        return await super()._handle(request)
+
+
+def test_an_attempt_is_announced_once_even_when_its_first_write_fails(s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass that records a failed attempt fails its Iteration write; the next pass records it
+    again, and only then are its Event and counters sent, once."""
+    with EmulatedCluster(emulator_class=FailingFirstHistoryWrite) as cluster:
+        for name, value in {"DPE_KUBE_URL": cluster.url, "DPE_RECONCILE_SECONDS": "0.2", "DPE_METRICS_PORT": "0",
+                            "DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key}.items():
+            monkeypatch.setenv(name, value)
+        body = run_body("once", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1})
+        store = open_store(Storage.model_validate(body["spec"]["storage"]))
+        api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+        with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, \
+                JobController(cluster, store, "once", fail={"once-i1-diagnose-a1"}):
+            cluster.wait_for_watch(RUNS)
+            api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+            wait_phase(cluster, "once", "Succeeded")
+        events = kubernetes.client.CoreV1Api(cluster.api_client()).list_namespaced_event("default").items
+    assert runner.exception is None and FailingFirstHistoryWrite.failures == 0
+    messages = [e.message for e in events if e.involved_object.name == "once" and e.reason == "StageFailed"]
+    assert len(messages) == 1 and messages[0].startswith("iteration 1 diagnose attempt 1 failed")
+    assert [e.reason for e in events if e.involved_object.name == "once"].count("RunSucceeded") == 1
+
+
+def test_a_retry_starts_when_its_back_off_ends_not_at_the_next_timer(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str,
+                                                                      operator_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPE_RECONCILE_SECONDS", "600")
+    body = run_body("backoff", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1}, retry={"maxAttempts": 2, "backoffSeconds": 1.5})
+    store = open_store(Storage.model_validate(body["spec"]["storage"]))
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    batch = kubernetes.client.BatchV1Api(cluster.api_client())
+    with KopfRunner(operator_args(), registry=kopf.OperatorRegistry(), timeout=60) as runner, \
+            JobController(cluster, store, "backoff", fail={"backoff-i1-diagnose-a1"}):
+        cluster.wait_for_watch(RUNS)
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", "evolutionruns", body)
+        wait_phase(cluster, "backoff", "Succeeded", timeout=30)
+        jobs = {j.metadata.name: j for j in batch.list_namespaced_job("default").items}
+    assert runner.exception is None
+    failed_at = jobs["backoff-i1-diagnose-a1"].status.conditions[0].last_transition_time
+    retried_at = jobs["backoff-i1-diagnose-a2"].metadata.creation_timestamp
+    assert 1.0 <= (retried_at - failed_at).total_seconds() <= 4.0

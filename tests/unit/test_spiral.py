@@ -209,6 +209,18 @@ def test_too_many_disruptions_fail_the_stage() -> None:
     assert "disrupted 4 times" in of_type(decision, FinishRun)[0].message
 
 
+def test_pods_disrupted_while_an_attempt_runs_count_and_fail_the_stage_past_the_limit() -> None:
+    """The Job replaces each lost pod, so the attempt is still live: too many disruptions fail it anyway."""
+    spec = make_spec(retry={"maxDisruptions": 3})
+    earlier = Attempt(JobState.disrupted, 1.0, disruptions=2)
+    within = StageObservation((earlier, Attempt(JobState.running, disruptions=1)))
+    assert not of_type(decide(spec, obs(i0=baseline(), i1=it(BASE, diagnose=within))), FinishRun)
+    over = StageObservation((earlier, Attempt(JobState.running, disruptions=2)))
+    decision = decide(spec, obs(i0=baseline(), i1=it(BASE, diagnose=over)))
+    assert "disrupted 4 times (limit 3)" in of_type(decision, FinishRun)[0].message
+    assert CancelStage(1, D, "StageFailed") in decision.actions
+
+
 def test_target_score_stops_and_cancels_later_work() -> None:
     i2 = it("m1", diagnose=running())
     decision = decide(make_spec(stop={"targetScore": 0.7}), obs(i0=baseline(0.75), i1=full(1, 0.71), i2=i2))
