@@ -299,6 +299,7 @@ def _fold_jobs(
             started = (found.main or current)["metadata"].get("creationTimestamp")
             recorded = any(entry.attempt == attempt for entry in record.history)
             state, finished_at, message, permanent, merge_due = observe.attempt_state(found, observe.is_sharded(found))
+            diagnosed = False  # failed by the operator itself, from what the pods said
             if merge_due and not terminal and not recorded:
                 assert found.main is not None
                 merge = builders.stage_job(run, k, stage, attempt, observe.model_argument(found.main), owner=_owner(body), merge=True,
@@ -317,6 +318,7 @@ def _fold_jobs(
                 if problem is not None:
                     cluster.delete_job(namespace, job_name)
                     state, finished_at, message, permanent = JobState.failed, time.time(), problem, True
+                    diagnosed = True
                 elif missing is not None:
                     waiting.append(missing)
                     text = f"waits for {missing.kind} {missing.name}: {missing.message}"
@@ -324,10 +326,10 @@ def _fold_jobs(
                         record = record.model_copy(update={"message": text})
                         event = f"iteration {k} {stage.value} attempt {attempt} {text}"[:1000]
                         announce.append(lambda reason=f"Waiting{missing.kind}", event=event: kopf.warn(body, reason=reason, message=event))
-            if state is JobState.failed and not permanent and not recorded:
+            if state is JobState.failed and not recorded and not diagnosed:
                 pods = cluster.pods(namespace, job_name)
                 record = _note_disruptions(body, run, k, stage, attempt, record, pods, announce)
-                disrupted = observe.disruption(pods)
+                disrupted = None if permanent else observe.disruption(pods)
                 if disrupted is not None:
                     state, message = JobState.disrupted, disrupted
                 else:

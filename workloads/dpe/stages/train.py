@@ -164,6 +164,10 @@ class Ranks:
         """Local rank 0 of each node (pod) moves that node's files to and from the store."""
         return self.local_rank == 0
 
+    def not_main(self, iteration: int) -> dict[str, Any]:
+        """What a rank other than 0 reports instead of the stage's result."""
+        return {"stage": StageName.train.value, "iteration": iteration, "rank": self.rank, "result": "written by rank 0"}
+
 
 def _barrier() -> None:
     """Wait for every rank, when there are several."""
@@ -267,7 +271,10 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     work = work_dir or ctx.cache_dir / "train" / f"{ctx.namespace}-{ctx.name}-{ctx.iteration}"
     work.mkdir(parents=True, exist_ok=True)
     processor = load_processor(model_dir)
+    ranks = Ranks.from_environment(os.environ)
     if not records:
+        if not ranks.is_main:
+            return ranks.not_main(ctx.iteration)
         exported = _export(ctx, model_dir, _copy_model(model_dir, work / "final"), processor)
         return ctx.finish({"model_uri": exported, "skipped": "no training samples", "steps": 0, "gpu_hours": 0.0})
 
@@ -279,7 +286,6 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     processor.tokenizer.padding_side = "left"
     cpu = not torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ranks = Ranks.from_environment(os.environ)
     config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
     resume = _latest_checkpoint(ctx)
     resume_path = str(_download_checkpoint(ctx, resume, work / "checkpoints")) if resume else None
@@ -302,7 +308,7 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     final = work / "final"
     trainer.save_model(str(final))
     if not ranks.is_main:
-        return {"stage": StageName.train.value, "iteration": ctx.iteration, "rank": ranks.rank, "result": "written by rank 0"}
+        return ranks.not_main(ctx.iteration)
     exported = _export(ctx, model_dir, final, processor)
     ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
     gpus = 0 if cpu else settings.nodes * settings.gpus_per_node
