@@ -58,8 +58,10 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import httpx  # noqa: E402
+from reporting import replace_section  # noqa: E402
 import openai  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from support.agent_script import (  # noqa: E402
@@ -1244,15 +1246,7 @@ are left out, each picture is encoded once per sample, and no latency comes near
 
 def record(comparison: Comparison, path: Path, ratios: Sequence[float]) -> None:
     """Writes or replaces this benchmark's section of the results file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    new = section(comparison, ratios)
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        text = head + new + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    path.write_text(text)
+    replace_section(path, SECTION_START, SECTION_END, section(comparison, ratios))
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Scenario, Path, int]:

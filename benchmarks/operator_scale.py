@@ -46,6 +46,9 @@ from support.kube_emulator import EmulatedCluster  # noqa: E402
 from support.operator_world import GROUP, RUNS, VERSION, run_body, stage_result  # noqa: E402
 from support.s3server import start_s3_server  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from reporting import replace_section  # noqa: E402
+
 from dpe import layout  # noqa: E402
 from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV  # noqa: E402
 from dpe.spec import StageName  # noqa: E402
@@ -245,14 +248,7 @@ def report(scales: Sequence[Scale], stage_seconds: float, command: str) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    block = f"{MARKERS[0]}\n{section}{MARKERS[1]}"
-    if MARKERS[0] in text and MARKERS[1] in text:
-        head, rest = text.split(MARKERS[0], 1)
-        text = head + block + rest.split(MARKERS[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    replace_section(path, *MARKERS, f"{MARKERS[0]}\n{section}{MARKERS[1]}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -228,9 +228,14 @@ def vanished_attempt(record: StageRecord, newest: AttemptJobs | None) -> int | N
 
 def _disruption(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     """(reason, message) of a pod's DisruptionTarget condition (preempted, evicted, drained), or None."""
+    condition = _disruption_condition(pod)
+    return None if condition is None else (condition.get("reason", "Disrupted"), condition.get("message", ""))
+
+
+def _disruption_condition(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == DISRUPTION_CONDITION and condition.get("status") == "True":
-            return condition.get("reason", "Disrupted"), condition.get("message", "")
+            return condition
     return None
 
 
@@ -247,16 +252,23 @@ def disrupted_pods(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
 def disruption(pods: Iterable[Mapping[str, Any]]) -> str | None:
     """Why a failed attempt was really a disruption (a pod preempted, evicted or drained), or None.
 
-    The pod failure policy already keeps a disrupted pod from failing its Job; a Job that still
-    failed while one of its pods was disrupted (the other ranks of a multi-node training lose their
-    peer and exit) failed because of the disruption, not because of the stage.
+    The pod failure policy keeps a disrupted pod from failing its Job, which replaces it. A Job that
+    still failed while one of its pods was disrupted (the other ranks of a multi-node training lose
+    their peer and exit) failed because of the disruption, not because of the stage; a pod created
+    after the disruption (its replacement) that then failed is the stage's own failure.
     """
+    pods = list(pods)
+    disrupted = [(pod, condition) for pod in pods if (condition := _disruption_condition(pod)) is not None]
+    if not disrupted:
+        return None
+    latest = max(timestamp(condition.get("lastTransitionTime")) or 0.0 for _, condition in disrupted)
     for pod in pods:
-        disrupted = _disruption(pod)
-        if disrupted is not None:
-            reason, message = disrupted
-            return f"{reason} of {(pod.get('metadata') or {}).get('name', 'a pod')}: {message}".strip(": ")
-    return None
+        failed = (pod.get("status") or {}).get("phase") == "Failed" and _disruption_condition(pod) is None
+        if failed and (timestamp((pod.get("metadata") or {}).get("creationTimestamp")) or 0.0) > latest:
+            return None
+    pod, condition = disrupted[0]
+    reason, message = condition.get("reason", "Disrupted"), condition.get("message", "")
+    return f"{reason} of {(pod.get('metadata') or {}).get('name', 'a pod')}: {message}".strip(": ")
 
 
 def _started(pod: Mapping[str, Any]) -> str:

@@ -194,7 +194,8 @@ class Chaos:
     second attempts (so no stage runs out of its four), a moment after they start; evicts one pod."""
 
     def __init__(self, e2e: E2ECluster, run: str, seed: int = 7, crash_share: float = 0.3):
-        self.e2e, self.run, self.rng, self.crash_share = e2e, run, random.Random(seed), crash_share
+        self.e2e, self.run, self.crash_share = e2e, run, crash_share
+        self.rng, self.kill_rng = random.Random(seed), random.Random(seed + 1)
         self.crashed: list[str] = []
         self.evicted: list[str] = []
         self.operator_kills = 0
@@ -214,7 +215,7 @@ class Chaos:
             threading.Timer(self.rng.uniform(0.5, 4.0), agent.crash, (NAMESPACE, name)).start()
 
     def kill_operator(self) -> None:
-        while not self.stop.wait(self.rng.uniform(4.0, 12.0)):
+        while not self.stop.wait(self.kill_rng.uniform(4.0, 12.0)):
             self.e2e.kill_operator()
             self.operator_kills += 1
 

@@ -11,6 +11,7 @@ from dpe.spiral import JobState
 from dpe_operator.observe import (
     MissingReference,
     disrupted_pods,
+    disruption,
     job_state,
     missing_reference,
     pod_problem,
@@ -324,3 +325,12 @@ def test_run_status_patches_hold_only_declared_keys_and_no_nested_nulls() -> Non
     assert patch == {"phase": "Running", "bestScore": None, "message": "m", "iterations": [{"index": 0, "phase": "Running"}]}
     with pytest.raises(ValidationError, match="jobName"):
         run_status_patch({}, {"jobName": "x"})
+
+
+def test_a_failure_is_a_disruption_only_when_the_failed_pods_ran_through_it() -> None:
+    evicted = {"metadata": {"name": "rank1", "creationTimestamp": "2026-11-26T10:00:00Z"}, "status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "drain", "lastTransitionTime": "2026-11-26T10:05:00Z"}]}}
+    peer = {"metadata": {"name": "rank0", "creationTimestamp": "2026-11-26T10:00:00Z"}, "status": {"phase": "Failed"}}
+    replacement = {"metadata": {"name": "rank1-again", "creationTimestamp": "2026-11-26T10:05:03Z"}, "status": {"phase": "Failed"}}
+    assert disruption([evicted, peer]) == "EvictionByEvictionAPI of rank1: drain"
+    assert disruption([evicted, peer, replacement]) is None

@@ -78,10 +78,11 @@ def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any
 class E2ECluster:
     """The whole cluster (module doc). Use as a context manager."""
 
-    def __init__(self, workdir: Path, s3_server: Any, namespaces: tuple[str, ...] = ("dpe",)):
+    def __init__(self, workdir: Path, s3_server: Any, namespaces: tuple[str, ...] = ("dpe",), reconcile_seconds: float = RECONCILE_SECONDS):
         self.workdir = workdir
         self.s3 = s3_server
         self.namespaces = namespaces
+        self.reconcile_seconds = reconcile_seconds
         self.metrics_port = free_port()
         self.helm = Helm(tool("helm"), workdir / "helm")
         self.objects: list[dict[str, Any]] = []
@@ -128,7 +129,7 @@ class E2ECluster:
         assert self.cluster is not None
         return self.helm.render(settings=[
             f"watch.namespaces={{{','.join(self.namespaces)}}}",
-            f"operator.reconcileSeconds={RECONCILE_SECONDS}",
+            f"operator.reconcileSeconds={self.reconcile_seconds}",
             f"metrics.port={self.metrics_port}",
             f"livenessProbe.port={free_port()}",
             "s3.credentialsSecret.name=dpe-operator-s3",

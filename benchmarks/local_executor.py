@@ -1,0 +1,104 @@
+"""`dpe run` of the quickstart: the makespan against the sum of its stages.
+
+Runs the README's main command, `dpe run examples/quickstart.yaml`, into a fresh store with a fresh
+model cache (so the warm model is built, as for a new user), then reads every stage attempt the
+executor recorded in the store. The sum is what the stages took one after another; the makespan is
+the wall time of the whole command. A makespan below the sum is time saved by running an evaluation
+beside the next iteration's stages; above it, the executor's own overhead (its process start, the
+report). The machine's load average is recorded before and after: on two cores, stages that run
+side by side share them.
+
+Run: python benchmarks/local_executor.py [--run examples/quickstart.yaml] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from reporting import write_json, write_section  # noqa: E402
+
+NAME = "local_executor"
+
+
+def attempts(store: Path) -> list[dict[str, Any]]:
+    """Every finished stage attempt in a local store, with its iteration and stage."""
+    found = []
+    for path in sorted(store.glob("runs/*/*/iterations/*/*/attempts.json")):
+        k, stage = path.parent.parent.name, path.parent.name
+        for attempt in json.loads(path.read_text()):
+            if "seconds" in attempt:
+                found.append({"iteration": int(k), "stage": stage, **attempt})
+    return found
+
+
+def measure(run_file: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dpe-makespan-") as scratch:
+        store, cache = Path(scratch) / "store", Path(scratch) / "cache"
+        load_before = os.getloadavg()
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file), "--store", str(store)],
+                              env={**os.environ, "DPE_CACHE_DIR": str(cache)}, capture_output=True, text=True, check=False)
+        makespan = time.monotonic() - started
+        if done.returncode != 0:
+            raise SystemExit(f"dpe run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        stages = attempts(store)
+    first, last = min(a["started_at"] for a in stages), max(a["finished_at"] for a in stages)
+    total = sum(a["seconds"] for a in stages)
+    return {
+        "makespan_seconds": round(makespan, 1),
+        "stages_seconds_sum": round(total, 1),
+        "first_stage_start_to_last_stage_end_seconds": round(last - first, 1),
+        "makespan_over_sum": round(makespan / total, 3),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "stages": [{"iteration": a["iteration"], "stage": a["stage"], "seconds": a["seconds"]} for a in sorted(stages, key=lambda a: a["started_at"])],
+    }
+
+
+def markdown(command: str, runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "## `dpe run` of the quickstart: makespan against the sum of its stages",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {datetime.now(UTC).date().isoformat()}; machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        "- Fresh store and model cache per run (the warm model is built inside the first diagnosis).",
+        "",
+        "| run | makespan (s) | sum of stages (s) | makespan / sum | first stage start to last stage end (s) | load before / after (1 min) |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for index, run in enumerate(runs, 1):
+        lines.append(f"| {index} | {run['makespan_seconds']} | {run['stages_seconds_sum']} | {run['makespan_over_sum']} | "
+                     f"{run['first_stage_start_to_last_stage_end_seconds']} | {run['load_average_before'][0]} / {run['load_average_after'][0]} |")
+    lines += ["", "Stages of the first run, in the order they started:", "", "| iteration | stage | seconds |", "|---:|---|---:|"]
+    lines += [f"| {s['iteration']} | {s['stage']} | {s['seconds']} |" for s in runs[0]["stages"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "examples" / "quickstart.yaml")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    command = "python benchmarks/local_executor.py" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
+    runs = [measure(args.run) for _ in range(args.repeats)]
+    write_json(NAME, {"command": command, "cpu_count": os.cpu_count(), "runs": runs})
+    write_section(NAME, markdown(command, runs))
+    print(json.dumps([{k: v for k, v in run.items() if k != "stages"} for run in runs], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
