@@ -251,6 +251,18 @@ def _note_disruptions(body: Any, run: EvolutionRun, k: int, stage: StageName, at
     return record
 
 
+def _note_waiting(body: Any, k: int, stage: StageName, attempt: int, record: StageRecord,
+                  missing: observe.MissingReference | None, announce: list[Announce]) -> StageRecord:
+    """Record what the attempt's pods wait for (one Event when that starts or changes), or that they do not."""
+    waiting_for = None if missing is None else f"{missing.kind} {missing.name}"
+    if waiting_for == record.waiting_for:
+        return record
+    if missing is not None:
+        event = f"iteration {k} {stage.value} attempt {attempt} waits for {waiting_for}: {missing.message}"[:1000]
+        announce.append(lambda reason=f"Waiting{missing.kind}": kopf.warn(body, reason=reason, message=event))
+    return record.model_copy(update={"waiting_for": waiting_for})
+
+
 @dataclass
 class Folded:
     """What folding a run's Jobs into its Iterations found."""
@@ -319,13 +331,10 @@ def _fold_jobs(
                     cluster.delete_job(namespace, job_name)
                     state, finished_at, message, permanent = JobState.failed, time.time(), problem, True
                     diagnosed = True
-                elif missing is not None:
-                    waiting.append(missing)
-                    text = f"waits for {missing.kind} {missing.name}: {missing.message}"
-                    if record.message != text:
-                        record = record.model_copy(update={"message": text})
-                        event = f"iteration {k} {stage.value} attempt {attempt} {text}"[:1000]
-                        announce.append(lambda reason=f"Waiting{missing.kind}", event=event: kopf.warn(body, reason=reason, message=event))
+                else:
+                    record = _note_waiting(body, k, stage, attempt, record, missing, announce)
+                    if missing is not None:
+                        waiting.append(missing)
             if state is JobState.failed and not recorded and not diagnosed:
                 pods = cluster.pods(namespace, job_name)
                 record = _note_disruptions(body, run, k, stage, attempt, record, pods, announce)

@@ -85,7 +85,7 @@ def record_finished(record: StageRecord, attempt: int, job: Mapping[str, Any], s
     history = sorted([*record.history, entry], key=lambda e: e.attempt)
     failures = sum(1 for e in history if e.state == JobState.failed.value)
     return record.model_copy(update={"history": history, "attempts": failures + (state is JobState.succeeded), "disruptions": disruptions_of(history, []),
-                                     "disrupted_pods": [], "message": message[:1000] or record.message})
+                                     "disrupted_pods": [], "waiting_for": None, "message": message[:1000] or record.message})
 
 
 def disruptions_of(history: Iterable[AttemptRecord], live_pods: Iterable[str]) -> int:

@@ -496,8 +496,8 @@ class NodeAgent:
             self.stopping.wait(SYNC_PERIOD)
 
     def sync(self) -> None:
-        objects = {resource: self.cluster.list(resource) for resource in
-                   (JOBS, PODS, SERVICES, SECRETS, CONFIGMAPS, ACCOUNTS, DEPLOYMENTS, *OWNER_RESOURCES.values(), *COLLECTED)}
+        watched = dict.fromkeys((JOBS, PODS, SERVICES, SECRETS, CONFIGMAPS, ACCOUNTS, DEPLOYMENTS, *OWNER_RESOURCES.values(), *COLLECTED))
+        objects = {resource: self.cluster.list(resource) for resource in watched}
         self._collect_garbage(objects)
         for job in objects[JOBS]:
             self._sync_job(job, [p for p in objects[PODS] if _owned_by(p, job)], objects)

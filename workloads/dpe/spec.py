@@ -877,6 +877,8 @@ class StageRecord(SpecModel):
     """Pods lost to preemption or eviction over all attempts (not counted as failures)."""
     disrupted_pods: Annotated[list[str], Field(max_length=MAX_DISRUPTIONS_LIMIT + 1)] = Field(default_factory=list)
     """Pods of the running attempt seen preempted or evicted so far."""
+    waiting_for: str | None = None
+    """The Secret or ConfigMap the running attempt's pods wait for, e.g. `Secret dpe-minio`."""
     start_time: str | None = None
     """When the first attempt started (RFC 3339)."""
     end_time: str | None = None
