@@ -36,6 +36,16 @@ def timestamp(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def end_of_second(value: str | None) -> float | None:
+    """The latest moment a whole-second API timestamp may stand for.
+
+    The API server stamps conditions to the second; a failure counted from the end of its second
+    is never retried before the policy's back-off has passed (at most a second after it).
+    """
+    found = timestamp(value)
+    return None if found is None else found + (0.0 if found % 1 else 1.0)
+
+
 def job_state(job: Mapping[str, Any]) -> tuple[JobState, float | None, str, bool]:
     """(state, finished at, message, permanent) of one Job."""
     status = job.get("status") or {}
@@ -47,7 +57,7 @@ def job_state(job: Mapping[str, Any]) -> tuple[JobState, float | None, str, bool
     if failed is not None:
         message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
         permanent = failed.get("reason") == "PodFailurePolicy"
-        return JobState.failed, timestamp(failed.get("lastTransitionTime")), message, permanent
+        return JobState.failed, end_of_second(failed.get("lastTransitionTime")), message, permanent
     if (job.get("spec") or {}).get("suspend"):
         return JobState.suspended, None, "", False
     if status.get("active") or status.get("ready"):

@@ -12,6 +12,7 @@ from dpe_operator.observe import (
     MissingReference,
     disrupted_pods,
     disruption,
+    end_of_second,
     job_state,
     missing_reference,
     pod_problem,
@@ -20,6 +21,7 @@ from dpe_operator.observe import (
     run_status_patch,
     stage_observation,
     termination_message,
+    timestamp,
     with_disrupted_pods,
 )
 
@@ -57,8 +59,6 @@ def test_pods_that_cannot_start(reason: str, fatal: bool) -> None:
 
 
 def test_unschedulable_only_after_the_grace_period() -> None:
-    from dpe_operator.observe import timestamp
-
     since = timestamp(NOW)
     pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have nvidia.com/gpu", "lastTransitionTime": NOW}]}}
     assert pod_problem([pod], since + 599, 600) is None
@@ -334,3 +334,11 @@ def test_a_failure_is_a_disruption_only_when_the_failed_pods_ran_through_it() ->
     replacement = {"metadata": {"name": "rank1-again", "creationTimestamp": "2026-11-26T10:05:03Z"}, "status": {"phase": "Failed"}}
     assert disruption([evicted, peer]) == "EvictionByEvictionAPI of rank1: drain"
     assert disruption([evicted, peer, replacement]) is None
+
+
+def test_a_failure_counts_from_the_end_of_its_whole_second() -> None:
+    """A retry's back-off then never ends before the policy says, whatever the stamp's rounding."""
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": NOW}]}}
+    assert job_state(failed)[1] == timestamp(NOW) + 1.0
+    assert end_of_second("2026-11-26T10:00:00.250000Z") == timestamp("2026-11-26T10:00:00.250000Z")
+    assert end_of_second(None) is None
