@@ -1,12 +1,13 @@
-"""`dpe run` of the quickstart: the makespan against the sum of its stages.
+"""`dpe run` of the quickstart: the makespan against the sum of its stages, side by side and one at a time.
 
 Runs the README's main command, `dpe run examples/quickstart.yaml`, into a fresh store with a fresh
 model cache (so the warm model is built, as for a new user), then reads every stage attempt the
-executor recorded in the store. The sum is what the stages took one after another; the makespan is
-the wall time of the whole command. A makespan below the sum is time saved by running an evaluation
-beside the next iteration's stages; above it, the executor's own overhead (its process start, the
-report). The machine's load average is recorded before and after: on two cores, stages that run
-side by side share them.
+executor recorded in the store. The sum is what the stages took; the makespan is the wall time of
+the whole command. Each repeat runs it twice, one after the other: with every stage the spiral
+starts running at once (the default: an evaluation beside the next iteration's stages) and with
+`--parallel-stages 1` (one at a time, evaluations last), the baseline. Stages side by side share the
+machine's cores, so each takes longer than alone: the sum grows while the makespan shrinks (or not).
+The machine's load average is recorded before and after each.
 
 Run: python benchmarks/local_executor.py [--run examples/quickstart.yaml] [--repeats 1]
 """
@@ -44,12 +45,15 @@ def attempts(store: Path) -> list[dict[str, Any]]:
     return found
 
 
-def measure(run_file: Path) -> dict[str, Any]:
+MODES = {"side by side": [], "one at a time": ["--parallel-stages", "1"]}
+
+
+def measure(run_file: Path, mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dpe-makespan-") as scratch:
         store, cache = Path(scratch) / "store", Path(scratch) / "cache"
         load_before = os.getloadavg()
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file), "--store", str(store)],
+        done = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file), "--store", str(store), *MODES[mode]],
                               env={**os.environ, "DPE_CACHE_DIR": str(cache)}, capture_output=True, text=True, check=False)
         makespan = time.monotonic() - started
         if done.returncode != 0:
@@ -58,6 +62,7 @@ def measure(run_file: Path) -> dict[str, Any]:
     first, last = min(a["started_at"] for a in stages), max(a["finished_at"] for a in stages)
     total = sum(a["seconds"] for a in stages)
     return {
+        "mode": mode,
         "makespan_seconds": round(makespan, 1),
         "stages_seconds_sum": round(total, 1),
         "first_stage_start_to_last_stage_end_seconds": round(last - first, 1),
@@ -74,16 +79,21 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
         "",
         f"- Command: `{command}`",
         f"- Date: {datetime.now(UTC).date().isoformat()}; machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}",
-        "- Fresh store and model cache per run (the warm model is built inside the first diagnosis).",
+        "- Fresh store and model cache per run (the warm model is built inside the first diagnosis). Each repeat runs the",
+        "  default (stages side by side) and `--parallel-stages 1` (one at a time, evaluations last), one after the other.",
         "",
-        "| run | makespan (s) | sum of stages (s) | makespan / sum | first stage start to last stage end (s) | load before / after (1 min) |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| run | stages | makespan (s) | sum of stages (s) | makespan / sum | load before / after (1 min) |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for index, run in enumerate(runs, 1):
-        lines.append(f"| {index} | {run['makespan_seconds']} | {run['stages_seconds_sum']} | {run['makespan_over_sum']} | "
-                     f"{run['first_stage_start_to_last_stage_end_seconds']} | {run['load_average_before'][0]} / {run['load_average_after'][0]} |")
-    lines += ["", "Stages of the first run, in the order they started:", "", "| iteration | stage | seconds |", "|---:|---|---:|"]
-    lines += [f"| {s['iteration']} | {s['stage']} | {s['seconds']} |" for s in runs[0]["stages"]]
+        lines.append(f"| {index} | {run['mode']} | {run['makespan_seconds']} | {run['stages_seconds_sum']} | {run['makespan_over_sum']} | "
+                     f"{run['load_average_before'][0]} / {run['load_average_after'][0]} |")
+    side = [r["makespan_seconds"] for r in runs if r["mode"] == "side by side"]
+    alone = [r["makespan_seconds"] for r in runs if r["mode"] == "one at a time"]
+    lines += ["", f"Makespan side by side / one at a time: {', '.join(f'{a / b:.3f}' for a, b in zip(side, alone, strict=True))}."]
+    first = next(r for r in runs if r["mode"] == "side by side")
+    lines += ["", "Stages of the first side-by-side run, in the order they started:", "", "| iteration | stage | seconds |", "|---:|---|---:|"]
+    lines += [f"| {s['iteration']} | {s['stage']} | {s['seconds']} |" for s in first["stages"]]
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     command = "python benchmarks/local_executor.py" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
-    runs = [measure(args.run) for _ in range(args.repeats)]
+    runs = [measure(args.run, mode) for _ in range(args.repeats) for mode in MODES]
     write_json(NAME, {"command": command, "cpu_count": os.cpu_count(), "runs": runs})
     write_section(NAME, markdown(command, runs))
     print(json.dumps([{k: v for k, v in run.items() if k != "stages"} for run in runs], indent=1))

@@ -81,13 +81,15 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
 @main.command()
 @click.argument("run_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, help="Local store directory (default: the run's spec.storage).")
-def run(run_file: Path, store: Path | None) -> None:
+@click.option("--parallel-stages", type=click.IntRange(min=1), default=None,
+              help="Most stages running at once (default: every stage the spiral starts; 1 runs them one after another, evaluations last).")
+def run(run_file: Path, store: Path | None, parallel_stages: int | None) -> None:
     """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped."""
     from dpe.executor import LocalExecutor
     from dpe.lease import RunBusy
 
     try:
-        status = LocalExecutor(run_file, store).execute()
+        status = LocalExecutor(run_file, store, parallel_stages=parallel_stages).execute()
     except SpecError as error:
         for problem in error.problems:
             click.echo(f"{run_file}: {problem}", err=True)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,8 +90,10 @@ def _iso(seconds: float) -> str:
 
 
 class LocalExecutor:
-    def __init__(self, run_file: Path, store_dir: Path | None = None, console: Console | None = None):
+    def __init__(self, run_file: Path, store_dir: Path | None = None, console: Console | None = None, parallel_stages: int | None = None):
         self.run_file = run_file.resolve()
+        self.parallel_stages = parallel_stages
+        """Most stage processes at once; None: every stage the spiral starts."""
         self.run: EvolutionRun = load_run(run_file)
         self.store_dir = store_dir
         self.storage = self.run.spec.storage if store_dir is None else Storage(local=LocalStorage(path=str(store_dir)))
@@ -274,9 +277,10 @@ class LocalExecutor:
                     self.store.put_json(self._iteration_key(action.index), {"index": action.index, "input_model_uri": action.input_model_uri})
                     self.console.print(f"[bold cyan]● iteration {action.index}[/bold cyan] from {action.input_model_uri}")
                     waits.append(0.0)
-                elif isinstance(action, StartStage) and (action.iteration, action.stage) not in running:
-                    running[(action.iteration, action.stage)] = self._launch(action)
-                elif isinstance(action, CancelStage) and (action.iteration, action.stage) in running:
+            for start in self._startable(decision, running):
+                running[(start.iteration, start.stage)] = self._launch(start)
+            for action in decision.actions:
+                if isinstance(action, CancelStage) and (action.iteration, action.stage) in running:
                     stage = running.pop((action.iteration, action.stage))
                     stage.stop()
                     self._finish(stage, cancelled=action.reason)
@@ -296,6 +300,13 @@ class LocalExecutor:
                 self.console.print("run is suspended (spec.suspend); set it to false and run again to continue")
                 return status
             self._wait(running, min(waits))
+
+    def _startable(self, decision: Decision, running: Mapping[tuple[int, StageName], RunningStage]) -> list[StartStage]:
+        """The decided stages to start now, within `parallel_stages`: the critical path first, evaluations last."""
+        starts = [a for a in decision.actions if isinstance(a, StartStage) and (a.iteration, a.stage) not in running]
+        starts.sort(key=lambda a: (a.stage is StageName.evaluate, a.iteration))
+        room = len(starts) if self.parallel_stages is None else max(self.parallel_stages - len(running), 0)
+        return starts[:room]
 
     @staticmethod
     def _wait(running: dict[tuple[int, StageName], RunningStage], seconds: float) -> None:

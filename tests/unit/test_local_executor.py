@@ -1,4 +1,4 @@
-"""The run lease: one `dpe run` executes a run at a time; a dead executor's lease is taken over."""
+"""The local executor's run lease (one `dpe run` of a run at a time; a dead one's lease is taken over) and its stage slots."""
 
 from __future__ import annotations
 
@@ -69,3 +69,18 @@ def test_dpe_run_refuses_a_run_another_executor_holds(tmp_path: Path) -> None:
         refused = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 4
     assert "is being executed by pid" in refused.stderr and "▶" not in refused.stderr
+
+
+def test_with_fewer_stage_slots_the_critical_path_starts_first(tmp_path: Path) -> None:
+    from dpe.executor import LocalExecutor
+    from dpe.spec import RunPhase, StageName
+    from dpe.spiral import Decision, StartStage
+
+    run_file = write_run(tmp_path)
+    decision = Decision((StartStage(0, StageName.evaluate, 1, "m"), StartStage(1, StageName.diagnose, 1, "m"),
+                         StartStage(2, StageName.evaluate, 1, "m")), RunPhase.running, 1)
+    every = LocalExecutor(run_file)._startable(decision, {})
+    assert [(a.iteration, a.stage) for a in every] == [(1, StageName.diagnose), (0, StageName.evaluate), (2, StageName.evaluate)]
+    one = LocalExecutor(run_file, parallel_stages=1)
+    assert [(a.iteration, a.stage) for a in one._startable(decision, {})] == [(1, StageName.diagnose)]
+    assert one._startable(decision, {(1, StageName.diagnose): object()}) == []  # type: ignore[dict-item]
