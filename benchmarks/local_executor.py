@@ -3,9 +3,9 @@
 Runs the README's main command, `dpe run examples/quickstart.yaml`, into a fresh store with a fresh
 model cache (so the warm model is built, as for a new user), then reads every stage attempt the
 executor recorded in the store. The sum is what the stages took; the makespan is the wall time of
-the whole command. Each repeat runs it twice, one after the other: with every stage the spiral
-starts running at once (the default: an evaluation beside the next iteration's stages) and with
-`--parallel-stages 1` (one at a time, evaluations last), the baseline. Stages side by side share the
+the whole command. Each repeat runs it twice, one after the other: the default (two stages at once,
+an evaluation beside the next iteration's stage, each with half the cores) and `--parallel-stages 1`
+(one at a time with every core, evaluations last), the baseline. Stages side by side share the
 machine's cores, so each takes longer than alone: the sum grows while the makespan shrinks (or not).
 The machine's load average is recorded before and after each.
 
@@ -80,7 +80,8 @@ def markdown(command: str, runs: list[dict[str, Any]]) -> str:
         f"- Command: `{command}`",
         f"- Date: {datetime.now(UTC).date().isoformat()}; machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "- Fresh store and model cache per run (the warm model is built inside the first diagnosis). Each repeat runs the",
-        "  default (stages side by side) and `--parallel-stages 1` (one at a time, evaluations last), one after the other.",
+        "  default (two stages side by side, half the cores each) and `--parallel-stages 1` (one at a time with every core,",
+        "  evaluations last), one after the other.",
         "",
         "| run | stages | makespan (s) | sum of stages (s) | makespan / sum | load before / after (1 min) |",
         "|---:|---|---:|---:|---:|---|",

@@ -79,8 +79,9 @@ def test_with_fewer_stage_slots_the_critical_path_starts_first(tmp_path: Path) -
     run_file = write_run(tmp_path)
     decision = Decision((StartStage(0, StageName.evaluate, 1, "m"), StartStage(1, StageName.diagnose, 1, "m"),
                          StartStage(2, StageName.evaluate, 1, "m")), RunPhase.running, 1)
-    every = LocalExecutor(run_file)._startable(decision, {})
+    every = LocalExecutor(run_file, parallel_stages=3)._startable(decision, {})
     assert [(a.iteration, a.stage) for a in every] == [(1, StageName.diagnose), (0, StageName.evaluate), (2, StageName.evaluate)]
+    assert [(a.iteration, a.stage) for a in LocalExecutor(run_file)._startable(decision, {})] == [(1, StageName.diagnose), (0, StageName.evaluate)]
     one = LocalExecutor(run_file, parallel_stages=1)
     assert [(a.iteration, a.stage) for a in one._startable(decision, {})] == [(1, StageName.diagnose)]
     assert one._startable(decision, {(1, StageName.diagnose): object()}) == []  # type: ignore[dict-item]

@@ -56,6 +56,9 @@ POLL_SECONDS = 0.2
 """How often a waiting executor checks its stage processes."""
 IDLE_SECONDS = 1.0
 """How long an executor with nothing running waits before it looks again."""
+DEFAULT_PARALLEL_STAGES = 2
+"""Stages at once by default: the spiral runs an evaluation beside the next iteration's stage."""
+THREADS_ENV = "OMP_NUM_THREADS"
 STOP_SECONDS = 10.0
 """How long a stopped stage process has to exit after SIGTERM before it is killed."""
 
@@ -90,10 +93,11 @@ def _iso(seconds: float) -> str:
 
 
 class LocalExecutor:
-    def __init__(self, run_file: Path, store_dir: Path | None = None, console: Console | None = None, parallel_stages: int | None = None):
+    def __init__(self, run_file: Path, store_dir: Path | None = None, console: Console | None = None,
+                 parallel_stages: int = DEFAULT_PARALLEL_STAGES):
         self.run_file = run_file.resolve()
         self.parallel_stages = parallel_stages
-        """Most stage processes at once; None: every stage the spiral starts."""
+        """Most stage processes at once; the machine's cores are shared out between them."""
         self.run: EvolutionRun = load_run(run_file)
         self.store_dir = store_dir
         self.storage = self.run.spec.storage if store_dir is None else Storage(local=LocalStorage(path=str(store_dir)))
@@ -185,8 +189,11 @@ class LocalExecutor:
         started = _now()
         self._record_attempt(action.iteration, action.stage, {"state": JobState.running.value, "started_at": started})
         output = tempfile.TemporaryFile()
+        # Each stage's share of the cores: stages side by side with all cores each would fight over them.
+        threads = str(max((os.cpu_count() or 1) // self.parallel_stages, 1))
+        environment = {**os.environ, THREADS_ENV: os.environ.get(THREADS_ENV, threads)}
         process = subprocess.Popen(self._command(action), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=environment)
         return RunningStage(action, process, output, started)
 
     def _finish(self, running: RunningStage, cancelled: str | None = None) -> None:
@@ -305,8 +312,7 @@ class LocalExecutor:
         """The decided stages to start now, within `parallel_stages`: the critical path first, evaluations last."""
         starts = [a for a in decision.actions if isinstance(a, StartStage) and (a.iteration, a.stage) not in running]
         starts.sort(key=lambda a: (a.stage is StageName.evaluate, a.iteration))
-        room = len(starts) if self.parallel_stages is None else max(self.parallel_stages - len(running), 0)
-        return starts[:room]
+        return starts[: max(self.parallel_stages - len(running), 0)]
 
     @staticmethod
     def _wait(running: dict[tuple[int, StageName], RunningStage], seconds: float) -> None:
