@@ -59,6 +59,7 @@ IDLE_SECONDS = 1.0
 DEFAULT_PARALLEL_STAGES = 2
 """Stages at once by default: the spiral runs an evaluation beside the next iteration's stage."""
 THREADS_ENV = "OMP_NUM_THREADS"
+"""Threads a stage's torch may use; set per stage to its share of the cores unless the user set it."""
 STOP_SECONDS = 10.0
 """How long a stopped stage process has to exit after SIGTERM before it is killed."""
 
@@ -204,11 +205,13 @@ class LocalExecutor:
         complete = self.store.exists(layout.result_key(self.namespace, self.name, action.iteration, action.stage))
         base = {"started_at": running.started, "finished_at": _now(), "seconds": round(seconds, 2)}
         if cancelled is None and process.returncode == 0 and complete:
+            running.output.close()
             self._record_attempt(action.iteration, action.stage, {"state": JobState.succeeded.value, **base})
             self.console.print(f"  [green]✓ {label}[/green] in {seconds:.1f} s")
             return
         running.output.seek(0)
         log = running.output.read().decode("utf-8", "replace")
+        running.output.close()
         if cancelled is not None:
             self._record_attempt(action.iteration, action.stage, {"state": JobState.cancelled.value, **base, "message": cancelled})
             self.console.print(f"  [yellow]■ {label}[/yellow] cancelled: {cancelled}")

@@ -161,7 +161,7 @@ class Ranks:
 
     @property
     def is_node_main(self) -> bool:
-        """Local rank 0 of each node (pod) moves that node's files to and from the store."""
+        """Local rank 0 of each node (pod) uploads the checkpoint files the node's ranks wrote."""
         return self.local_rank == 0
 
     def not_main(self, iteration: int) -> dict[str, Any]:
