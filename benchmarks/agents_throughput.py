@@ -4,7 +4,7 @@ Both sides produce the same per-type quota mix of N accepted samples against a s
 OpenAI-compatible endpoint on 127.0.0.1 that imposes what real providers impose: requests and tokens
 per minute and a cap on requests in flight (429 with Retry-After beyond them), a steady trickle of
 503s, and a latency per role (the planner, edit planner, question generator and validator are slow
-reasoning models; the selector is quick). The scripted models of `tests/support/agent_script.py`
+reasoning models; the selector is quick). The scripted models of `testkit/dpe_testkit/agent_script.py`
 answer both sides alike, and a fake Serper service gives every query pictures of its own, so what
 differs between the sides is how they schedule the same calls:
 
@@ -64,7 +64,7 @@ import httpx  # noqa: E402
 from reporting import replace_section  # noqa: E402
 import openai  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
-from support.agent_script import (  # noqa: E402
+from dpe_testkit.agent_script import (  # noqa: E402
     NEW_QUERY,
     RELATED_QUERY,
     AgentScript,
@@ -73,8 +73,8 @@ from support.agent_script import (  # noqa: E402
     role_of,
     url_digest,
 )
-from support.openai_server import IMAGE_TOKENS as FAKE_IMAGE_TOKENS  # noqa: E402
-from support.openai_server import (  # noqa: E402
+from dpe_testkit.openai_server import IMAGE_TOKENS as FAKE_IMAGE_TOKENS  # noqa: E402
+from dpe_testkit.openai_server import (  # noqa: E402
     FakeOpenAIServer,
     ServerLimits,
     default_usage,
@@ -82,9 +82,9 @@ from support.openai_server import (  # noqa: E402
     rate_limited,
     server_error,
 )
-from support.pictures import encode, scene  # noqa: E402
-from support.runs import context, write_run  # noqa: E402
-from support.search_server import SearchServer  # noqa: E402
+from dpe_testkit.pictures import encode, scene  # noqa: E402
+from dpe_testkit.runs import context, write_run  # noqa: E402
+from dpe_testkit.search_server import SearchServer  # noqa: E402
 
 from dpe.agents import AgentProvider, SampleTask, SeedItem  # noqa: E402
 from dpe.agents import messages as prompts  # noqa: E402

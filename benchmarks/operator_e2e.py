@@ -1,7 +1,7 @@
 """The operator on a cluster whose Jobs really run: retry waits against the policy, disruptions counted,
 the built-in model built once per run.
 
-The cluster is the end-to-end tier's (tests/support/e2e.py): the chart's operator as a pod, its
+The cluster is the end-to-end tier's (testkit/dpe_testkit/e2e.py): the chart's operator as a pod, its
 safety-net pass at the chart's default period (30 s, so a retry on time cannot be the timer's
 doing), stage pods running `dpe stage ...` for real, the real S3 server. Runs are adapted from
 examples/cpu-cluster.yaml (endpoint, bucket, tiny sizes):
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from reporting import write_json, write_section  # noqa: E402
-from support.e2e import ITERATIONS, JOBS, E2ECluster, cpu_example, merged  # noqa: E402
-from support.node_agent import NodeAgent  # noqa: E402
-from support.s3server import start_s3_server  # noqa: E402
+from dpe_testkit.e2e import ITERATIONS, JOBS, E2ECluster, cpu_example, merged  # noqa: E402
+from dpe_testkit.node_agent import NodeAgent  # noqa: E402
+from dpe_testkit.s3server import start_s3_server  # noqa: E402
 
 from dpe_operator import names  # noqa: E402
 

@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import kubernetes  # noqa: E402
-from support.kube_emulator import EmulatedCluster  # noqa: E402
-from support.operator_world import GROUP, RUNS, VERSION, run_body, stage_result  # noqa: E402
-from support.s3server import start_s3_server  # noqa: E402
+from dpe_testkit.kube_emulator import EmulatedCluster  # noqa: E402
+from dpe_testkit.operator_world import GROUP, RUNS, VERSION, run_body, stage_result  # noqa: E402
+from dpe_testkit.s3server import start_s3_server  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from reporting import replace_section  # noqa: E402

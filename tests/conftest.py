@@ -5,9 +5,9 @@
 import hypothesis  # noqa: F401
 
 pytest_plugins = [
-    "support.s3server",
-    "support.openai_server",
-    "support.search_server",
-    "support.images_server",
-    "support.kube_emulator",
+    "dpe_testkit.s3server",
+    "dpe_testkit.openai_server",
+    "dpe_testkit.search_server",
+    "dpe_testkit.images_server",
+    "dpe_testkit.kube_emulator",
 ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from support.agent_script import NEW_QUERY, RELATED_QUERY, AgentScript
-from support.agent_world import RESULTS_PER_QUERY, AgentWorld, picture
-from support.openai_server import FakeOpenAIServer
-from support.search_server import SearchServer
+from dpe_testkit.agent_script import NEW_QUERY, RELATED_QUERY, AgentScript
+from dpe_testkit.agent_world import RESULTS_PER_QUERY, AgentWorld, picture
+from dpe_testkit.openai_server import FakeOpenAIServer
+from dpe_testkit.search_server import SearchServer
 
 SEED_PICTURE = 99
 

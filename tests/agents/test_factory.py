@@ -14,9 +14,9 @@ from dpe.stages.context import Shard, StageContext
 from dpe.store import open_store
 from dpe.tools.edit import LocalEditor
 from dpe.tools.search import SerperSearch
-from support.agent_world import make_task, picture
-from support.openai_server import FakeOpenAIServer
-from support.search_server import SearchServer
+from dpe_testkit.agent_world import make_task, picture
+from dpe_testkit.openai_server import FakeOpenAIServer
+from dpe_testkit.search_server import SearchServer
 
 PLANNER_KEY = "sk-planner-0123456789"
 VALIDATOR_KEY = "sk-validator-0123456789"

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agent_world import RESULTS_PER_QUERY, AgentWorld
-from support.runs import WEAK, GroundTruthAnswerer, context, write_run
+from dpe_testkit.agent_world import RESULTS_PER_QUERY, AgentWorld
+from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.agents import build_agent_provider
 from dpe.generation import Failed, Produced, SampleTask
@@ -17,7 +17,7 @@ from dpe.stages import diagnose, generate
 from dpe.stages.generate import PERCEPTUAL
 from dpe.tools.quality import phash
 from dpe.tools.search import Candidate, ImageSearch
-from support.pictures import encode, scene
+from dpe_testkit.pictures import encode, scene
 
 
 def agent_run(tmp_path: Path, world: AgentWorld, samples: int) -> Path:

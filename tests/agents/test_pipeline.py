@@ -17,10 +17,10 @@ from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.edit import EditInstruction, EditResult, ImageEditor, LocalEditor, OpenAIImageEditor
 from dpe.tools.retry import ToolError
 from dpe.tools.search import Candidate, ImageSearch
-from support.agent_script import EMPTY_SEED, LOCAL_EDIT, RELATED_QUERY, first_text, requests_of
-from support.agent_world import BRIEF, MAX_REGENERATIONS, RESULTS_PER_QUERY, AgentWorld, make_task
-from support.images_server import ImagesServer
-from support.openai_server import rate_limited, server_error
+from dpe_testkit.agent_script import EMPTY_SEED, LOCAL_EDIT, RELATED_QUERY, first_text, requests_of
+from dpe_testkit.agent_world import BRIEF, MAX_REGENERATIONS, RESULTS_PER_QUERY, AgentWorld, make_task
+from dpe_testkit.images_server import ImagesServer
+from dpe_testkit.openai_server import rate_limited, server_error
 
 PROVENANCE_KEYS = {
     "task_id",

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.charts import in_ci
-from support.e2e import E2ECluster
-from support.node_agent import sandbox_problem
+from dpe_testkit.charts import in_ci
+from dpe_testkit.e2e import E2ECluster
+from dpe_testkit.node_agent import sandbox_problem
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The operator on a cluster whose Jobs really run (tests/support/e2e.py): the user's path, end to end.
+"""The operator on a cluster whose Jobs really run (testkit/dpe_testkit/e2e.py): the user's path, end to end.
 
 One cluster for the module: the chart's operator as a pod, stage Jobs whose pods run `dpe stage ...`
 for real, the real S3 server. Each scenario applies a run adapted from examples/cpu-cluster.yaml (its
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.charts import RELEASE_NAMESPACE
-from support.e2e import ITERATIONS, JOBS, RUNS, E2ECluster, cpu_example
-from support.node_agent import PODS, NodeAgent
+from dpe_testkit.charts import RELEASE_NAMESPACE
+from dpe_testkit.e2e import ITERATIONS, JOBS, RUNS, E2ECluster, cpu_example
+from dpe_testkit.node_agent import PODS, NodeAgent
 
 from dpe import layout
 from dpe.models.bootstrap import WARM_SEED, warm_up

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from support.runs import context, write_run
+from dpe_testkit.runs import context, write_run
 
 from dpe.records import records_to_parquet
 from dpe.spec import StageName

@@ -33,7 +33,7 @@ from dpe.llm import (
     image_part,
 )
 from dpe.spec import ModelEndpoint
-from support.openai_server import (
+from dpe_testkit.openai_server import (
     FakeOpenAIServer,
     ServerLimits,
     error,

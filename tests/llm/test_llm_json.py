@@ -24,7 +24,7 @@ from dpe.llm import (
     parse_reply,
 )
 from dpe.spec import ModelEndpoint
-from support.openai_server import FakeOpenAIServer
+from dpe_testkit.openai_server import FakeOpenAIServer
 
 
 class Verdict(BaseModel):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.kube_emulator import EmulatedCluster
+from dpe_testkit.kube_emulator import EmulatedCluster
 
 
 @pytest.fixture

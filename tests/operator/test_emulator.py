@@ -1,6 +1,6 @@
 """The emulated API server behaves like Kubernetes where kopf, the Python client and the operator look.
 
-The `cluster` fixture (tests/support/kube_emulator.py) is what every operator test runs against, so
+The `cluster` fixture (testkit/dpe_testkit/kube_emulator.py) is what every operator test runs against, so
 its departures from kmock's plain store are pinned here: server-owned metadata, optimistic
 concurrency, PUT, status isolation, selectors, the namespaces path. The last test runs a small kopf
 operator against it end to end.
@@ -23,7 +23,7 @@ import kubernetes.watch
 import pytest
 import urllib3
 from kopf.testing import KopfRunner
-from support.kube_emulator import EmulatedCluster, LabelRequirement, LabelSelector
+from dpe_testkit.kube_emulator import EmulatedCluster, LabelRequirement, LabelSelector
 
 GROUP = "dpe.dev"
 VERSION = "v1alpha1"

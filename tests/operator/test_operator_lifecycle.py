@@ -11,9 +11,9 @@ import kubernetes
 import pytest
 import yaml
 from kopf.testing import KopfRunner
-from support.kube_emulator import EmulatedCluster
-from support.malformed import MALFORMED
-from support.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, job_pod, operator_args, run_body, scrape, wait_phase
+from dpe_testkit.kube_emulator import EmulatedCluster
+from dpe_testkit.malformed import MALFORMED
+from dpe_testkit.operator_world import GROUP, JOBS, RUNS, VERSION, JobController, job_pod, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store

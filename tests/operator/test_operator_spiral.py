@@ -15,8 +15,8 @@ import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
-from support.kube_emulator import EmulatedCluster, KubernetesEmulator
-from support.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
+from dpe_testkit.kube_emulator import EmulatedCluster, KubernetesEmulator
+from dpe_testkit.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.charts import Helm, tool
+from dpe_testkit.charts import Helm, tool
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.charts import CHART, Helm, one, tool
+from dpe_testkit.charts import CHART, Helm, one, tool
 
 HERE = Path(__file__).resolve().parent
 MONITORING = CHART / "ci" / "monitoring-values.yaml"

@@ -6,7 +6,7 @@ only these permissions enforced."""
 from __future__ import annotations
 
 import pytest
-from support.charts import RELEASE_NAMESPACE, Authorizer, Helm, granted, objects_of
+from dpe_testkit.charts import RELEASE_NAMESPACE, Authorizer, Helm, granted, objects_of
 
 OPERATOR_ACCOUNT = (RELEASE_NAMESPACE, "rel-dpe-operator")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.charts import CHART, Helm
+from dpe_testkit.charts import CHART, Helm
 
 BAD_VALUES = [
     pytest.param(["s3.accessKey=AKIA123"], "additional properties 'accessKey' not allowed", id="an S3 key in values"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import promql_parser
 import yaml
-from support.charts import dashboard_panels, load_dashboard, plain, queries, tool
+from dpe_testkit.charts import dashboard_panels, load_dashboard, plain, queries, tool
 
 
 def test_dashboard_is_well_formed() -> None:

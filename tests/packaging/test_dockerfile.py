@@ -15,8 +15,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from support.charts import CHART, in_ci
-from support.images import DOCKERFILE, ROOT, global_args, stage_args, stages
+from dpe_testkit.charts import CHART, in_ci
+from dpe_testkit.images import DOCKERFILE, ROOT, global_args, stage_args, stages
 
 from dpe.contract import CACHE_ENV
 from dpe_operator import builders

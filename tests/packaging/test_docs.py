@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.charts import CHART, ROOT, Helm, granted, objects_of
+from dpe_testkit.charts import CHART, ROOT, Helm, granted, objects_of
 
 from dpe.spec import StageName, StageOutcome
 from dpe.spiral import LIVE, JobState, StopReason

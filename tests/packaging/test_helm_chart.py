@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from support.charts import CHART, CI_VALUES, EXAMPLE_VALUES, RELEASE_NAMESPACE, ROOT, Helm, objects_of, one
+from dpe_testkit.charts import CHART, CI_VALUES, EXAMPLE_VALUES, RELEASE_NAMESPACE, ROOT, Helm, objects_of, one
 
 from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 

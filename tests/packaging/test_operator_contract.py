@@ -1,7 +1,7 @@
 """The operator as the chart deploys it, against an API server that enforces the chart's RBAC.
 
 kopf runs in-process with the image's entrypoint plus the arguments and environment the chart
-renders, against the emulated API server (tests/support/kube_emulator.py), whose requests are
+renders, against the emulated API server (testkit/dpe_testkit/kube_emulator.py), whose requests are
 authorised here with the rendered Roles and Bindings (and the owner-reference check the API server
 makes on blockOwnerDeletion). A run goes through a failed and retried stage, a suspension and a
 resume, to success, and is then deleted. What that leaves, checked below:
@@ -32,10 +32,10 @@ import promql_parser
 import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
-from support import kube_emulator
-from support.charts import CHART, RELEASE_NAMESPACE, ROOT, Authorizer, Helm, one, plain, queries, tool
-from support.images import operator_command
-from support.rbac import Call, Guard, guarded
+from dpe_testkit import kube_emulator
+from dpe_testkit.charts import CHART, RELEASE_NAMESPACE, ROOT, Authorizer, Helm, one, plain, queries, tool
+from dpe_testkit.images import operator_command
+from dpe_testkit.rbac import Call, Guard, guarded
 
 from dpe import layout
 from dpe.spec import StageName, Storage

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.runs import WEAK, GroundTruthAnswerer, context, write_run
+from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.models.inference import Prompt, TransformersAnswerer
 from dpe.models.loading import resolve_model

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.runs import write_run
+from dpe_testkit.runs import write_run
 
 from dpe.spec import LocalStorage, StageName, Storage
 from dpe.stages.command import WORKER_ARGV_ENV, WORKER_MODULE, distributed_launch

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.runs import WEAK, GroundTruthAnswerer, context, write_run
+from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.generation import Failed, Produced, SampleTask, parse_task_id
 from dpe.models.inference import Prompt

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from support.openai_server import FakeOpenAIServer, image_parts, malformed_body, rate_limited, reply_content, server_error
-from support.runs import WEAK, GroundTruthAnswerer, context, write_run
+from dpe_testkit.openai_server import FakeOpenAIServer, image_parts, malformed_body, rate_limited, reply_content, server_error
+from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.diagnosis import rule_verdict
 from dpe.grading import solver_prompt

@@ -42,7 +42,7 @@ from dpe.store import (
 from dpe.store.base import MIB
 from dpe.store.retry import Retrier
 from dpe.store.s3 import classify
-from support.s3server import S3Server, TcpProxy
+from dpe_testkit.s3server import S3Server, TcpProxy
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dpe.store import (
 )
 from dpe.store.base import MIB, Adoption
 from dpe.store.s3 import PART_SIZE, SHA256_METADATA
-from support.s3server import S3Server
+from dpe_testkit.s3server import S3Server
 
 NS, RUN = "team-a", "spiral-1"
 

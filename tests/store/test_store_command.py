@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from support.s3server import S3Server
+from dpe_testkit.s3server import S3Server
 
 from dpe.cli import main
 

@@ -25,8 +25,8 @@ from dpe.tools.edit import (
 )
 from dpe.tools.retry import PermanentToolError, Retrying, ToolUnavailable
 from PIL import Image
-from support.images_server import COLOURS, ImagesServer
-from support.pictures import encode, solid
+from dpe_testkit.images_server import COLOURS, ImagesServer
+from dpe_testkit.pictures import encode, solid
 
 SIZE = (400, 300)
 WHITE = (255, 255, 255)

@@ -17,8 +17,8 @@ from dpe.store import ACCESS_KEY_ENV, SECRET_KEY_ENV, open_store
 from dpe.tools.pool_command import pool
 from dpe.tools.quality import GateReason, Thresholds
 from dpe.tools.search import PoolSearch, open_search
-from support.pictures import encode, scene
-from support.s3server import S3Server
+from dpe_testkit.pictures import encode, scene
+from dpe_testkit.s3server import S3Server
 
 
 def _write(path: Path, data: bytes | str) -> None:

@@ -21,7 +21,7 @@ from dpe.tools.quality import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import ImageEnhance
-from support.pictures import blurred, encode, scene
+from dpe_testkit.pictures import blurred, encode, scene
 
 
 def test_sharp_photo_passes_with_its_measurements() -> None:

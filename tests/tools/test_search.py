@@ -13,8 +13,8 @@ from dpe.store.retry import RetryPolicy
 from dpe.tools.quality import GateReason, Thresholds
 from dpe.tools.retry import PermanentToolError, Retrying, ToolUnavailable
 from dpe.tools.search import Failure, SearxngSearch, SerperSearch, WebImageSearch, open_search
-from support.pictures import blurred, encode, scene
-from support.search_server import SearchServer
+from dpe_testkit.pictures import blurred, encode, scene
+from dpe_testkit.search_server import SearchServer
 
 API_KEY = "serper-test-key-0123456789"
 QUERY = "red circles on a blue field"

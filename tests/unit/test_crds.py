@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from dpe.crd import build_crds, stale_crds
-from support.crdcheck import crd_problems, crd_schema
-from support.malformed import MALFORMED, MINIMAL, with_value
+from dpe_testkit.crdcheck import crd_problems, crd_schema
+from dpe_testkit.malformed import MALFORMED, MINIMAL, with_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = build_crds()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.runs import write_run
+from dpe_testkit.runs import write_run
 
 from dpe import layout
 from dpe.lease import CONFIRM_SECONDS, LEASE_SECONDS, Lease, RunBusy

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.malformed import AGENT, MALFORMED, MINIMAL, Malformed, with_value
+from dpe_testkit.malformed import AGENT, MALFORMED, MINIMAL, Malformed, with_value
 
 from dpe.manifest import SpecError, load_run, parse_run, parse_yaml
 from dpe.spec import EvolutionRun, Execution, Resources, StageName

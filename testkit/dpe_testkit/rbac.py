@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import kmock
-from support import kube_emulator
-from support.charts import Authorizer
+from dpe_testkit import kube_emulator
+from dpe_testkit.charts import Authorizer
 
 OWNER_PLURALS = {("dpe.dev", "EvolutionRun"): "evolutionruns", ("batch", "Job"): "jobs", ("apps", "Deployment"): "deployments"}
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from dpe.llm import image_part
 
-from support.openai_server import FakeOpenAIServer, RecordedRequest, image_parts
+from dpe_testkit.openai_server import FakeOpenAIServer, RecordedRequest, image_parts
 
 MARKERS = {
     "planner": "planner",

@@ -15,10 +15,10 @@ from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.edit import ImageEditor, LocalEditor
 from dpe.tools.search import ImageSearch, SerperSearch
 
-from support.agent_script import AgentScript, attached_digest
-from support.openai_server import FakeOpenAIServer
-from support.pictures import encode, scene
-from support.search_server import SearchServer
+from dpe_testkit.agent_script import AgentScript, attached_digest
+from dpe_testkit.openai_server import FakeOpenAIServer
+from dpe_testkit.pictures import encode, scene
+from dpe_testkit.search_server import SearchServer
 
 RESULTS_PER_QUERY = 2
 MAX_REGENERATIONS = 2

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import kubernetes
-from support.kube_emulator import EmulatedCluster
+from dpe_testkit.kube_emulator import EmulatedCluster
 
 from dpe import layout
 

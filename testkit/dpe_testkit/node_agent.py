@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
-from support.images import stages
-from support.kube_emulator import EmulatedCluster
+from dpe_testkit.images import stages
+from dpe_testkit.kube_emulator import EmulatedCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = Path(__file__).resolve().parent / "pod_sandbox.py"

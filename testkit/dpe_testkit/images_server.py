@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from support.pictures import encode, solid
+from dpe_testkit.pictures import encode, solid
 
 HOST = "127.0.0.1"
 EDIT_PATH = "/v1/images/edits"

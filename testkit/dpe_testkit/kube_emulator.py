@@ -56,7 +56,7 @@ import kmock
 import pytest
 import yaml
 from kmock._internal import parsing
-from support import crdcheck
+from dpe_testkit import crdcheck
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator

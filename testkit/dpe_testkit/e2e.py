@@ -21,10 +21,10 @@ from typing import Any
 import kubernetes
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from support.charts import RELEASE_NAMESPACE, ROOT, Authorizer, Helm, tool
-from support.kube_emulator import EmulatedCluster
-from support.node_agent import PODS, USER_AGENT, NodeAgent, Rest, free_port
-from support.rbac import Guard, guarded
+from dpe_testkit.charts import RELEASE_NAMESPACE, ROOT, Authorizer, Helm, tool
+from dpe_testkit.kube_emulator import EmulatedCluster
+from dpe_testkit.node_agent import PODS, USER_AGENT, NodeAgent, Rest, free_port
+from dpe_testkit.rbac import Guard, guarded
 
 from dpe.spec import Storage
 from dpe.store import ArtifactStore, open_store

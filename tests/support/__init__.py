@@ -1,1 +1,0 @@
-"""Test infrastructure shared by several suites (servers, schema checks)."""
