@@ -1,7 +1,9 @@
 """GRPO throughput and update-phase MFU on a real-size Qwen2.5-VL config with random weights.
 
-    python benchmarks/grpo_gpu.py --size 7b --steps 3          # on an H100/H200
-    python benchmarks/grpo_gpu.py --tiny --steps 2             # the same code path on CPU (tests)
+    PYTHONPATH=workloads python -m benchmarks.grpo_gpu --size 7b --steps 3   # on an H100/H200
+    python -m benchmarks.grpo_gpu --tiny --steps 2                           # the same code path on CPU (tests)
+
+Run from the repository root; PYTHONPATH=workloads is for a GPU machine without the dpe package installed.
 
 It builds the model from a config (no download), runs a few of TRL's GRPO steps (bf16, gradient
 checkpointing) on capability-world prompts at 448 px, and reports end-to-end tokens/s. It then times
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -163,5 +164,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
     main()

@@ -9,7 +9,7 @@ an evaluation beside the next iteration's stage, each with half the cores) and `
 machine's cores, so each takes longer than alone: the sum grows while the makespan shrinks (or not).
 The machine's load average is recorded before and after each.
 
-Run: python benchmarks/local_executor.py [--run examples/quickstart.yaml] [--repeats 1]
+Run: python -m benchmarks.local_executor [--run examples/quickstart.yaml] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.reporting import write_json, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from reporting import write_json, write_section  # noqa: E402
 
 NAME = "local_executor"
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, default=ROOT / "examples" / "quickstart.yaml")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
-    command = "python benchmarks/local_executor.py" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
+    command = "python -m benchmarks.local_executor" + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
     runs = [measure(args.run, mode) for _ in range(args.repeats) for mode in MODES]
     write_json(NAME, {"command": command, "cpu_count": os.cpu_count(), "runs": runs})
     write_section(NAME, markdown(command, runs))

@@ -16,7 +16,7 @@ examples/cpu-cluster.yaml (endpoint, bucket, tiny sizes):
   quickstart's sizes, three iterations), to Succeeded, with the number of times its pods built the
   built-in model.
 
-Run: python benchmarks/operator_e2e.py [--example]
+Run: python -m benchmarks.operator_e2e [--example]
 """
 
 from __future__ import annotations
@@ -36,17 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dpe_testkit.e2e import ITERATIONS, JOBS, E2ECluster, cpu_example, merged
+from dpe_testkit.node_agent import NodeAgent
+from dpe_testkit.s3server import start_s3_server
+
+from benchmarks.reporting import write_json, write_section
+from dpe_operator import names
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from reporting import write_json, write_section  # noqa: E402
-from dpe_testkit.e2e import ITERATIONS, JOBS, E2ECluster, cpu_example, merged  # noqa: E402
-from dpe_testkit.node_agent import NodeAgent  # noqa: E402
-from dpe_testkit.s3server import start_s3_server  # noqa: E402
-
-from dpe_operator import names  # noqa: E402
 
 NAME = "operator_e2e"
 NAMESPACE = "dpe"
@@ -179,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--example", action="store_true", help="also run examples/cpu-cluster.yaml as written (several minutes)")
     args = parser.parse_args(argv)
-    command = "python benchmarks/operator_e2e.py" + (" --example" if args.example else "")
+    command = "python -m benchmarks.operator_e2e" + (" --example" if args.example else "")
     with tempfile.TemporaryDirectory(prefix="dpe-operator-e2e-") as scratch:
         s3 = start_s3_server(Path(scratch) / "s3")
         try:

@@ -15,7 +15,7 @@ Measured:
 - the operator process's peak resident memory (VmHWM) and CPU time;
 - the wall time until every run is Succeeded.
 
-Run: python benchmarks/operator_scale.py [--runs 10 50 200] [--stage-seconds 1.0] [--results FILE]
+Run: python -m benchmarks.operator_scale [--runs 10 50 200] [--stage-seconds 1.0] [--results FILE]
 """
 
 from __future__ import annotations
@@ -38,20 +38,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import kubernetes
+from dpe_testkit.kube_emulator import EmulatedCluster
+from dpe_testkit.operator_world import GROUP, RUNS, VERSION, run_body, stage_result
+from dpe_testkit.s3server import start_s3_server
+
+from benchmarks.reporting import replace_section
+from dpe import layout
+from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
+from dpe.spec import StageName
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import kubernetes  # noqa: E402
-from dpe_testkit.kube_emulator import EmulatedCluster  # noqa: E402
-from dpe_testkit.operator_world import GROUP, RUNS, VERSION, run_body, stage_result  # noqa: E402
-from dpe_testkit.s3server import start_s3_server  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from reporting import replace_section  # noqa: E402
-
-from dpe import layout  # noqa: E402
-from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV  # noqa: E402
-from dpe.spec import StageName  # noqa: E402
 
 CHAIN = [StageName.diagnose, StageName.generate, StageName.score, StageName.train, StageName.evaluate]
 """The stages of iteration 1 in order; each success should start the next one at once."""
@@ -266,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "p50_s": round(scale.percentile(0.5), 3), "p95_s": round(scale.percentile(0.95), 3),
                               "peak_rss_mb": round(scale.peak_rss_mb), "cpu_s": round(scale.cpu_s, 1)}), flush=True)
             scales.append(scale)
-    command = "python benchmarks/operator_scale.py " + " ".join(["--runs", *map(str, args.runs), "--stage-seconds", f"{args.stage_seconds:g}"])
+    command = "python -m benchmarks.operator_scale " + " ".join(["--runs", *map(str, args.runs), "--stage-seconds", f"{args.stage_seconds:g}"])
     section = report(scales, args.stage_seconds, command)
     print(section)
     if args.results is not None:

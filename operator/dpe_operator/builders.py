@@ -29,8 +29,8 @@ import yaml
 from pydantic import BaseModel
 
 from dpe.secrets import secret_env_map
-from dpe.spec import EvolutionRun, Execution, SecretKeyRef, StageName
-from dpe.contract import CACHE_ENV, PERMANENT_EXIT, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
+from dpe.spec import API_GROUP, API_VERSION, EvolutionRun, Execution, SecretKeyRef, StageName
+from dpe.contract import CACHE_ENV, PERMANENT_EXIT, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV, stage_argv
 from dpe_operator import names
 
 RUN_FILE_KEY = "run.yaml"
@@ -231,14 +231,13 @@ def _pod_failure_policy() -> dict[str, Any]:
 def _stage_args(
     stage: StageName, iteration: int, model_uri: str, shards: int, shard: tuple[int, int] | None, merge: bool
 ) -> list[str]:
-    args = ["stage", stage.value, "--run", RUN_FILE, "--iteration", str(iteration), "--model", model_uri]
     if shard is not None:
-        args += ["--shard", f"{shard[0]}/{shard[1]}"]
-    elif merge:
-        args.append("--merge")
-    elif shards > 1:
-        args += ["--shard", f"$({COMPLETION_INDEX_ENV})/{shards}"]
-    return args
+        part: str | None = f"{shard[0]}/{shard[1]}"
+    elif shards > 1 and not merge:
+        part = f"$({COMPLETION_INDEX_ENV})/{shards}"
+    else:
+        part = None
+    return stage_argv(stage.value, RUN_FILE, iteration, model_uri, shard=part, merge=merge)
 
 
 def _check_shape(run: EvolutionRun, stage: StageName, shard: tuple[int, int] | None, merge: bool) -> int:
@@ -350,11 +349,21 @@ def stage_job(
         labels[KUEUE_QUEUE_LABEL] = execution.queue_name
         spec["suspend"] = True
 
+    metadata = _metadata(name, run.metadata.namespace, labels, owner)
+    # What the operator reads back from the Job: the model a merge Job must run on, and whether shards need merging.
+    metadata["annotations"] = {names.MODEL_ANNOTATION: model_uri}
+    if shards > 1:
+        metadata["annotations"][names.SHARDS_ANNOTATION] = str(shards)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def iteration(run: EvolutionRun, index: int, input_model_uri: str, *, owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Iteration object of iteration `index`, which trains from `input_model_uri`."""
+    run_name = run.metadata.name
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(name, run.metadata.namespace, labels, owner),
-        "spec": spec,
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "Iteration",
+        "metadata": _metadata(names.iteration_name(run_name, index), run.metadata.namespace, names.labels(run_name, iteration=index), owner),
+        "spec": {"runName": run_name, "index": index, "inputModelUri": input_model_uri},
     }
 
 

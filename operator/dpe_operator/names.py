@@ -40,6 +40,11 @@ ATTEMPT_LABEL = "dpe.dev/attempt"
 PART_LABEL = "dpe.dev/part"
 """On a sharded stage's merge Job only: it shares the attempt's labels with the shards' Job."""
 
+MODEL_ANNOTATION = "dpe.dev/model-uri"
+"""On a stage Job: the model its stage runs on (a merge Job carries its shards' model)."""
+SHARDS_ANNOTATION = "dpe.dev/shards"
+"""On a stage Job of a sharded stage (shards, single shard and merge): how many shards the stage has."""
+
 MERGE_SUFFIX = "merge"
 """Last word of the name of a sharded stage's merge Job."""
 

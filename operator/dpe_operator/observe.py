@@ -15,17 +15,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+
 from dpe.spec import (
-    AttemptRecord,
-    EvolutionRunStatus,
-    IterationPhase,
     IterationStatus,
     StageName,
-    StageOutcome,
     StageRecord,
-    StageSummary,
 )
-from dpe.spiral import Attempt, IterationObservation, JobState, StageObservation, StageResult, stages_of
+from dpe.spiral import JobState
+from dpe.status import condition, disruptions_of
 from dpe_operator import names
 from dpe_operator.builders import DISRUPTION_CONDITION
 
@@ -74,35 +71,6 @@ def job_key(job: Mapping[str, Any]) -> tuple[int, StageName, int] | None:
         return None
 
 
-def stage_records(status: Mapping[str, Any] | None, index: int) -> dict[StageName, StageRecord]:
-    """The stage records of an Iteration's status, one per stage it runs."""
-    parsed = IterationStatus.model_validate(status or {})
-    found = {record.name: record for record in parsed.stages}
-    return {stage: found.get(stage, StageRecord(name=stage)) for stage in stages_of(index)}
-
-
-def record_finished(record: StageRecord, attempt: int, job: Mapping[str, Any], state: JobState, finished_at: float | None, message: str, permanent: bool) -> StageRecord:
-    """The record with one more finished attempt (idempotent: an attempt is recorded once).
-
-    The pods seen disrupted while it ran move into the attempt's entry.
-    """
-    if any(entry.attempt == attempt for entry in record.history):
-        return record
-    entry = AttemptRecord(
-        attempt=attempt, job_name=job["metadata"]["name"], state=state.value, finished_at=finished_at,
-        message=message[:1000], permanent=permanent, disruptions=len(record.disrupted_pods),
-    )
-    history = sorted([*record.history, entry], key=lambda e: e.attempt)
-    failures = sum(1 for e in history if e.state == JobState.failed.value)
-    return record.model_copy(update={"history": history, "attempts": failures + (state is JobState.succeeded), "disruptions": disruptions_of(history, []),
-                                     "disrupted_pods": [], "waiting_for": None, "message": message[:1000] or record.message})
-
-
-def disruptions_of(history: Iterable[AttemptRecord], live_pods: Iterable[str]) -> int:
-    """Pods lost over a stage's attempts (an attempt that ended disrupted lost one at least), the live one's included."""
-    return sum(max(e.disruptions, e.state == JobState.disrupted.value) for e in history) + len(list(live_pods))
-
-
 def with_disrupted_pods(record: StageRecord, pods: Mapping[str, str], limit: int) -> tuple[StageRecord, dict[str, str]]:
     """The record with the running attempt's newly disrupted pods added (at most `limit` + 1 kept:
     one more than tolerated is enough to fail the stage), and those new pods with their reasons."""
@@ -113,42 +81,6 @@ def with_disrupted_pods(record: StageRecord, pods: Mapping[str, str], limit: int
     fresh = {name: new[name] for name in listed if name in new}
     updated = record.model_copy(update={"disrupted_pods": listed, "disruptions": disruptions_of(record.history, listed)})
     return updated, fresh
-
-
-def summary_from_result(result: Mapping[str, Any]) -> StageSummary:
-    return StageSummary(
-        model_uri=result.get("model_uri"),
-        scores={k: float(v) for k, v in (result.get("scores") or {}).items()},
-        gpu_hours=float(result.get("gpu_hours") or 0.0),
-        agent_spend_usd=float(result.get("agent_spend_usd") or 0.0),
-        capability_accuracy={k: float(v) for k, v in (result.get("capability_accuracy") or {}).items()},
-        mixture_weights={k: float(v) for k, v in (result.get("mixture_weights") or {}).items()},
-    )
-
-
-def stage_observation(record: StageRecord, live: JobState | None) -> StageObservation:
-    attempts = [Attempt(JobState(e.state), e.finished_at, e.message, e.permanent, e.disruptions) for e in record.history]
-    if live is not None:
-        attempts.append(Attempt(live, disruptions=len(record.disrupted_pods)))
-    result = None
-    if record.summary is not None:
-        s = record.summary
-        result = StageResult(model_uri=s.model_uri, scores=dict(s.scores), gpu_hours=s.gpu_hours, agent_spend_usd=s.agent_spend_usd)
-    return StageObservation(tuple(attempts), result)
-
-
-def iteration_observation(input_model: str, records: Mapping[StageName, StageRecord], live: Mapping[StageName, JobState]) -> IterationObservation:
-    return IterationObservation(input_model, {s: stage_observation(r, live.get(s)) for s, r in records.items()})
-
-
-def outcome(record: StageRecord, live: JobState | None) -> StageOutcome:
-    if record.summary is not None:
-        return StageOutcome.succeeded
-    if live is not None:
-        return StageOutcome.running
-    if record.history and record.history[-1].state == JobState.failed.value:
-        return StageOutcome.failed
-    return StageOutcome.pending
 
 
 @dataclass(frozen=True)
@@ -201,22 +133,23 @@ def attempt_state(jobs: AttemptJobs, sharded: bool) -> tuple[JobState, float | N
     return state, finished_at, message, permanent, False
 
 
-def _args(job: Mapping[str, Any]) -> list[str]:
-    containers = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
-    return [str(arg) for arg in containers[0].get("args") or []]
+def _annotations(job: Mapping[str, Any]) -> Mapping[str, str]:
+    return (job.get("metadata") or {}).get("annotations") or {}
 
 
 def is_sharded(jobs: AttemptJobs) -> bool:
     """Whether the attempt runs its stage in shards (and so needs a merge Job after them)."""
-    return jobs.merge is not None or (jobs.main is not None and "--shard" in _args(jobs.main))
+    if jobs.merge is not None:
+        return True
+    return jobs.main is not None and int(_annotations(jobs.main).get(names.SHARDS_ANNOTATION, "1")) > 1
 
 
-def model_argument(job: Mapping[str, Any]) -> str:
-    """The `--model` a stage Job was started with (a merge Job takes its shards' model)."""
-    args = _args(job)
-    if "--model" in args[:-1]:
-        return args[args.index("--model") + 1]
-    raise ValueError(f"Job {(job.get('metadata') or {}).get('name')} has no --model argument")
+def model_of(job: Mapping[str, Any]) -> str:
+    """The model a stage Job was started with (a merge Job takes its shards' model)."""
+    found = _annotations(job).get(names.MODEL_ANNOTATION)
+    if not found:
+        raise ValueError(f"Job {(job.get('metadata') or {}).get('name')} has no {names.MODEL_ANNOTATION} annotation")
+    return found
 
 
 def vanished_attempt(record: StageRecord, newest: AttemptJobs | None) -> int | None:
@@ -243,9 +176,9 @@ def _disruption(pod: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def _disruption_condition(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == DISRUPTION_CONDITION and condition.get("status") == "True":
-            return condition
+    for found in (pod.get("status") or {}).get("conditions") or []:
+        if found.get("type") == DISRUPTION_CONDITION and found.get("status") == "True":
+            return found
     return None
 
 
@@ -355,11 +288,11 @@ def pod_problem(pods: Iterable[Mapping[str, Any]], now: float, unschedulable_gra
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FATAL_WAITING_REASONS and _missing(waiting) is None:
                 return f"{waiting['reason']} in container {container.get('name')}: {waiting.get('message', '')}".strip()
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
-                since = timestamp(condition.get("lastTransitionTime"))
+        for found in status.get("conditions") or []:
+            if found.get("type") == "PodScheduled" and found.get("status") == "False" and found.get("reason") == "Unschedulable":
+                since = timestamp(found.get("lastTransitionTime"))
                 if since is not None and now - since >= unschedulable_grace:
-                    return f"Unschedulable for {int(now - since)} s: {condition.get('message', '')}".strip()
+                    return f"Unschedulable for {int(now - since)} s: {found.get('message', '')}".strip()
     return None
 
 
@@ -384,40 +317,19 @@ def last_progress(run_status: Mapping[str, Any] | None, iterations: Iterable[Map
     return max((t for t in found if t is not None), default=None)
 
 
-def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch taking status `old` to `new` for the keys of `new` (None removes a key);
-    empty when nothing changed, so that an idle pass writes nothing."""
-    return {key: value for key, value in new.items() if old.get(key) != value and not (value is None and key not in old)}
-
-
-def run_status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """`status_patch` for a run's status, once `new` is checked against `EvolutionRunStatus`.
-
-    The API server silently prunes any key its CRD (generated from that model) does not declare, so
-    an undeclared or misspelt key fails here instead of vanishing on the cluster.
-    """
-    checked = EvolutionRunStatus.model_validate(dict(new)).model_dump(mode="json", by_alias=True, exclude_none=True)
-    return status_patch(old, {key: checked.get(key) for key in new})
-
-
-def iteration_status(status: Mapping[str, Any]) -> dict[str, Any]:
-    """An Iteration's status as it is written, checked against `IterationStatus` (see `run_status_patch`)."""
-    return IterationStatus.model_validate(dict(status)).model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def condition(type_: str, status: bool, reason: str, message: str, generation: int | None, previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:
-    """A condition in the API conventions; its lastTransitionTime moves only when its status flips."""
-    old = next((c for c in previous if c.get("type") == type_), None)
-    value = "True" if status else "False"
-    changed = old is None or old.get("status") != value
-    return {
-        "type": type_, "status": value, "reason": reason, "message": message[:32000],
-        "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
-        "observedGeneration": generation,
-    }
-
-
 REFERENCES_CONDITION = "ReferencesResolved"
+ACCEPTED_CONDITION = "RequestsAccepted"
+"""False while the API server refuses a request of the run's passes (RBAC, admission, validation)."""
+
+REFUSAL_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}
+
+
+def refused_condition(request: str, status: int | None, detail: str, generation: int | None,
+                      previous: Iterable[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """RequestsAccepted: False, naming the request the API server refused and its answer."""
+    reason = REFUSAL_REASONS.get(status or 0, "Refused")
+    message = f"the API server refused {request} ({status} {reason}){': ' + detail if detail else ''}; the pass is retried later"
+    return condition(ACCEPTED_CONDITION, False, reason, message, generation, previous, now)
 
 
 def references_condition(waiting: Iterable[MissingReference], grace: float, generation: int | None,
@@ -433,39 +345,3 @@ def references_condition(waiting: Iterable[MissingReference], grace: float, gene
     return condition(REFERENCES_CONDITION, False, reason, message, generation, previous, now)
 
 
-def stage_condition_type(stage: StageName) -> str:
-    """The Iteration condition that says whether `stage` has succeeded, e.g. DiagnoseSucceeded."""
-    return f"{stage.value.capitalize()}Succeeded"
-
-
-def iteration_conditions(
-    records: Mapping[StageName, StageRecord], outcomes: Mapping[StageName, StageOutcome], phase: IterationPhase,
-    generation: int | None, previous: Iterable[Mapping[str, Any]], now: str,
-) -> list[dict[str, Any]]:
-    """Ready, Progressing, Complete and Failed for the iteration, then one `<Stage>Succeeded` per stage.
-
-    A stage's reason is its outcome (Pending, Running, Succeeded, Failed); its message is the last
-    failure or, while it runs, which attempt is running.
-    """
-    previous = list(previous)
-    reason = phase.value
-    message = {
-        IterationPhase.pending: "waiting for its first stage",
-        IterationPhase.running: ", ".join(s.value for s, o in outcomes.items() if o is StageOutcome.running) or "between stages",
-        IterationPhase.succeeded: "every stage succeeded",
-        IterationPhase.failed: next((f"{s.value}: {r.message}" for s, r in records.items() if outcomes[s] is StageOutcome.failed), "a stage failed"),
-    }[phase]
-    found = [
-        condition("Ready", phase is IterationPhase.succeeded, reason, message, generation, previous, now),
-        condition("Progressing", phase is IterationPhase.running, reason, message, generation, previous, now),
-        condition("Complete", phase is IterationPhase.succeeded, reason, message, generation, previous, now),
-        condition("Failed", phase is IterationPhase.failed, reason, message, generation, previous, now),
-    ]
-    for stage, record in records.items():
-        outcome = outcomes[stage]
-        if outcome is StageOutcome.running:
-            detail = f"attempt {len(record.history) + 1} running" + (f" (last failure: {record.message})" if record.message else "")
-        else:
-            detail = record.message
-        found.append(condition(stage_condition_type(stage), outcome is StageOutcome.succeeded, outcome.value, detail, generation, previous, now))
-    return found

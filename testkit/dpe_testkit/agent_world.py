@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 from dpe.agents import AgentProvider, Failed, Produced, SampleTask, SeedItem
-from dpe.llm import Budget, RetryPolicy, UsageLedger
+from dpe.llm import CHAT_RETRY, SpendLimit, UsageLedger
 from dpe.spec import AgentRoles, GenerateSettings, ModelEndpoint, SearchTool, Tools
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.edit import ImageEditor, LocalEditor
@@ -25,7 +25,7 @@ MAX_REGENERATIONS = 2
 INPUT_PRICE = 1.0
 OUTPUT_PRICE = 2.0
 BRIEF = "[Model Weakness Analysis]\nHIGH PRIORITY [chart_graph] (Accuracy 40%): misreads bar heights"
-FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_seconds=0.01, max_delay_seconds=0.05)
+FAST_RETRY = replace(CHAT_RETRY, base_delay=0.01, max_delay=0.05)
 ALL_ROLES = ("planner", "image_selector", "edit_planner", "question_generator", "validator")
 
 
@@ -87,7 +87,7 @@ class AgentWorld:
         api_keys: Mapping[str, str | None] | None = None,
         search: ImageSearch | None = None,
         editor: ImageEditor | None = None,
-        budget: Budget | None = None,
+        budget: SpendLimit | None = None,
     ) -> AgentProvider:
         return AgentProvider(
             self.settings(roles),

@@ -34,13 +34,17 @@ def run_body(name: str, bucket: str, endpoint: str, **spec: Any) -> dict[str, An
 
 
 def stage_result(stage: str, k: int) -> dict[str, Any]:
+    """A result.json of `stage` in iteration `k` that its model accepts, with the fields the spiral reads."""
+    base = {"stage": stage, "iteration": k}
     if stage == "train":
-        return {"model_uri": f"s3://models/m{k}", "gpu_hours": 0.1}
+        return {**base, "model_uri": f"s3://models/m{k}", "steps": 1, "gpu_hours": 0.1}
     if stage == "evaluate":
-        return {"scores": {"overall": 0.4 + 0.1 * k, "world": 0.4 + 0.1 * k}}
+        return {**base, "scores": {"overall": 0.4 + 0.1 * k, "world": 0.4 + 0.1 * k}}
     if stage == "diagnose":
-        return {"capability_accuracy": {"map": 0.5}, "mixture_weights": {"map": 1.0}, "quotas": {"map": 10}}
-    return {}
+        return {**base, "probe_accuracy": 0.5, "capability_accuracy": {"map": 0.5}, "mixture_weights": {"map": 1.0}, "quotas": {"map": 10}}
+    if stage == "score":
+        return {**base, "kept": 10}
+    return base
 
 
 class JobController:

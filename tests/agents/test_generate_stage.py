@@ -10,12 +10,11 @@ from dpe_testkit.agent_world import RESULTS_PER_QUERY, AgentWorld
 from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.agents import build_agent_provider
-from dpe.generation import Failed, Produced, SampleTask
+from dpe.generation import PERCEPTUAL, Failed, Produced, SampleTask
+from dpe.image_quality import phash
 from dpe.records import read_records
 from dpe.spec import StageName
 from dpe.stages import diagnose, generate
-from dpe.stages.generate import PERCEPTUAL
-from dpe.tools.quality import phash
 from dpe.tools.search import Candidate, ImageSearch
 from dpe_testkit.pictures import encode, scene
 

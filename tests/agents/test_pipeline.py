@@ -10,7 +10,7 @@ import time
 import pytest
 from dpe.agents import AgentProvider, Failed, Produced, Stage
 from dpe.agents.selection import USABLE_SCORE
-from dpe.llm import Budget, BudgetExceeded
+from dpe.llm import BudgetExceeded, SpendLimit
 from dpe.records import SampleRecord
 from dpe.spec import GenerateSettings
 from dpe.taxonomy import CapabilityType, QuestionFormat
@@ -279,7 +279,7 @@ def test_transient_failures_are_retried_and_costs_add_up(world: AgentWorld) -> N
 
 
 def test_budget_exceeded_propagates(world: AgentWorld) -> None:
-    budget = Budget(1e-9)
+    budget = SpendLimit(1e-9)
     with pytest.raises(BudgetExceeded):
         world.run(make_task(), provider=world.provider(budget=budget))
     assert world.script.calls["planner"] == 1

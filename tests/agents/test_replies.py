@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from dpe.agents.models import (
+from dpe.agents.replies import (
     EditChoice,
     FreeTextQuestion,
     LocalEditPlan,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dpe.agents import SampleTask, SeedItem, messages
-from dpe.agents.models import FreeTextQuestion, Plan, Rating
+from dpe.agents.replies import FreeTextQuestion, Plan, Rating
 from dpe.agents.selection import (
     MAX_EDIT_CANDIDATES,
     USABLE_SCORE,

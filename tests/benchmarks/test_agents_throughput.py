@@ -3,30 +3,18 @@ reports what it promises. Speed is the benchmark's business, not the test's."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "agents_throughput.py"
+from benchmarks import agents_throughput as benchmark
+
 SAMPLES = 6
 TIME_SCALE = 0.004
 
 
-def load_benchmark() -> ModuleType:
-    """The benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("agents_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tiny_run_fills_both_quotas_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    benchmark = load_benchmark()
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nAn earlier section stays.\n")
 
@@ -45,7 +33,7 @@ def test_tiny_run_fills_both_quotas_and_reports(tmp_path: Path, capsys: pytest.C
     printed = capsys.readouterr().out
     for label in ("accepted per wall-clock minute", "LLM calls per accepted sample", "429 answers", "discarded over quota", "ratio ours / reference"):
         assert label in printed
-    summary = benchmark.json.loads(printed.strip().splitlines()[-1])
+    summary = json.loads(printed.strip().splitlines()[-1])
     assert {"ours", "reference", "ratio", "limits", "quotas"} <= summary.keys()
     for side in ("ours", "reference"):
         assert {"accepted_per_minute", "calls_per_accepted", "rate_limited_429", "discarded_over_quota"} <= summary[side].keys()
@@ -58,7 +46,6 @@ def test_tiny_run_fills_both_quotas_and_reports(tmp_path: Path, capsys: pytest.C
 
 
 def test_repeated_runs_are_reported_with_their_spread() -> None:
-    benchmark = load_benchmark()
     assert benchmark.repeats_line([5.0]) == "One run."
     line = benchmark.repeats_line([5.5, 4.9, 5.2])
     assert "3 runs" in line and "4.90x, 5.20x, 5.50x" in line and "median" in line

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "grpo_gpu.py"
+from benchmarks import grpo_gpu
 
 
 def test_grpo_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("grpo_gpu", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "report.jsonl"
-    report = module.main(["--tiny", "--steps", "2", "--prompts", "2", "--generations", "4", "--completion", "8", "--out", str(out)])
+    report = grpo_gpu.main(["--tiny", "--steps", "2", "--prompts", "2", "--generations", "4", "--completion", "8", "--out", str(out)])
     assert report["size"] == "tiny" and report["steps"] == 2
     assert report["completion_tokens_per_second"] > 0 and report["update_tokens"] > 0 and report["matmul_params"] > 0
     assert report["update_mfu"] is None

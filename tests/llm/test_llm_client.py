@@ -11,6 +11,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import openai
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from dpe.llm import (
-    Budget,
+    CHAT_RETRY,
     BudgetExceeded,
     ChatClient,
     ChatReply,
@@ -28,7 +29,7 @@ from dpe.llm import (
     LLMError,
     PermanentLLMError,
     RetriesExhausted,
-    RetryPolicy,
+    SpendLimit,
     UsageLedger,
     image_part,
 )
@@ -192,9 +193,9 @@ def test_rate_limit_without_header_backs_off_with_jitter(openai_server: FakeOpen
     openai_server.fail_next(4, rate_limited())
     client, fake = fake_time_client(openai_server)
     assert asyncio.run(ask(client)).attempts == 5
-    policy = RetryPolicy()
+    policy = CHAT_RETRY
     for retry, slept in enumerate(fake.sleeps, start=1):
-        assert 0.0 <= slept <= policy.base_delay_seconds * 2 ** (retry - 1)
+        assert 0.0 <= slept <= policy.base_delay * 2 ** (retry - 1)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408, 409])
@@ -212,7 +213,7 @@ def test_persistent_server_errors_give_up_after_the_attempt_bound(openai_server:
     with pytest.raises(RetriesExhausted) as raised:
         asyncio.run(ask(client))
     failure = raised.value
-    assert failure.attempts == RetryPolicy().max_attempts == len(openai_server.chat_requests)
+    assert failure.attempts == CHAT_RETRY.max_attempts == len(openai_server.chat_requests)
     assert failure.kind is FailureKind.server_error and failure.status == 503
     assert openai_server.base_url in str(failure) and MODEL in str(failure) and "HTTP 503" in str(failure)
     assert isinstance(failure, LLMError)
@@ -225,7 +226,7 @@ def test_retry_time_bound_stops_before_the_attempt_bound(openai_server: FakeOpen
         endpoint(openai_server),
         KEY,
         role="planner",
-        retry=RetryPolicy(max_attempts=10, max_retry_seconds=100.0),
+        retry=replace(CHAT_RETRY, max_attempts=10, max_elapsed=100.0),
         clock=fake.clock,
         sleep=fake.sleep,
     )
@@ -253,7 +254,7 @@ def test_refused_requests_fail_at_once_without_the_key(openai_server: FakeOpenAI
 def test_timeouts_are_retried(openai_server: FakeOpenAIServer) -> None:
     openai_server.latency = lambda request: 2.0 if len(openai_server.chat_requests) == 1 else 0.0
     client = ChatClient(
-        endpoint(openai_server, timeout_seconds=0.3), KEY, role="planner", retry=RetryPolicy(base_delay_seconds=0.01)
+        endpoint(openai_server, timeout_seconds=0.3), KEY, role="planner", retry=replace(CHAT_RETRY, base_delay=0.01)
     )
     started = time.monotonic()
     reply = asyncio.run(ask(client))
@@ -269,7 +270,7 @@ def test_connection_failures_are_retried_then_reported() -> None:
     fake = FakeTime()
     dead = ModelEndpoint(base_url=f"http://127.0.0.1:{port}/v1", model=MODEL)
     client = ChatClient(
-        dead, KEY, role="planner", retry=RetryPolicy(max_attempts=3), clock=fake.clock, sleep=fake.sleep
+        dead, KEY, role="planner", retry=replace(CHAT_RETRY, max_attempts=3), clock=fake.clock, sleep=fake.sleep
     )
     with pytest.raises(RetriesExhausted) as raised:
         asyncio.run(ask(client))
@@ -330,7 +331,7 @@ def paced_burst(server: FakeOpenAIServer, requests_per_minute: int | None, calls
         KEY,
         role="planner",
         limiter=limiter,
-        retry=RetryPolicy(max_attempts=20, base_delay_seconds=0.01),
+        retry=replace(CHAT_RETRY, max_attempts=20, base_delay=0.01),
         clock=clock,
         sleep=sleep,
         rng=random.Random(1),
@@ -366,7 +367,7 @@ def test_without_a_rate_limit_the_strict_server_refuses_some() -> None:
 
 def test_budget_stops_new_calls_once_spent(openai_server: FakeOpenAIServer) -> None:
     openai_server.usage = lambda request, content: (1000, 1000)
-    budget = Budget(0.025)
+    budget = SpendLimit(0.025)
     ledger = UsageLedger()
     client = ChatClient(
         endpoint(openai_server, input_usd_per_million_tokens=5.0, output_usd_per_million_tokens=5.0),
@@ -395,7 +396,7 @@ def test_budget_stops_new_calls_once_spent(openai_server: FakeOpenAIServer) -> N
 
 def test_key_never_reaches_logs_or_reprs(openai_server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture) -> None:
     openai_server.fail_next(1, server_error(500))
-    client = ChatClient(endpoint(openai_server), KEY, role="planner", retry=RetryPolicy(base_delay_seconds=0.01))
+    client = ChatClient(endpoint(openai_server), KEY, role="planner", retry=replace(CHAT_RETRY, base_delay=0.01))
     with caplog.at_level(logging.DEBUG):
         reply = asyncio.run(ask(client, "a prompt that must stay out of logs"))
         openai_server.fail_next(1, error(401, f"bad key {KEY}"))
@@ -428,7 +429,7 @@ def test_fake_lists_models_to_the_real_sdk(openai_server: FakeOpenAIServer) -> N
 def test_fake_refuses_requests_over_its_concurrency_limit() -> None:
     with FakeOpenAIServer(latency=0.1, limits=ServerLimits(max_concurrency=2)) as server:
         client = ChatClient(
-            endpoint(server, max_concurrency=6), KEY, role="planner", retry=RetryPolicy(max_attempts=1)
+            endpoint(server, max_concurrency=6), KEY, role="planner", retry=replace(CHAT_RETRY, max_attempts=1)
         )
 
         async def six() -> list[ChatReply | BaseException]:

@@ -15,18 +15,17 @@ from typing import Any
 import pytest
 
 from dpe.llm import (
-    Budget,
     BudgetExceeded,
     EndpointLimiter,
     FailureKind,
     LimiterRegistry,
-    RetryPolicy,
+    SpendLimit,
     TokenBucket,
     UsageLedger,
     classify_status,
     estimate_prompt_tokens,
-    retry_after_seconds,
 )
+from dpe.retry import Backoff, retry_after_seconds
 from dpe.spec import ModelEndpoint
 
 
@@ -184,10 +183,10 @@ def test_retry_after_headers() -> None:
 
 
 def test_backoff_is_full_jitter_under_a_growing_capped_ceiling() -> None:
-    policy = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=8.0)
+    policy = Backoff(base_delay=1.0, max_delay=8.0)
     rng = random.Random(3)
     for retry, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
-        delays = [policy.backoff(retry, rng) for _ in range(200)]
+        delays = [policy.delay(retry, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling
 
@@ -225,7 +224,7 @@ def test_ledger_is_safe_across_threads_and_snapshots_plain_data() -> None:
 
 
 def test_budget_flags_and_raises_once_reached() -> None:
-    budget = Budget(1.0, spent_usd=0.4)
+    budget = SpendLimit(1.0, spent_usd=0.4)
     budget.check()
     budget.charge(0.5)
     assert not budget.exceeded and budget.remaining_usd == pytest.approx(0.1)

@@ -512,8 +512,16 @@ def test_job_metadata() -> None:
         "namespace": "research",
         "labels": names.labels("demo", 3, StageName.score, 2),
         "ownerReferences": [OWNER_REFERENCE],
+        "annotations": {names.MODEL_ANNOTATION: MODEL},
     }
     assert job["spec"]["template"]["metadata"] == {"labels": names.labels("demo", 3, StageName.score, 2)}
+
+
+def test_a_sharded_stages_jobs_say_how_many_shards_and_which_model() -> None:
+    run = make_run(score={"shards": 3})
+    for job in (builders.stage_job(run, 1, StageName.score, 1, MODEL, owner=OWNER, image_default=IMAGE_DEFAULT, service_account_default=SERVICE_ACCOUNT_DEFAULT, **extra)
+                for extra in ({}, {"shard": (1, 3)}, {"merge": True})):
+        assert job["metadata"]["annotations"] == {names.MODEL_ANNOTATION: MODEL, names.SHARDS_ANNOTATION: "3"}
 
 
 def test_no_owner_no_references() -> None:

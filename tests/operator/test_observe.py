@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from dpe.spec import StageName, StageRecord
 from dpe.spiral import JobState
+from dpe.status import record_finished, run_status_patch, stage_observation
 from dpe_operator.observe import (
     MissingReference,
     disrupted_pods,
@@ -16,10 +17,7 @@ from dpe_operator.observe import (
     job_state,
     missing_reference,
     pod_problem,
-    record_finished,
     references_condition,
-    run_status_patch,
-    stage_observation,
     termination_message,
     timestamp,
     with_disrupted_pods,
@@ -65,12 +63,14 @@ def test_unschedulable_only_after_the_grace_period() -> None:
     assert "nvidia.com/gpu" in (pod_problem([pod], since + 601, 600) or "")
 
 
-def stage_job(name: str, attempt: int, *, stage: str = "score", merge: bool = False, args: tuple[str, ...] = (), status: dict | None = None) -> dict:
+def stage_job(name: str, attempt: int, *, stage: str = "score", merge: bool = False, shards: int = 1, status: dict | None = None) -> dict:
     labels = {"dpe.dev/run": "r", "dpe.dev/iteration": "1", "dpe.dev/stage": stage, "dpe.dev/attempt": str(attempt)}
     if merge:
         labels["dpe.dev/part"] = "merge"
-    container = {"name": "stage", "args": ["stage", stage, "--run", "/etc/dpe/run.yaml", "--iteration", "1", "--model", "s3://m/base", *args]}
-    return {"metadata": {"name": name, "labels": labels}, "spec": {"template": {"spec": {"containers": [container]}}}, "status": status or {}}
+    annotations = {"dpe.dev/model-uri": "s3://m/base", **({"dpe.dev/shards": str(shards)} if shards > 1 else {})}
+    container = {"name": "stage", "args": ["stage", stage, "--run", "/etc/dpe/run.yaml", "--iteration", "1", "--model", "s3://m/base"]}
+    return {"metadata": {"name": name, "labels": labels, "annotations": annotations}, "spec": {"template": {"spec": {"containers": [container]}}},
+            "status": status or {}}
 
 
 DONE = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": NOW}]}
@@ -114,8 +114,8 @@ def test_a_sharded_attempt_runs_until_its_merge_finishes(main: dict | None, merg
 
     jobs = AttemptJobs(
         1,
-        None if main is None else stage_job("r-i1-score-a1", 1, args=("--shard", "$(JOB_COMPLETION_INDEX)/3"), status=main),
-        None if merge is None else stage_job("r-i1-score-a1-merge", 1, merge=True, args=("--merge",), status=merge),
+        None if main is None else stage_job("r-i1-score-a1", 1, shards=3, status=main),
+        None if merge is None else stage_job("r-i1-score-a1-merge", 1, merge=True, shards=3, status=merge),
     )
     assert is_sharded(jobs)
     state, _, _, _, merge_due = attempt_state(jobs, sharded=True)
@@ -130,12 +130,12 @@ def test_an_unsharded_attempt_is_its_job() -> None:
     assert attempt_state(jobs, sharded=False)[0] is JobState.succeeded and attempt_state(jobs, sharded=False)[4] is False
 
 
-def test_model_argument() -> None:
-    from dpe_operator.observe import model_argument
+def test_model_of_reads_the_jobs_annotation() -> None:
+    from dpe_operator.observe import model_of
 
-    assert model_argument(stage_job("j", 1)) == "s3://m/base"
-    with pytest.raises(ValueError, match="no --model"):
-        model_argument({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"args": ["stage", "--model"]}]}}}})
+    assert model_of(stage_job("j", 1)) == "s3://m/base"
+    with pytest.raises(ValueError, match="no dpe.dev/model-uri annotation"):
+        model_of({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"args": ["stage", "--model", "x"]}]}}}})
 
 
 def test_a_job_seen_running_and_then_gone_is_a_lost_attempt() -> None:
@@ -167,7 +167,7 @@ def test_a_failure_with_a_disrupted_pod_is_a_disruption() -> None:
 
 
 def test_status_patch_carries_only_changes() -> None:
-    from dpe_operator.observe import status_patch
+    from dpe.status import status_patch
 
     old = {"phase": "Running", "bestScore": 0.4, "stopReason": "x", "conditions": [{"type": "Ready"}]}
     assert status_patch(old, {"phase": "Running", "bestScore": 0.4, "conditions": [{"type": "Ready"}]}) == {}
@@ -177,7 +177,7 @@ def test_status_patch_carries_only_changes() -> None:
 
 
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
-    from dpe_operator.observe import condition
+    from dpe.status import condition
 
     first = condition("Ready", False, "Running", "m", 1, [], "2026-01-01T00:00:00Z")
     same = condition("Ready", False, "Running", "other message", 2, [first], "2026-01-02T00:00:00Z")
@@ -189,7 +189,7 @@ def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
 
 def test_iteration_conditions_name_each_stage_and_what_it_is_doing() -> None:
     from dpe.spec import AttemptRecord, IterationPhase, StageName, StageOutcome, StageRecord
-    from dpe_operator.observe import iteration_conditions
+    from dpe.status import iteration_conditions
 
     records = {
         StageName.diagnose: StageRecord(name=StageName.diagnose),
@@ -299,7 +299,7 @@ def test_disrupted_pods_are_counted_once_and_move_into_their_attempt() -> None:
     assert list(fresh) == ["p2"] and record.disrupted_pods == ["p1", "p2"] and record.disruptions == 2
     assert stage_observation(record, JobState.running).disruptions == 2
 
-    finished = record_finished(record, 1, {"metadata": {"name": "j"}}, JobState.failed, 1.0, "exit 1", False)
+    finished = record_finished(record, 1, "j", JobState.failed, 1.0, "exit 1", False)
     assert finished.disrupted_pods == [] and finished.history[0].disruptions == 2 and finished.disruptions == 2
     assert stage_observation(finished, None).disruptions == 2
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
-from dpe.generation import Failed, Produced, SampleTask, parse_task_id
+from dpe.results import DiagnoseResult
+from dpe.generation import EXACT, Failed, Produced, SampleTask, parse_task_id
 from dpe.models.inference import Prompt
 from dpe.offline import WorldProvider
 from dpe.records import read_records
 from dpe.spec import Sampling, StageName
 from dpe.stages import diagnose, generate, score
 from dpe.stages.context import Shard
-from dpe.stages.generate import EXACT
 
 
 def diagnosed(tmp_path: Path, **spec: Any) -> Path:
@@ -53,7 +53,7 @@ def test_offline_generation_meets_every_quota(tmp_path: Path) -> None:
     run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 120})
     ctx = context(run_file, StageName.generate, 1)
     result = generate.run(ctx)
-    quotas = ctx.result_of(StageName.diagnose)["quotas"]
+    quotas = ctx.result_of(DiagnoseResult).quotas
     assert result["accepted"] == 120 and result["shortfall"] == {}
     assert result["accepted_by_type"] == {t: q for t, q in quotas.items() if q}
     records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records
@@ -156,7 +156,7 @@ class SlowSpares(WorldProvider):
 def test_spares_are_cancelled_unfinished_once_their_quota_fills(tmp_path: Path) -> None:
     run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 20})
     ctx = context(run_file, StageName.generate, 1)
-    quotas = ctx.result_of(StageName.diagnose)["quotas"]
+    quotas = ctx.result_of(DiagnoseResult).quotas
     started = time.monotonic()
     result = generate.run(ctx, lambda: (SlowSpares(ctx.name, quotas), 64, EXACT))
     assert time.monotonic() - started < SPARE_SECONDS / 2, "the stage did not wait for its spares"

@@ -14,12 +14,12 @@ from dpe.diagnosis import rule_verdict
 from dpe.grading import solver_prompt
 from dpe.judge import LlmJudge
 from dpe.models.inference import Prompt
-from dpe.llm import RetryPolicy
+from dpe.retry import Backoff
 from dpe.spec import ModelEndpoint, Sampling, StageName
 from dpe.stages import diagnose
 from dpe.taxonomy import ErrorType
 
-FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seconds=0.05, max_retry_seconds=5)
+FAST_RETRY = Backoff(max_attempts=4, base_delay=0.01, max_delay=0.05, max_elapsed=5)
 
 
 def judge_responder(request: dict[str, Any]) -> str:

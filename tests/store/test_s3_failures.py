@@ -30,10 +30,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from dpe.retry import Backoff
 from dpe.store import (
     NotFound,
     PermanentStoreError,
-    RetryPolicy,
     S3Store,
     StoreError,
     TransientStoreError,
@@ -338,7 +338,7 @@ def _failing(times: int, error: Callable[[], StoreError], result: str = "done") 
 
 
 def _retrier(time_: FakeTime, **policy: Any) -> Retrier:
-    return Retrier(RetryPolicy(**policy), sleep=time_.sleep, clock=time_.clock, rng=random.Random(3))
+    return Retrier(Backoff(**policy), sleep=time_.sleep, clock=time_.clock, rng=random.Random(3))
 
 
 def test_transient_failures_are_retried_with_jittered_backoff() -> None:
@@ -350,8 +350,8 @@ def test_transient_failures_are_retried_with_jittered_backoff() -> None:
 
 
 def test_backoff_caps_double_up_to_the_maximum() -> None:
-    policy = RetryPolicy(base_delay=0.25, max_delay=4.0)
-    assert [policy.backoff_cap(n) for n in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    policy = Backoff(base_delay=0.25, max_delay=4.0)
+    assert [policy.cap(n) for n in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
 def test_giving_up_tells_the_whole_story() -> None:
@@ -400,4 +400,4 @@ def test_other_errors_are_not_retried(error: Exception) -> None:
 
 def test_a_policy_needs_an_attempt() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        RetryPolicy(max_attempts=0)
+        Backoff(max_attempts=0)

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 from dpe.records import PNG_SIGNATURE
+from dpe.retry import Backoff
 from dpe.secrets import secret_env_name
 from dpe.spec import EditTool, SecretKeyRef
-from dpe.store.retry import RetryPolicy
 from dpe.taxonomy import CapabilityType
 from dpe.tools.constraints import ALL_LOCAL_OPERATIONS, POLICIES, constrained_prompt
 from dpe.tools.edit import (
@@ -242,7 +242,7 @@ API_KEY = "sk-edit-test-4242"
 
 
 def _editor(server: ImagesServer, attempts: int = 3) -> OpenAIImageEditor:
-    retrying = Retrying(RetryPolicy(max_attempts=attempts, base_delay=0.01, max_delay=0.02, max_elapsed=10.0))
+    retrying = Retrying(Backoff(max_attempts=attempts, base_delay=0.01, max_delay=0.02, max_elapsed=10.0))
     return OpenAIImageEditor(server.base_url, "edit-model", api_key=API_KEY, retrying=retrying)
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from dpe.image_quality import GateReason, Thresholds
 from dpe.manifest import load_run
 from dpe.pool import INDEX_FILE, INDEX_SCHEMA, LOCATION_KEY, load_index, path_tokens, tokenize
 from dpe.spec import SearchTool
 from dpe.store import ACCESS_KEY_ENV, SECRET_KEY_ENV, open_store
 from dpe.tools.pool_command import pool
-from dpe.tools.quality import GateReason, Thresholds
 from dpe.tools.search import PoolSearch, open_search
 from dpe_testkit.pictures import encode, scene
 from dpe_testkit.s3server import S3Server

@@ -7,10 +7,10 @@ import json
 import logging
 
 import pytest
+from dpe.image_quality import GateReason, Thresholds
+from dpe.retry import Backoff
 from dpe.secrets import secret_env_name
 from dpe.spec import SearchTool, SecretKeyRef
-from dpe.store.retry import RetryPolicy
-from dpe.tools.quality import GateReason, Thresholds
 from dpe.tools.retry import PermanentToolError, Retrying, ToolUnavailable
 from dpe.tools.search import Failure, SearxngSearch, SerperSearch, WebImageSearch, open_search
 from dpe_testkit.pictures import blurred, encode, scene
@@ -22,7 +22,7 @@ CAP = 1_000_000
 
 
 def _fast() -> Retrying:
-    return Retrying(RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, max_elapsed=5.0))
+    return Retrying(Backoff(max_attempts=3, base_delay=0.01, max_delay=0.02, max_elapsed=5.0))
 
 
 def _searcher(server: SearchServer, kind: type[WebImageSearch] = SerperSearch, **options: object) -> WebImageSearch:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from dpe.generation import (
     LAST_COVERED,
-    Plan,
+    QuotaPlan,
     failure_rate,
     multiple_choice_problem,
     parse_task_id,
@@ -59,7 +59,7 @@ def test_seed_draw_is_not_the_first_rows() -> None:
 
 
 def test_plan_never_puts_more_in_flight_than_a_type_needs() -> None:
-    plan = Plan.from_quotas({CapabilityType.map: 2, CapabilityType.medical: 1})
+    plan = QuotaPlan.from_quotas({CapabilityType.map: 2, CapabilityType.medical: 1})
     started = []
     while (capability := plan.next_type()) is not None:
         plan.types[capability].in_flight += 1
@@ -69,7 +69,7 @@ def test_plan_never_puts_more_in_flight_than_a_type_needs() -> None:
 
 
 def test_plan_gives_up_on_a_type_after_its_attempt_budget() -> None:
-    plan = Plan.from_quotas({CapabilityType.map: 1})
+    plan = QuotaPlan.from_quotas({CapabilityType.map: 1})
     budget = plan.types[CapabilityType.map].budget
     for _ in range(budget):
         assert plan.next_type() is CapabilityType.map
@@ -112,7 +112,7 @@ def test_the_last_samples_of_a_type_each_have_a_spare() -> None:
 
 
 def test_spares_start_only_once_every_need_is_covered() -> None:
-    plan = Plan.from_quotas({CapabilityType.map: 20, CapabilityType.medical: 2})
+    plan = QuotaPlan.from_quotas({CapabilityType.map: 20, CapabilityType.medical: 2})
     started = []
     while (capability := plan.next_type(0.1)) is not None:
         plan.types[capability].in_flight += 1
@@ -124,7 +124,7 @@ def test_spares_start_only_once_every_need_is_covered() -> None:
 
 
 def test_a_failure_is_covered_by_a_running_spare() -> None:
-    plan = Plan.from_quotas({CapabilityType.map: 2})
+    plan = QuotaPlan.from_quotas({CapabilityType.map: 2})
     kind = plan.types[CapabilityType.map]
     for _ in range(3):
         assert plan.next_type(0.1) is CapabilityType.map

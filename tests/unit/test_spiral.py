@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpe.manifest import parse_run
-from dpe.spec import EvolutionRunSpec, IterationPhase, RunPhase, StageName
+from dpe.spec import EvolutionRunSpec, IterationPhase, RunPhase, StageName, StageSummary
 from dpe.spiral import (
     BASELINE,
     Attempt,
@@ -24,7 +24,6 @@ from dpe.spiral import (
     ResumeStage,
     RunObservation,
     StageObservation,
-    StageResult,
     StartIteration,
     StartStage,
     StopReason,
@@ -49,7 +48,7 @@ def make_spec(**spec: Any) -> EvolutionRunSpec:
 
 def done(stage: StageName, k: int, score: float = 0.5, gpu_hours: float = 0.0, spend: float = 0.0) -> StageObservation:
     """A stage that succeeded once, with the result fields the spiral reads."""
-    result = StageResult(
+    result = StageSummary(
         model_uri=f"m{k}" if stage is T else None,
         scores={"overall": score, "world": score} if stage is E else {},
         gpu_hours=gpu_hours,
@@ -403,7 +402,7 @@ class Cluster:
     def settle(self, k: int, name: StageName, outcome: str, score: float) -> None:
         stage = self.iterations[k].stage(name)
         if outcome == "succeed":
-            result = StageResult(
+            result = StageSummary(
                 model_uri=f"m{k}" if name is T else None,
                 scores={"overall": score} if name is E else {},
                 gpu_hours=0.5,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpe.selection import Reason, Scored, select, window_distance
+from dpe.training_selection import Reason, Scored, select, window_distance
 from dpe.taxonomy import CapabilityType
 
 M, C, G = CapabilityType.map, CapabilityType.chart_graph, CapabilityType.geometric

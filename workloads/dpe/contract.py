@@ -13,3 +13,22 @@ CACHE_ENV = "DPE_CACHE_DIR"
 """Where models fetched from the store or built in are cached on the machine."""
 PERMANENT_EXIT = 3
 """Exit status of a stage that failed in a way no retry can fix (invalid spec, missing model, refused credentials)."""
+
+
+def stage_argv(stage: str, run_file: str, iteration: int, model_uri: str, *, store: str | None = None,
+               shard: str | None = None, merge: bool = False) -> list[str]:
+    """The arguments of `dpe stage STAGE ...` after the program: the one way both executors start a stage.
+
+    `shard` is `INDEX/COUNT` (in an Indexed Job the index may be a `$(VAR)` the kubelet expands);
+    `merge` asks for the step that combines a sharded stage's shards.
+    """
+    if shard is not None and merge:
+        raise ValueError("a stage invocation runs one shard or the merge, not both")
+    argv = ["stage", stage, "--run", run_file, "--iteration", str(iteration), "--model", model_uri]
+    if store is not None:
+        argv += ["--store", store]
+    if shard is not None:
+        argv += ["--shard", shard]
+    if merge:
+        argv.append("--merge")
+    return argv

@@ -1,24 +1,25 @@
 """The local executor: `dpe run FILE.yaml` drives the spiral on one machine.
 
-It asks `dpe.spiral.decide` what to do, runs each stage as a subprocess through the same
-`dpe stage NAME` command a Kubernetes Job runs, side by side when the spiral starts several (an
-evaluation off the critical path beside the next iteration), and records every attempt in the store
-next to the stage's outputs (`attempts.json`), so the observation it rebuilds on every turn is the
-whole history. Interrupting it (Ctrl-C) and running it again continues where it stopped: an attempt
-left running by a dead executor counts as a disruption, and finished stages are never repeated. A
-lease in the store (`dpe.lease`) keeps two executors off one run.
+It turns the spiral (`dpe.spiral.advance`) as the operator does, runs each stage as a subprocess
+through the same `dpe stage NAME` command line a Kubernetes Job runs, side by side when the spiral
+starts several (an evaluation beside the next iteration), and records every attempt in the store
+as the operator does in the cluster: each iteration's status (`IterationStatus`, its stage
+records and attempt history) and the run's (`EvolutionRunStatus`). The observation it rebuilds on
+every turn is that whole history, and `dpe status` shows what `kubectl get` would. Interrupting it
+(Ctrl-C) and running it again continues where it stopped: an attempt left running by a dead
+executor counts as a disruption, and finished stages are never repeated. A lease in the store
+(`dpe.lease`) keeps two executors off one run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,28 +27,12 @@ from typing import IO, Any
 
 from rich.console import Console
 
-from dpe import layout
+from dpe import layout, status
 from dpe.lease import Lease, RunBusy
 from dpe.manifest import load_run
-from dpe.spec import EvolutionRun, LocalStorage, RunPhase, StageName, Storage
-from dpe.spiral import (
-    Attempt,
-    CancelStage,
-    Decision,
-    Finished,
-    FinishRun,
-    IterationObservation,
-    JobState,
-    Requeue,
-    RunObservation,
-    StageObservation,
-    StageResult,
-    StartIteration,
-    StartStage,
-    decide,
-    stages_of,
-)
-from dpe.contract import PERMANENT_EXIT
+from dpe.spec import EvolutionRun, EvolutionRunStatus, LocalStorage, RunPhase, StageName, StageRecord, Storage
+from dpe.spiral import CancelStage, Decision, Finished, FinishRun, JobState, Requeue, RunObservation, StartIteration, StartStage, advance
+from dpe.contract import PERMANENT_EXIT, stage_argv
 from dpe.store import ArtifactStore, open_store
 
 MAX_WAIT_SECONDS = 300.0
@@ -85,6 +70,11 @@ class RunningStage:
             self.process.wait()
 
 
+def attempt_label(action: StartStage) -> str:
+    """The name an attempt is recorded under (a Job's name, in the operator)."""
+    return f"local-i{action.iteration}-{action.stage.value}-a{action.attempt}"
+
+
 def _now() -> float:
     return time.time()
 
@@ -106,89 +96,112 @@ class LocalExecutor:
         self.console = console or Console(stderr=True)
         self.namespace = self.run.metadata.namespace
         self.name = self.run.metadata.name
+        self.running: dict[tuple[int, StageName], RunningStage] = {}
+        """Stage attempts running now, by (iteration, stage)."""
+        self.waits: list[float] = []
+        """Seconds the last decision asks to wait at most before the next turn."""
 
-    # -- keys ------------------------------------------------------------------------------------
+    # -- records ---------------------------------------------------------------------------------
 
-    def _iteration_key(self, k: int) -> str:
-        return layout.iteration_prefix(self.namespace, self.name, k) + "iteration.json"
+    def _iterations(self) -> dict[int, str]:
+        """Index -> input model of every iteration started."""
+        found = {}
+        for key in self.store.list(layout.run_prefix(self.namespace, self.name) + layout.ITERATIONS_DIR + "/"):
+            if key.endswith("/" + layout.ITERATION_FILE):
+                body = self.store.get_json(key)
+                found[int(body["index"])] = str(body["input_model_uri"])
+        return found
 
-    def _attempts_key(self, k: int, stage: StageName) -> str:
-        return layout.stage_key(self.namespace, self.name, k, stage, "attempts.json")
+    def _iteration_status(self, k: int) -> dict[str, Any]:
+        key = layout.iteration_status_key(self.namespace, self.name, k)
+        return dict(self.store.get_json(key)) if self.store.exists(key) else {}
 
-    def _run_key(self, *parts: str) -> str:
-        return layout.run_key(self.namespace, self.name, *parts)
+    def _records(self, k: int) -> dict[StageName, StageRecord]:
+        """Iteration k's stage records, each complete stage with the summary of its result.json."""
+        records = status.stage_records(self._iteration_status(k), k)
+        for stage, record in records.items():
+            key = layout.result_key(self.namespace, self.name, k, stage)
+            if record.summary is None and self.store.exists(key):
+                try:
+                    records[stage] = record.model_copy(update={"summary": status.summary_from_result(self.store.get_json(key))})
+                except ValueError:
+                    pass  # the attempt that wrote it is recorded as failed, with the reason
+        return records
 
-    # -- observation -----------------------------------------------------------------------------
+    def _live(self, k: int) -> dict[StageName, JobState]:
+        return {stage: JobState.running for (index, stage) in self.running if index == k}
 
-    def _attempts(self, k: int, stage: StageName) -> list[dict[str, Any]]:
-        key = self._attempts_key(k, stage)
-        return list(self.store.get_json(key)) if self.store.exists(key) else []
+    def _write_iteration(self, k: int, records: dict[StageName, StageRecord]) -> dict[str, Any]:
+        written = status.iteration_status_of(self.run.spec, k, self._iterations()[k], None, self._iteration_status(k), records, self._live(k), _iso(_now()))
+        self.store.put_json(layout.iteration_status_key(self.namespace, self.name, k), written)
+        return written
 
-    def _result(self, k: int, stage: StageName) -> StageResult | None:
-        key = layout.result_key(self.namespace, self.name, k, stage)
-        if not self.store.exists(key):
-            return None
-        body = self.store.get_json(key)
-        return StageResult(
-            model_uri=body.get("model_uri"),
-            scores=body.get("scores", {}),
-            gpu_hours=float(body.get("gpu_hours", 0.0) or 0.0),
-            agent_spend_usd=float(body.get("agent_spend_usd", 0.0) or 0.0),
-        )
+    def _update_record(self, k: int, stage: StageName, update: Callable[[StageRecord], StageRecord]) -> None:
+        records = self._records(k)
+        records[stage] = update(records[stage])
+        self._write_iteration(k, records)
+
+    # -- the executor's side of the spiral ---------------------------------------------------------
 
     def observe(self) -> RunObservation:
-        iterations: dict[int, IterationObservation] = {}
-        for key in self.store.list(layout.run_prefix(self.namespace, self.name) + "iterations/"):
-            if not key.endswith("/iteration.json"):
-                continue
-            body = self.store.get_json(key)
-            k = int(body["index"])
-            stages = {}
-            for stage in stages_of(k):
-                attempts = tuple(
-                    Attempt(JobState(a["state"]), a.get("finished_at"), a.get("message", ""), a.get("permanent", False))
-                    for a in self._attempts(k, stage)
-                )
-                stages[stage] = StageObservation(attempts, self._result(k, stage))
-            iterations[k] = IterationObservation(body["input_model_uri"], stages)
-        status_key = self._run_key("status.json")
-        status = self.store.get_json(status_key) if self.store.exists(status_key) else {}
+        iterations = {k: status.iteration_observation(model, self._records(k), self._live(k)) for k, model in self._iterations().items()}
+        previous = self._run_status()
         finished = None
-        if status.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
-            finished = Finished(RunPhase(status["phase"]), status.get("reason", ""), status.get("message", ""))
-        return RunObservation(now=_now(), started_at=status.get("started_at"), iterations=iterations, finished=finished)
+        if previous.get("phase") in (RunPhase.succeeded.value, RunPhase.failed.value):
+            finished = Finished(RunPhase(previous["phase"]), previous.get("stopReason") or "", previous.get("message") or "")
+        started = previous.get("startTime")
+        return RunObservation(now=_now(), started_at=None if not started else datetime.fromisoformat(started).timestamp(),
+                              iterations=iterations, finished=finished)
 
-    # -- actions ---------------------------------------------------------------------------------
+    def apply(self, decision: Decision, observation: RunObservation) -> None:
+        """Start the iterations and (within `parallel_stages`) the stages the spiral decided, cancel
+        what it cancels, and note how long it asks to wait."""
+        self.waits = [MAX_WAIT_SECONDS if self.running else IDLE_SECONDS]
+        for action in decision.actions:
+            if isinstance(action, StartIteration):
+                self.store.put_json(layout.iteration_key(self.namespace, self.name, action.index),
+                                    {"index": action.index, "input_model_uri": action.input_model_uri})
+                self.console.print(f"[bold cyan]● iteration {action.index}[/bold cyan] from {action.input_model_uri}")
+                self.waits.append(0.0)
+        for start in self._startable(decision, self.running):
+            self.running[(start.iteration, start.stage)] = self._launch(start)
+        for action in decision.actions:
+            if isinstance(action, CancelStage) and (action.iteration, action.stage) in self.running:
+                stage = self.running.pop((action.iteration, action.stage))
+                stage.stop()
+                self._finish(stage, cancelled=action.reason)
+            elif isinstance(action, Requeue):
+                self.waits.append(action.after_seconds)
+        for k in {k for k, _ in self.running}:
+            self._write_iteration(k, self._records(k))  # the stages just started show as running
 
-    def _record_attempt(self, k: int, stage: StageName, attempt: dict[str, Any]) -> None:
-        attempts = self._attempts(k, stage)
-        if attempts and attempts[-1]["state"] == JobState.running.value:
-            attempts[-1] = attempt
-        else:
-            attempts.append(attempt)
-        self.store.put_json(self._attempts_key(k, stage), attempts)
+    def _run_status(self) -> dict[str, Any]:
+        key = layout.run_status_key(self.namespace, self.name)
+        return dict(self.store.get_json(key)) if self.store.exists(key) else {}
 
     def recover(self) -> None:
         """Attempts a dead executor left running were interrupted, not failed."""
-        for key in self.store.list(layout.run_prefix(self.namespace, self.name) + "iterations/"):
-            if key.endswith("/attempts.json"):
-                attempts = self.store.get_json(key)
-                if attempts and attempts[-1]["state"] == JobState.running.value:
-                    attempts[-1] = {**attempts[-1], "state": JobState.disrupted.value, "finished_at": _now(), "message": "executor interrupted"}
-                    self.store.put_json(key, attempts)
+        for k in self._iterations():
+            records = self._records(k)
+            lost = {stage: record for stage, record in records.items()
+                    if record.summary is None and record.job_name and not any(e.job_name == record.job_name for e in record.history)}
+            for stage, record in lost.items():
+                records[stage] = status.record_finished(record, len(record.history) + 1, record.job_name or "", JobState.disrupted, _now(),
+                                                        "executor interrupted", False)
+            if lost:
+                self._write_iteration(k, records)
 
     def _command(self, action: StartStage) -> list[str]:
-        command = [sys.executable, "-m", "dpe", "stage", action.stage.value, "--run", str(self.run_file),
-                   "--iteration", str(action.iteration), "--model", action.input_model_uri]
-        if self.store_dir is not None:
-            command += ["--store", str(self.store_dir)]
-        return command
+        store = None if self.store_dir is None else str(self.store_dir)
+        return [sys.executable, "-m", "dpe", *stage_argv(action.stage.value, str(self.run_file), action.iteration, action.input_model_uri, store=store)]
 
     def _launch(self, action: StartStage) -> RunningStage:
         label = f"iteration {action.iteration} {action.stage.value}"
         self.console.print(f"[bold]▶ {label}[/bold] (attempt {action.attempt}, model {action.input_model_uri})")
         started = _now()
-        self._record_attempt(action.iteration, action.stage, {"state": JobState.running.value, "started_at": started})
+        label = attempt_label(action)
+        self._update_record(action.iteration, action.stage,
+                            lambda record: record.model_copy(update={"job_name": label, "start_time": record.start_time or _iso(started)}))
         output = tempfile.TemporaryFile()
         # Each stage's share of the cores: stages side by side with all cores each would fight over them.
         threads = str(max((os.cpu_count() or 1) // self.parallel_stages, 1))
@@ -202,56 +215,47 @@ class LocalExecutor:
         action, process = running.action, running.process
         label = f"iteration {action.iteration} {action.stage.value}"
         seconds = _now() - running.started
-        complete = self.store.exists(layout.result_key(self.namespace, self.name, action.iteration, action.stage))
-        base = {"started_at": running.started, "finished_at": _now(), "seconds": round(seconds, 2)}
-        if cancelled is None and process.returncode == 0 and complete:
-            running.output.close()
-            self._record_attempt(action.iteration, action.stage, {"state": JobState.succeeded.value, **base})
-            self.console.print(f"  [green]✓ {label}[/green] in {seconds:.1f} s")
-            return
+        self.running.pop((action.iteration, action.stage), None)
         running.output.seek(0)
         log = running.output.read().decode("utf-8", "replace")
         running.output.close()
+        result_key = layout.result_key(self.namespace, self.name, action.iteration, action.stage)
+        summary, permanent = None, process.returncode == PERMANENT_EXIT
         if cancelled is not None:
-            self._record_attempt(action.iteration, action.stage, {"state": JobState.cancelled.value, **base, "message": cancelled})
-            self.console.print(f"  [yellow]■ {label}[/yellow] cancelled: {cancelled}")
-            return
-        message = (log.strip().splitlines() or ["no output"])[-1][-500:]
-        permanent = process.returncode == PERMANENT_EXIT
-        self._record_attempt(action.iteration, action.stage, {"state": JobState.failed.value, **base, "message": message, "permanent": permanent})
-        log_key = layout.stage_key(self.namespace, self.name, action.iteration, action.stage, f"attempt-{action.attempt}.log")
-        self.store.put_bytes(log_key, log.encode())
-        self.console.print(f"  [red]✗ {label}[/red] exit {process.returncode}: {message}")
+            state, message = JobState.cancelled, cancelled
+        elif process.returncode == 0 and self.store.exists(result_key):
+            try:
+                summary = status.summary_from_result(self.store.get_json(result_key))
+                state, message = JobState.succeeded, ""
+            except ValueError as error:
+                state, message = JobState.failed, str(error)
+        else:
+            state, message = JobState.failed, (log.strip().splitlines() or ["no output"])[-1][-500:]
+        if process.returncode not in (0, None) and cancelled is None:
+            log_key = layout.stage_key(self.namespace, self.name, action.iteration, action.stage, f"attempt-{action.attempt}.log")
+            self.store.put_bytes(log_key, log.encode())
 
-    def _write_status(self, decision: Decision, observation: RunObservation) -> dict[str, Any]:
-        status_key = self._run_key("status.json")
-        previous = self.store.get_json(status_key) if self.store.exists(status_key) else {}
-        iterations = []
-        for k, iteration in sorted(observation.iterations.items()):
-            stages = {}
-            for stage in stages_of(k):
-                seen = iteration.stage(stage)
-                state = "Succeeded" if seen.succeeded else (seen.attempts[-1].state.value if seen.attempts else "Pending")
-                stages[stage.value] = {"state": state, "attempts": len(seen.attempts)}
-            evaluation = iteration.stage(StageName.evaluate).result
-            iterations.append({"index": k, "input_model_uri": iteration.input_model_uri, "stages": stages,
-                               "score": None if evaluation is None else evaluation.scores.get("overall")})
-        status = {
-            "run": f"{self.namespace}/{self.name}",
-            "phase": decision.phase.value,
-            "reason": decision.reason,
-            "message": decision.message,
-            "started_at": previous.get("started_at") or observation.started_at or _now(),
-            "updated": _iso(_now()),
-            "current_iteration": decision.current_iteration,
-            "baseline_score": decision.baseline_score,
-            "best": None if decision.best is None else {"iteration": decision.best.iteration, "score": decision.best.score, "model_uri": decision.best.model_uri},
-            "gpu_hours": decision.gpu_hours,
-            "agent_spend_usd": decision.agent_spend_usd,
-            "iterations": iterations,
-        }
-        self.store.put_json(status_key, status)
-        return status
+        def finished(record: StageRecord) -> StageRecord:
+            record = status.record_finished(record, action.attempt, attempt_label(action), state, _now(), message, permanent)
+            return record.model_copy(update={"summary": summary or record.summary, "end_time": _iso(_now())})
+
+        self._update_record(action.iteration, action.stage, finished)
+        if state is JobState.succeeded:
+            self.console.print(f"  [green]✓ {label}[/green] in {seconds:.1f} s")
+        elif state is JobState.cancelled:
+            self.console.print(f"  [yellow]■ {label}[/yellow] cancelled: {cancelled}")
+        else:
+            self.console.print(f"  [red]✗ {label}[/red] exit {process.returncode}: {message}")
+
+    def _write_status(self, decision: Decision) -> dict[str, Any]:
+        """The run's status, in the EvolutionRun status's shape, checked against its model."""
+        previous = self._run_status()
+        iterations = self._iterations()
+        statuses = {k: self._iteration_status(k) for k in iterations}
+        new = status.run_status(decision, previous, statuses, iterations, None, _iso(_now()))
+        written = EvolutionRunStatus.model_validate(new).model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.store.put_json(layout.run_status_key(self.namespace, self.name), written)
+        return written
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -261,55 +265,36 @@ class LocalExecutor:
         Whatever the spiral decides runs at once, side by side (an evaluation beside the next
         iteration's stages); the run's lease keeps a second `dpe run` of it from starting.
         """
-        self.store.put_bytes(self._run_key("run.yaml"), self.run_file.read_bytes())
+        self.store.put_bytes(layout.run_spec_key(self.namespace, self.name), self.run_file.read_bytes())
         with Lease(self.store, layout.executor_lease_key(self.namespace, self.name), f"{self.namespace}/{self.name}") as lease:
             self.recover()
-            running: dict[tuple[int, StageName], RunningStage] = {}
             try:
-                return self._drive(running, lease)
+                return self._drive(lease)
             finally:
-                for stage in running.values():
+                for stage in list(self.running.values()):
                     stage.stop()
 
-    def _drive(self, running: dict[tuple[int, StageName], RunningStage], lease: Lease) -> dict[str, Any]:
+    def _drive(self, lease: Lease) -> dict[str, Any]:
         while True:
             if lease.lost.is_set():
                 raise RunBusy(f"run {self.namespace}/{self.name}: another executor took over its lease; stopping")
-            for key, stage in list(running.items()):
-                if stage.process.poll() is not None:
-                    self._finish(running.pop(key))
-            observation = self.observe()
-            decision = decide(self.run.spec, observation)
-            status = self._write_status(decision, observation)
-            waits = [MAX_WAIT_SECONDS if running else IDLE_SECONDS]
-            for action in decision.actions:
-                if isinstance(action, StartIteration):
-                    self.store.put_json(self._iteration_key(action.index), {"index": action.index, "input_model_uri": action.input_model_uri})
-                    self.console.print(f"[bold cyan]● iteration {action.index}[/bold cyan] from {action.input_model_uri}")
-                    waits.append(0.0)
-            for start in self._startable(decision, running):
-                running[(start.iteration, start.stage)] = self._launch(start)
-            for action in decision.actions:
-                if isinstance(action, CancelStage) and (action.iteration, action.stage) in running:
-                    stage = running.pop((action.iteration, action.stage))
-                    stage.stop()
-                    self._finish(stage, cancelled=action.reason)
-                elif isinstance(action, Requeue):
-                    waits.append(action.after_seconds)
-                elif isinstance(action, FinishRun):
-                    status = self._write_status(decision, self.observe())
-                    self.console.print(f"[bold]{action.phase.value}[/bold]: {action.reason.value}: {action.message}")
-                    from dpe.report import write_report
+            for stage in [stage for stage in self.running.values() if stage.process.poll() is not None]:
+                self._finish(stage)
+            decision, _ = advance(self.run.spec, self)
+            run_status = self._write_status(decision)
+            finish = next((a for a in decision.actions if isinstance(a, FinishRun)), None)
+            if finish is not None:
+                self.console.print(f"[bold]{finish.phase.value}[/bold]: {finish.reason.value}: {finish.message}")
+                from dpe.report import write_report
 
-                    report = write_report(self.store, self.storage, self.namespace, self.name)
-                    self.console.print(f"report: {report}")
-                    return status
-            if decision.phase in (RunPhase.succeeded, RunPhase.failed) and not running:
-                return status
-            if decision.phase is RunPhase.suspended and not running:
+                self.console.print(f"report: {write_report(self.store, self.storage, self.namespace, self.name)}")
+                return run_status
+            if decision.phase in (RunPhase.succeeded, RunPhase.failed) and not self.running:
+                return run_status
+            if decision.phase is RunPhase.suspended and not self.running:
                 self.console.print("run is suspended (spec.suspend); set it to false and run again to continue")
-                return status
-            self._wait(running, min(waits))
+                return run_status
+            self._wait(self.running, min(self.waits))
 
     def _startable(self, decision: Decision, running: Mapping[tuple[int, StageName], RunningStage]) -> list[StartStage]:
         """The decided stages to start now, within `parallel_stages`: the critical path first, evaluations last."""
@@ -328,27 +313,34 @@ class LocalExecutor:
 
 
 def print_status(store_dir: Path, console: Console | None = None) -> int:
-    """`dpe status DIR`: the table of every run under a local store directory."""
+    """`dpe status DIR`: every run under a local store directory, from the same status an EvolutionRun shows."""
     from rich.table import Table
 
+    from dpe.spec import IterationStatus
+
     console = console or Console()
-    runs = sorted(store_dir.glob(f"{layout.RUNS_DIR}/*/*/status.json"))
+    runs = sorted(store_dir.glob(f"{layout.RUNS_DIR}/*/*/{layout.RUN_STATUS_FILE}"))
     if not runs:
         console.print(f"no runs under {store_dir}")
         return 1
     for path in runs:
-        status = json.loads(path.read_text())
-        best = status.get("best") or {}
+        run = EvolutionRunStatus.model_validate_json(path.read_text())
+        namespace, name = path.parent.parent.name, path.parent.name
         console.print(
-            f"[bold]{status['run']}[/bold]: {status['phase']} {status.get('reason') or ''} "
-            f"(iteration {status['current_iteration']}, baseline {status.get('baseline_score')}, best {best.get('score')} at iteration {best.get('iteration')})"
+            f"[bold]{namespace}/{name}[/bold]: {run.phase.value} {run.stop_reason or ''} "
+            f"(iteration {run.current_iteration}, baseline {run.baseline_score}, best {run.best_score} at iteration {run.best_iteration})"
         )
-        table = Table("iteration", "diagnose", "generate", "score", "train", "evaluate", "score")
-        for it in status["iterations"]:
-            cells = [it["stages"].get(s, {}).get("state", "-") for s in ("diagnose", "generate", "score", "train", "evaluate")]
-            table.add_row(str(it["index"]), *cells, "-" if it["score"] is None else f"{it['score']:.3f}")
+        if run.message:
+            console.print(f"  {run.message}")
+        stages = ("diagnose", "generate", "score", "train", "evaluate")
+        table = Table("iteration", *stages, "score")
+        for summary in run.iterations:
+            status_path = path.parent / layout.ITERATIONS_DIR / str(summary.index) / layout.ITERATION_STATUS_FILE
+            records = IterationStatus.model_validate_json(status_path.read_text()).stages if status_path.is_file() else []
+            outcomes = {record.name.value: record.outcome.value for record in records}
+            table.add_row(str(summary.index), *(outcomes.get(stage, "-") for stage in stages), "-" if summary.score is None else f"{summary.score:.3f}")
         console.print(table)
-        table_path = path.parent / "weakness_table.json"
+        table_path = path.parent / layout.WEAKNESS_TABLE_FILE
         if table_path.is_file():
             from dpe.weakness import WeaknessTable, rows
 

@@ -1,4 +1,4 @@
-"""Generation as data: quotas split over shards, seeds drawn without replacement, tasks planned per type.
+"""Generation: quotas split over shards, seeds drawn without replacement, tasks planned per type and run.
 
 Quotas are plans, not caps: the scheduler assigns a capability type to every task before any money
 is spent, and never has more tasks of a type in flight than the type still needs, so no finished
@@ -11,18 +11,28 @@ spend is recorded). When a type falls short (its samples keep failing
 quality control), the same plan keeps issuing tasks for it, switching to *divergent* tasks seeded by
 that type's accepted samples: the gap-filling pass, merged into the same output. A type whose
 attempts run out is reported as short.
+
+`Generation` is the scheduler that carries a plan out for one shard: it starts tasks concurrently,
+checks each produced sample (format, near-duplicates, contamination) and stores it the moment it
+passes, under `accepted/<task>.parquet`, or its failure under `rejected/<task>.json`. Task ids are
+deterministic, so `restore` rebuilds counts, spend and task numbers from those objects after a
+crash, and the rerun ends with exactly the quota.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dpe.records import SampleRecord
+from dpe.image_quality import DUPLICATE_DISTANCE, NearDuplicates, phash
+from dpe.records import SampleRecord, read_records, records_to_parquet
+from dpe.store import ArtifactStore
 from dpe.taxonomy import CapabilityType, QuestionFormat
 
 ATTEMPTS_PER_QUOTA = 3
@@ -174,13 +184,13 @@ class TypePlan:
 
 
 @dataclass
-class Plan:
+class QuotaPlan:
     """Per-type progress of one shard's generation."""
 
     types: dict[CapabilityType, TypePlan] = field(default_factory=dict)
 
     @classmethod
-    def from_quotas(cls, quotas: Mapping[CapabilityType, int]) -> Plan:
+    def from_quotas(cls, quotas: Mapping[CapabilityType, int]) -> QuotaPlan:
         return cls({t: TypePlan(q) for t, q in quotas.items() if q > 0})
 
     def next_type(self, spare_rate: float = 0.0) -> CapabilityType | None:
@@ -240,3 +250,266 @@ def multiple_choice_problem(record: SampleRecord) -> str | None:
 
 def seeds_from(records: Sequence[SampleRecord]) -> list[SeedItem]:
     return [SeedItem(r.id, r.question, r.answer, r.image, r.question_format) for r in records]
+
+
+# -- the scheduler ---------------------------------------------------------------------------------
+
+CANCELLED = "cancelled"
+"""Stage and reason kind of a spare task cancelled because its type's quota was filled."""
+
+
+class Fingerprint:
+    """How samples are compared: perceptual hashes of found and edited images; for procedurally drawn
+    ones an exact digest of image and question (their layouts repeat by design, so perceptual
+    closeness means nothing, and one picture may carry several different questions)."""
+
+    def __init__(self, name: str, function: Callable[[SampleRecord], int], distance: int):
+        self.name = name
+        self.function = function
+        self.distance = distance
+
+
+def exact_digest(record: SampleRecord) -> int:
+    digest = hashlib.sha256(record.image + record.question.encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+PERCEPTUAL = Fingerprint("phash", lambda record: phash(record.image), DUPLICATE_DISTANCE)
+EXACT = Fingerprint("exact", exact_digest, 0)
+
+
+class Workspace(Protocol):
+    """Where one shard's generation keeps its samples and failures (a stage context is one)."""
+
+    @property
+    def store(self) -> ArtifactStore: ...
+
+    @property
+    def iteration(self) -> int: ...
+
+    def key(self, *parts: str) -> str:
+        """A key under this shard's own folder."""
+        ...
+
+
+class Generation:
+    """One shard's generation loop: plan, produce concurrently, check, store."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        provider: SampleProvider,
+        quotas: Mapping[CapabilityType, int],
+        brief: str,
+        seeds: list[SeedItem],
+        *,
+        in_flight: int,
+        spent_limit: float | None,
+        fingerprint: Fingerprint = PERCEPTUAL,
+        shard_number: int = 0,
+    ):
+        self.workspace = workspace
+        self.provider = provider
+        self.plan = QuotaPlan.from_quotas(quotas)
+        self.brief = brief
+        self.seeds = seeds
+        self.in_flight = in_flight
+        self.spent_limit = spent_limit
+        self.shard = shard_number
+        self.numbers: Counter[CapabilityType] = Counter()
+        self.accepted: dict[CapabilityType, list[SampleRecord]] = {t: [] for t in CapabilityType}
+        self.rejections: Counter[str] = Counter()
+        self.cancelled = 0
+        """Spare tasks cancelled because their type's quota was filled by others."""
+        self._abandoning = False
+        """Set when the stage fails: tasks cancelled then are not spares and leave no record."""
+        self.spent = 0.0
+        self.stopped: str | None = None
+        self.started = 0
+        """Tasks started by this process, in order: the priority of their endpoint calls."""
+        self.fingerprint = fingerprint
+        self.duplicates = NearDuplicates(fingerprint.distance)
+        self.contamination = NearDuplicates(fingerprint.distance)
+        self._running: dict[CapabilityType, set[asyncio.Task[None]]] = {t: set() for t in CapabilityType}
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Rebuild counts, spend and task numbers from what earlier attempts stored."""
+        for key in self.workspace.store.list(self.workspace.key("accepted") + "/"):
+            result = read_records(self.workspace.store.get_bytes(key))
+            for record in result.records:
+                self._count(record.id)
+                self.accepted[record.capability_type].append(record)
+                if record.capability_type in self.plan.types:
+                    self.plan.types[record.capability_type].accepted += 1
+                self.spent += float(record.provenance.get("cost_usd", 0.0))
+                self.duplicates.add(record.id, self.fingerprint.function(record))
+        for key in self.workspace.store.list(self.workspace.key("rejected") + "/"):
+            event = self.workspace.store.get_json(key)
+            self._count(event["task_id"])
+            if event["reason_kind"] == CANCELLED:
+                self.cancelled += 1
+            else:
+                self.rejections[event["reason_kind"]] += 1
+            self.spent += float(event.get("cost_usd", 0.0))
+
+    def _count(self, identifier: str) -> None:
+        _, _, capability, number = parse_task_id(identifier)
+        self.numbers[capability] = max(self.numbers[capability], number + 1)
+        if capability in self.plan.types:
+            self.plan.types[capability].attempts = max(self.plan.types[capability].attempts, self.numbers[capability])
+
+    # -- one task -------------------------------------------------------------------------------
+
+    def _task(self, capability: CapabilityType) -> SampleTask:
+        number = self.numbers[capability]
+        self.numbers[capability] += 1
+        divergent = self.plan.divergent(capability) and bool(self.accepted[capability])
+        if divergent:
+            pool = seeds_from(self.accepted[capability])
+            seed: SeedItem | None = pool[number % len(pool)]
+        elif self.seeds:
+            seed = self.seeds[(sum(self.numbers.values()) - 1) % len(self.seeds)]
+        else:
+            seed = None
+        return SampleTask(task_id(self.workspace.iteration, self.shard, capability, number), capability, seed, self.brief, divergent)
+
+    def _check(self, record: SampleRecord, capability: CapabilityType) -> str | None:
+        if record.capability_type is not capability:
+            return f"wrong_type: produced {record.capability_type.value}, assigned {capability.value}"
+        problem = multiple_choice_problem(record)
+        if problem is not None:
+            return f"format: {problem}"
+        image_hash = self.fingerprint.function(record)
+        near = self.contamination.match(image_hash)
+        if near is not None:
+            return f"contamination: near-copy of {near}"
+        near = self.duplicates.match(image_hash)
+        if near is not None:
+            return f"duplicate: near-copy of {near}"
+        return None
+
+    async def _run_one(self, task: SampleTask, order: int) -> None:
+        from dpe.llm import REQUEST_PRIORITY
+
+        REQUEST_PRIORITY.set(order)
+        capability = task.capability_type
+        try:
+            outcome = await self.provider.produce(task)
+        except asyncio.CancelledError:
+            if self._abandoning:
+                raise  # the stage is failing: leave no record, so a rerun does this task again
+            cost = self._cancelled_cost(task)
+            self.spent += cost
+            self.cancelled += 1
+            reason = f"spare task no longer needed: the quota of {capability.value} was filled"
+            self._reject(task, CANCELLED, reason, CANCELLED, cost)
+            raise
+        self.spent += outcome.cost_usd
+        if isinstance(outcome, Produced):
+            problem = self._check(outcome.record, capability)
+            if problem is None:
+                record = outcome.record.model_copy(
+                    update={"provenance": {**outcome.record.provenance, "task_id": task.task_id, "cost_usd": outcome.cost_usd, "divergent": task.divergent}}
+                )
+                self.workspace.store.put_bytes(self.workspace.key("accepted", f"{task.task_id}.parquet"), records_to_parquet([record]))
+                self.duplicates.add(record.id, self.fingerprint.function(record))
+                self.accepted[capability].append(record)
+                self.plan.types[capability].accepted += 1
+                if self.plan.full(capability):
+                    self._cancel_spares(capability)
+                return
+            reason, stage = problem, "quality"
+        else:
+            reason, stage = outcome.reason, outcome.stage
+        kind = reason.split(":", 1)[0] if stage == "quality" else stage
+        self.rejections[kind] += 1
+        self._reject(task, stage, reason, kind, outcome.cost_usd)
+
+    def _reject(self, task: SampleTask, stage: str, reason: str, kind: str, cost_usd: float) -> None:
+        self.workspace.store.put_json(
+            self.workspace.key("rejected", f"{task.task_id}.json"),
+            {"task_id": task.task_id, "stage": stage, "reason": reason[:500], "reason_kind": kind, "cost_usd": cost_usd},
+        )
+
+    def _cancel_spares(self, capability: CapabilityType) -> None:
+        """Cancels the type's other running tasks once its quota is full. This runs in the same step
+        as the acceptance that filled it, so no other task of the type can be accepted in between:
+        the cancelled ones are unfinished, and nothing finished is thrown away."""
+        current = asyncio.current_task()
+        for job in self._running[capability]:
+            if job is not current:
+                job.cancel()
+
+    def _cancelled_cost(self, task: SampleTask) -> float:
+        """What a cancelled task had spent, when the provider reports it."""
+        report = getattr(self.provider, "cancelled_cost", None)
+        return float(report(task.task_id)) if report is not None else 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _spare_rate(self) -> float:
+        """The failure rate spares are sized by: the share of this stage's tasks that failed."""
+        failed = sum(self.rejections.values())
+        return failure_rate(failed, failed + sum(p.accepted for p in self.plan.types.values()))
+
+    def _over_budget(self) -> bool:
+        return self.spent_limit is not None and self.spent >= self.spent_limit
+
+    async def run(self, advance: Callable[[int], None]) -> None:
+        budget = getattr(self.provider, "budget", None)
+        if budget is not None and self.spent:
+            budget.charge(self.spent)
+        try:
+            await self._loop(advance)
+        finally:
+            close = getattr(self.provider, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _loop(self, advance: Callable[[int], None]) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            await self._schedule(advance, running)
+        finally:
+            # An error ends the stage: stop the tasks still running rather than leave them behind.
+            self._abandoning = True
+            for job in running:
+                job.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _schedule(self, advance: Callable[[int], None], running: set[asyncio.Task[None]]) -> None:
+        owner: dict[asyncio.Task[None], CapabilityType] = {}
+        while True:
+            while len(running) < self.in_flight and self.stopped is None:
+                if self._over_budget():
+                    self.stopped = "budget"
+                    break
+                capability = self.plan.next_type(self._spare_rate())
+                if capability is None:
+                    break
+                plan = self.plan.types[capability]
+                plan.in_flight += 1
+                plan.attempts += 1
+                self.started += 1
+                job = asyncio.create_task(self._run_one(self._task(capability), self.started))
+                running.add(job)
+                owner[job] = capability
+                self._running[capability].add(job)
+            if not running:
+                return
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running -= finished
+            for job in finished:
+                capability = owner.pop(job)
+                self.plan.types[capability].in_flight -= 1
+                self._running[capability].discard(job)
+                if job.cancelled():
+                    continue
+                error = job.exception()
+                if error is not None and type(error).__name__ == "BudgetExceeded":
+                    self.stopped = "budget"
+                elif error is not None:
+                    raise error
+                advance(1)

@@ -4,7 +4,7 @@ The rules in `dpe.grading` decide correctness wherever they can read the answer;
 the image to say *why* a wrong answer is wrong (one of the five error types) and decides the answers
 the rules could not read. It also writes the two or three sentences of generation direction for each
 weak (type, error) pair of the weakness brief. All calls run concurrently under the endpoint's
-limits, unlike the reference's one-call-every-two-seconds judge and serial direction writer.
+limits, which pace them; the judge adds no waits of its own.
 
 A reply that never parses counts as a judge failure (None), which the diagnosis keeps apart from
 the model's own errors.
@@ -85,10 +85,10 @@ class LlmJudge:
     """The judge over an OpenAI-compatible endpoint."""
 
     def __init__(self, endpoint: ModelEndpoint, api_key: str | None, *, attempts: int = 3, retry: Any = None):
-        from dpe.llm import ChatClient, RetryPolicy, UsageLedger
+        from dpe.llm import CHAT_RETRY, ChatClient, UsageLedger
 
         self.ledger = UsageLedger()
-        self.client = ChatClient(endpoint, api_key, role="judge", ledger=self.ledger, retry=retry or RetryPolicy())
+        self.client = ChatClient(endpoint, api_key, role="judge", ledger=self.ledger, retry=retry or CHAT_RETRY)
         self.attempts = attempts
 
     async def _verdict(self, request: JudgeRequest, advance: Callable[[int], None] | None) -> JudgeReply | None:

@@ -34,6 +34,9 @@ RESULT_FILE = "result.json"
 RUN_SPEC_FILE = "run.yaml"
 EXECUTOR_LEASE_FILE = "executor.json"
 WEAKNESS_TABLE_FILE = "weakness_table.json"
+RUN_STATUS_FILE = "status.json"
+ITERATION_FILE = "iteration.json"
+ITERATION_STATUS_FILE = "status.json"
 
 RESERVED_TOP_LEVEL = ".dpe"
 """First key segment kept for the store's own bookkeeping (the local backend's checksums)."""
@@ -172,6 +175,21 @@ def shared_model_marker(namespace: str, run: str, name: str) -> str:
 def iteration_prefix(namespace: str, run: str, k: int) -> str:
     """Prefix of iteration k (0 is the baseline evaluation of the base model)."""
     return f"{run_prefix(namespace, run)}{ITERATIONS_DIR}/{_iteration(k)}/"
+
+
+def run_status_key(namespace: str, run: str) -> str:
+    """The run's status as the local executor keeps it (the shape of the EvolutionRun's status)."""
+    return run_key(namespace, run, RUN_STATUS_FILE)
+
+
+def iteration_key(namespace: str, run: str, k: int) -> str:
+    """Iteration k as the local executor started it: its index and input model (an Iteration's spec)."""
+    return iteration_prefix(namespace, run, k) + ITERATION_FILE
+
+
+def iteration_status_key(namespace: str, run: str, k: int) -> str:
+    """Iteration k's status as the local executor keeps it (the shape of an Iteration's status)."""
+    return iteration_prefix(namespace, run, k) + ITERATION_STATUS_FILE
 
 
 def stage_prefix(namespace: str, run: str, k: int, stage: StageName | str) -> str:

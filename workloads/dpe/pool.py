@@ -30,9 +30,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dpe.spec import Storage
-from dpe.store import ArtifactStore, locate
-from dpe.tools.quality import (
+from dpe.image_quality import (
     DUPLICATE_DISTANCE,
     MAX_BYTES,
     NearDuplicates,
@@ -41,6 +39,8 @@ from dpe.tools.quality import (
     image_phash,
     sharpness,
 )
+from dpe.spec import Storage
+from dpe.store import ArtifactStore, locate
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
-from dpe.spec import BUILTIN_SCHEME, EvolutionRunSpec, IterationPhase, RunPhase, StageName
+from dpe.spec import BUILTIN_SCHEME, EvolutionRunSpec, IterationPhase, RunPhase, StageName, StageSummary
 
 BASELINE = 0
 """Index of the baseline iteration (evaluation of the base model only)."""
@@ -61,20 +62,6 @@ class StopReason(StrEnum):
 
 
 @dataclass(frozen=True)
-class StageResult:
-    """The part of a stage's `result.json` the spiral reads."""
-
-    model_uri: str | None = None
-    """train: where M(k) was exported."""
-    scores: Mapping[str, float] = field(default_factory=dict)
-    """evaluate: `overall` and one score per benchmark."""
-    gpu_hours: float = 0.0
-    """GPU time the stage consumed."""
-    agent_spend_usd: float = 0.0
-    """Agent API spend of the stage."""
-
-
-@dataclass(frozen=True)
 class Attempt:
     """One Job (or subprocess) of a stage, oldest first in `StageObservation.attempts`."""
 
@@ -90,7 +77,7 @@ class Attempt:
 @dataclass(frozen=True)
 class StageObservation:
     attempts: tuple[Attempt, ...] = ()
-    result: StageResult | None = None
+    result: StageSummary | None = None
     """Set once the stage's `result.json` exists: the stage is complete if and only if it is."""
 
     @property
@@ -488,3 +475,28 @@ def decide(spec: EvolutionRunSpec, obs: RunObservation) -> Decision:
     view["current_iteration"] = max(iterations)
     phase = RunPhase.running if (obs.started_at is not None or actions) else RunPhase.pending
     return Decision(tuple(actions), phase, **view)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop both executors drive
+# ---------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Where a run's stages run: Kubernetes Jobs (the operator) or processes on one machine (`dpe run`)."""
+
+    def observe(self) -> RunObservation:
+        """Everything the spiral needs to know about the run, as of now."""
+        ...
+
+    def apply(self, decision: Decision, observation: RunObservation) -> None:
+        """Carry out the decision's actions."""
+        ...
+
+
+def advance(spec: EvolutionRunSpec, executor: Executor) -> tuple[Decision, RunObservation]:
+    """One turn of the spiral: observe, decide, act. Both executors run their passes through here."""
+    observation = executor.observe()
+    decision = decide(spec, observation)
+    executor.apply(decision, observation)
+    return decision, observation

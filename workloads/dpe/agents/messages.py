@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from dpe.agents.models import MAX_FREE_TEXT_ANSWER_WORDS, LocalEditPlan, Plan, QuestionAnswer
+from dpe.agents.replies import MAX_FREE_TEXT_ANSWER_WORDS, LocalEditPlan, Plan, QuestionAnswer
 from dpe.agents.roles import agent_prompt
 from dpe.agents.selection import Rated
 from dpe.generation import SampleTask

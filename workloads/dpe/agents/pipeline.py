@@ -1,7 +1,7 @@
 """The agents' sample provider: plan, search, select, edit when needed, ask, validate, record.
 
-One `produce` call makes one sample of the type the scheduler assigned. The reference ran its ten
-to fifteen remote calls strictly one after another; here every step whose inputs are ready runs at
+One `produce` call makes one sample of the type the scheduler assigned, in ten to fifteen remote
+calls. A sample's time is mostly spent waiting on them, so every step whose inputs are ready runs at
 once: both searches together, and one selector call per candidate, all concurrently, within the
 endpoint limits the role clients share. The steps that must wait for each other (plan before search,
 image before question, question before validation) still do.
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ValidationError
 from dpe.agents import messages
 from dpe.agents.messages import ImagePart
 from dpe.agents.metering import SampleMeter, metering
-from dpe.agents.models import (
+from dpe.agents.provenance import SampleTrace
+from dpe.agents.replies import (
     QUESTION_SCHEMAS,
     GenerativeEditPlan,
     LocalEditPlan,
@@ -34,7 +35,6 @@ from dpe.agents.models import (
     Rating,
     Verdict,
 )
-from dpe.agents.provenance import SampleTrace
 from dpe.agents.roles import Role, RoleClients, agent_prompt
 from dpe.agents.selection import (
     USABLE_SCORE,
@@ -49,22 +49,23 @@ from dpe.agents.selection import (
 from dpe.agents.steps import Stage
 from dpe.generation import Failed, Produced, SampleTask
 from dpe.grading import grade_extracted
+from dpe.image_quality import decode, phash
 from dpe.llm import (
-    Budget,
+    CHAT_RETRY,
     BudgetExceeded,
     LimiterRegistry,
     LLMError,
     Message,
-    RetryPolicy,
+    SpendLimit,
     UsageLedger,
     ask_json,
     image_part,
 )
 from dpe.records import SampleRecord, png_bytes
+from dpe.retry import Backoff
 from dpe.spec import GenerateSettings
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.edit import EditInstruction, EditResult, ImageEditor, InvalidEdit, LocalEditor
-from dpe.tools.quality import decode, phash
 from dpe.tools.retry import ToolError
 from dpe.tools.search import ImageSearch
 
@@ -168,9 +169,9 @@ class AgentProvider:
         search: ImageSearch,
         editor: ImageEditor,
         ledger: UsageLedger,
-        budget: Budget | None,
+        budget: SpendLimit | None,
         limiters: LimiterRegistry | None,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
     ):
         if settings.agents is None:
             raise ValueError("generate.agents is not set: the agent provider needs at least a planner endpoint")
@@ -189,7 +190,7 @@ class AgentProvider:
             ledger=ledger,
             budget=budget,
             limiters=limiters,
-            retry=retry if retry is not None else RetryPolicy(),
+            retry=retry if retry is not None else CHAT_RETRY,
         )
 
     async def __aenter__(self) -> AgentProvider:

@@ -1,8 +1,8 @@
 """The trace of one sample through the pipeline, which becomes the record's provenance.
 
-The reference kept none of this outside its logs; here a training sample can be traced to its seed,
-its plan, the searches and every candidate with its score, the image chosen and how it was edited,
-every question the validator saw with the verdict, the model of each role, and what it all cost.
+A training sample can be traced to its seed, its plan, the searches and every candidate with its
+score, the image chosen and how it was edited, every question the validator saw with the verdict,
+the model of each role, and what it all cost, from the record alone, without the run's logs.
 The trace also remembers the step in progress, so an unexpected error is reported against it.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpe.agents.models import Plan
+from dpe.agents.replies import Plan
 from dpe.agents.steps import Stage
 from dpe.generation import SampleTask
 

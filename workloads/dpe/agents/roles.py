@@ -14,7 +14,8 @@ from functools import cache
 
 from dpe.agents.metering import MeteredChatClient
 from dpe.judge import prompt_template
-from dpe.llm import Budget, LimiterRegistry, RetryPolicy, UsageLedger
+from dpe.llm import LimiterRegistry, SpendLimit, UsageLedger
+from dpe.retry import Backoff
 from dpe.spec import AgentRoles, ModelEndpoint
 
 PROMPT_FOLDER = "agents"
@@ -62,9 +63,9 @@ class RoleClients:
         *,
         api_keys: Mapping[str, str | None],
         ledger: UsageLedger,
-        budget: Budget | None,
+        budget: SpendLimit | None,
         limiters: LimiterRegistry | None,
-        retry: RetryPolicy,
+        retry: Backoff,
     ) -> RoleClients:
         """Clients for every role; without `limiters`, a registry over the roles' own endpoints."""
         endpoints = role_endpoints(roles)

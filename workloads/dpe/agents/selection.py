@@ -1,11 +1,11 @@
 """Which image a sample uses: candidates, their ratings, and the rules that choose among them.
 
-The reference wrote per-type usability thresholds into the selector's prompt and never compared a
-score with them; here a rating counts only when the selector calls the image usable AND its score
-reaches the type's threshold, checked in code. The seed image is a candidate (the edit planner may
-build on it) but is never used unedited, whatever the number of candidates: the reference let it
-through when both searches came back empty. Search results that are near-copies of the seed image
-are the seed image by another route and are dropped for the same reason.
+A rating counts only when the selector calls the image usable AND its score reaches the type's
+threshold, compared in code: a threshold that only the selector's prompt states is a hint, not a
+rule. The seed image is a candidate (the edit planner may build on it) but is never used unedited,
+whatever the number of candidates, since a sample on its seed's own picture brings no new image.
+Search results that are near-copies of the seed image are the seed image by another route and are
+dropped for the same reason.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from dpe.agents.models import Rating
+from dpe.agents.replies import Rating
+from dpe.image_quality import DUPLICATE_DISTANCE, hamming
 from dpe.taxonomy import CapabilityType
-from dpe.tools.quality import DUPLICATE_DISTANCE, hamming
 from dpe.tools.search import Candidate
 
 USABLE_SCORE: dict[CapabilityType, float] = {
@@ -34,7 +34,7 @@ USABLE_SCORE: dict[CapabilityType, float] = {
     CapabilityType.architectural: 6.8,
     CapabilityType.mixed: 6.5,
 }
-"""Lowest selector score (1-10) at which an image of each type is used: the reference's values."""
+"""Lowest selector score (1-10) at which an image of each type is used."""
 
 MAX_EDIT_CANDIDATES = 6
 """Images the edit planner looks at, best rated first."""

@@ -1,8 +1,8 @@
 """Answering questions about images with a VLM, behind one interface and two backends.
 
-Diagnosis, scoring and evaluation only need "n answers per (image, question)". `AnswerSource` is
+Diagnosis, scoring and evaluation only need "n answers per (image, question)". `Answerer` is
 that contract; `TransformersAnswerer` runs it with batched `generate` on CPU or GPU, and
-`VllmAnswerer` with vLLM where it is installed (GPU images). Tests plug in their own sources.
+`VllmAnswerer` with vLLM where it is installed (GPU images). Tests plug in their own answerers.
 
 Two rules hold for every backend: images whose shorter side is below the minimum are upscaled
 first (small images starve the vision tower), and the vision placeholder tokens are never
@@ -33,7 +33,7 @@ class Prompt:
     text: str
 
 
-class AnswerSource(Protocol):
+class Answerer(Protocol):
     """Anything that can answer prompts n times each."""
 
     def answer(self, prompts: Sequence[Prompt], n: int, sampling: Sampling, seed: int = 0) -> list[list[str]]:
@@ -159,7 +159,7 @@ class VllmAnswerer:
         return [[c.text for c in o.outputs] * (n if greedy else 1) for o in outputs]
 
 
-def open_answerer(model_dir: Path, *, backend: str = "auto", min_image_side: int = 224, **options: Any) -> AnswerSource:
+def open_answerer(model_dir: Path, *, backend: str = "auto", min_image_side: int = 224, **options: Any) -> Answerer:
     """The best available backend: vLLM on a GPU machine that has it, transformers otherwise."""
     if backend == "vllm" or (backend == "auto" and vllm_available() and _cuda()):
         return VllmAnswerer(model_dir, min_image_side=min_image_side)

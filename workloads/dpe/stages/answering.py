@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dpe.grading import solver_prompt
-from dpe.models.inference import AnswerSource, Prompt
+from dpe.models.inference import Answerer, Prompt
 from dpe.progress import progress
 from dpe.records import SampleRecord
 from dpe.spec import Sampling
@@ -24,7 +24,7 @@ CHUNK = 32
 def answer_records(
     ctx: StageContext,
     records: Sequence[SampleRecord],
-    answerer: AnswerSource,
+    answerer: Answerer,
     sampling: Sampling,
     *,
     n: int,

@@ -11,13 +11,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dpe import layout
+from dpe.results import RESULT_MODELS, StageResult, parse_result
 from dpe.contract import CACHE_ENV
 from dpe.manifest import load_run
 from dpe.spec import EvolutionRun, LocalStorage, StageName, Storage
 from dpe.store import ArtifactStore, open_store
+
+R = TypeVar("R", bound=StageResult)
 
 
 
@@ -93,15 +96,17 @@ class StageContext:
         return self.store.exists(self.result_key)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Write result.json, the last write of the stage."""
+        """Write result.json, the last write of the stage, once its stage's model accepts it."""
         body = {"stage": self.stage.value, "iteration": self.iteration, "model": self.model_uri, **summary}
-        self.store.put_json(self.result_key, body)
-        return body
+        written = parse_result(body).model_dump(mode="json")
+        self.store.put_json(self.result_key, written)
+        return written
 
-    def result_of(self, stage: StageName, iteration: int | None = None) -> dict[str, Any]:
-        """Another stage's result.json (it must be complete)."""
+    def result_of(self, model: type[R], iteration: int | None = None) -> R:
+        """Another stage's result (it must be complete), as that stage's model."""
+        stage = next(stage for stage, found in RESULT_MODELS.items() if found is model)
         k = self.iteration if iteration is None else iteration
-        return dict(self.store.get_json(layout.result_key(self.namespace, self.name, k, stage)))
+        return model.model_validate(self.store.get_json(layout.result_key(self.namespace, self.name, k, stage)))
 
     @property
     def cache_dir(self) -> Path:

@@ -8,7 +8,6 @@ resume points), `answers.parquet` and `judged.parquet` (one row per item), `repo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from dpe.diagnosis import (
     weights_as_strings,
 )
 from dpe.judge import DirectionRequest, Judge, JudgeRequest
-from dpe.models.inference import AnswerSource
+from dpe.models.inference import Answerer
 from dpe.progress import progress
 from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.sources import load_records
@@ -198,7 +197,7 @@ def _report_markdown(ctx: StageContext, summary: DiagnosisSummary, quotas: dict[
     return "\n".join(lines)
 
 
-def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], judge: Judge | None = None) -> dict[str, Any]:
+def run(ctx: StageContext, answerer_factory: Callable[[], Answerer], judge: Judge | None = None) -> dict[str, Any]:
     """Run (or finish) the diagnosis of iteration `ctx.iteration`; returns the result summary."""
     if ctx.complete():
         return dict(ctx.store.get_json(ctx.result_key))
@@ -257,7 +256,3 @@ def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], judge: 
             "artifacts": {name: ctx.uri(ctx.key(name)) for name in ("report.md", "judged.parquet", "mixture.json", "brief.txt")},
         }
     )
-
-
-def as_json(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=2, sort_keys=True)

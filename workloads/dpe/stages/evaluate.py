@@ -15,7 +15,7 @@ from typing import Any
 
 from dpe.diagnosis import ItemVerdict, Settled, merge_judgement, rule_verdict
 from dpe.judge import Judge, JudgeReply, JudgeRequest
-from dpe.models.inference import AnswerSource
+from dpe.models.inference import Answerer
 from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.sources import load_records
 from dpe.spec import Benchmark
@@ -67,7 +67,7 @@ def _shard_records(records: Sequence[SampleRecord], shard: Shard | None) -> list
     return list(records) if shard is None else [r for i, r in enumerate(records) if shard.takes(i)]
 
 
-def _answer(ctx: StageContext, items: Sequence[BenchmarkItems], answerer: AnswerSource) -> dict[str, dict[str, str]]:
+def _answer(ctx: StageContext, items: Sequence[BenchmarkItems], answerer: Answerer) -> dict[str, dict[str, str]]:
     settings = ctx.run.spec.evaluate
     answers: dict[str, dict[str, str]] = {}
     for entry in items:
@@ -138,7 +138,7 @@ def _merged_answers(ctx: StageContext, items: Sequence[BenchmarkItems], shards: 
 
 
 def run(
-    ctx: StageContext, answerer_factory: Callable[[], AnswerSource], judge: Judge | None = None, *, merge: bool = False
+    ctx: StageContext, answerer_factory: Callable[[], Answerer], judge: Judge | None = None, *, merge: bool = False
 ) -> dict[str, Any]:
     """Evaluate `ctx.model_uri` (one shard of it, or merge the shards)."""
     if ctx.complete():

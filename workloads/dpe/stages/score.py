@@ -15,11 +15,12 @@ from typing import Any
 import pyarrow as pa
 
 from dpe.grading import GradeStatus, grade
-from dpe.models.inference import AnswerSource
+from dpe.models.inference import Answerer
 from dpe.records import SampleRecord, read_records, records_to_parquet
-from dpe.selection import Scored, select
+from dpe.training_selection import Scored, select
 from dpe.spec import StageName
 from dpe.stages.answering import answer_records, merged_answers
+from dpe.results import DiagnoseResult
 from dpe.stages.context import StageContext
 from dpe.taxonomy import CapabilityType
 
@@ -39,7 +40,7 @@ def _histogram(scored: Sequence[Scored], n: int) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], *, merge: bool = False) -> dict[str, Any]:
+def run(ctx: StageContext, answerer_factory: Callable[[], Answerer], *, merge: bool = False) -> dict[str, Any]:
     """Score this iteration's generated samples with the current model and select the training set."""
     if ctx.complete():
         return dict(ctx.store.get_json(ctx.result_key))
@@ -59,7 +60,7 @@ def run(ctx: StageContext, answerer_factory: Callable[[], AnswerSource], *, merg
     if missing:
         raise RuntimeError(f"{len(missing)} samples have no answers, e.g. {missing[:3]}")
     scored = [score_sample(r, answers[r.id]) for r in records]
-    quotas = ctx.result_of(StageName.diagnose)["quotas"]
+    quotas = ctx.result_of(DiagnoseResult).quotas
     mixture = {CapabilityType(t): float(q) for t, q in quotas.items()}
     selection = select(scored, mixture, settings.target_size, settings.window.low, settings.window.high)
 

@@ -11,7 +11,7 @@ steps_per_generation`. Not mapped: the dual-clip ratio 3.0 (TRL has no dual clip
 token-mean loss is TRL's `loss_type="dapo"` default, kept as is.
 
 The reward reads the same grading module and the same answer format the prompt asks for, so the
-format term is earnable (the reference rewarded tags its prompt never asked for). Checkpoints go to
+format term rewards only what the prompt asks for and every completion can earn it. Checkpoints go to
 the store every `checkpoint_every_steps`; a crashed stage resumes from the newest complete one and
 continues the step counter. The final model is an ordinary Hugging Face directory in the store.
 

@@ -7,7 +7,9 @@ The stage's command line comes from the environment (`WORKER_ARGV_ENV`, set by
 import json
 import os
 
-from dpe.cli import main
-from dpe.stages.command import WORKER_ARGV_ENV
+from dpe.stages.command import WORKER_ARGV_ENV, stage
 
-main(args=json.loads(os.environ[WORKER_ARGV_ENV]), prog_name="dpe")
+argv = json.loads(os.environ[WORKER_ARGV_ENV])
+if argv[:1] != ["stage"]:
+    raise SystemExit(f"{WORKER_ARGV_ENV} must hold a `dpe stage ...` command line, got {argv[:3]}")
+stage(args=argv[1:], prog_name="dpe stage")

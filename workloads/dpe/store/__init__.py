@@ -25,7 +25,6 @@ from dpe.store.errors import (
     Unreachable,
 )
 from dpe.store.local import LocalStore
-from dpe.store.retry import RetryPolicy
 from dpe.store.s3 import S3Store
 
 ACCESS_KEY_ENV = S3_ACCESS_KEY_ENV
@@ -39,7 +38,6 @@ __all__ = [
     "LocalStore",
     "NotFound",
     "PermanentStoreError",
-    "RetryPolicy",
     "S3Store",
     "StoreError",
     "TransientStoreError",

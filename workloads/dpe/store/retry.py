@@ -1,7 +1,7 @@
-"""Bounded retries of transient store failures: exponential backoff with full jitter.
+"""Bounded retries of transient store failures, and the one error that tells the story when they end.
 
 The policy is ours, not the HTTP library's, so a dead endpoint fails after a known number of
-attempts and a known time. Sleep, clock and randomness are injected so tests run without waiting.
+attempts and a known time.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+from dpe.retry import Backoff, Clock, FailedAttempt, Sleep, retry_call
 from dpe.store.errors import TransientStoreError, Unreachable
 
 log = logging.getLogger(__name__)
@@ -20,45 +20,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and for how long a transient failure is retried."""
-
-    max_attempts: int = 5
-    """Attempts in all, the first included."""
-    base_delay: float = 0.25
-    """Backoff cap before the second attempt, in seconds; it doubles for each further attempt."""
-    max_delay: float = 4.0
-    """Upper bound of the backoff cap, in seconds."""
-    max_elapsed: float = 30.0
-    """No further attempt starts once this many seconds have passed since the first."""
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.base_delay < 0 or self.max_delay < 0 or self.max_elapsed < 0:
-            raise ValueError("retry delays and max_elapsed must not be negative")
-
-    def backoff_cap(self, failures: int) -> float:
-        """The longest wait after `failures` failed attempts; the actual wait is uniform below it."""
-        return min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
-
-
-DEFAULT_RETRY = RetryPolicy()
+def _transient(error: Exception) -> bool:
+    return isinstance(error, TransientStoreError)
 
 
 class Retrier:
-    """Runs an operation, retrying it while it raises TransientStoreError, within a RetryPolicy."""
+    """Runs an operation, retrying it while it raises TransientStoreError, within a Backoff."""
 
     def __init__(
         self,
-        policy: RetryPolicy,
+        backoff: Backoff,
         *,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ):
-        self.policy = policy
+        self.backoff = backoff
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -69,27 +46,31 @@ class Retrier:
         `subject` names what failed, e.g. "S3 endpoint 127.0.0.1:8333"; it must hold no secret.
         Errors other than TransientStoreError pass through at once.
         """
-        start = self._clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return operation()
-            except TransientStoreError as error:
-                elapsed = self._clock() - start
-                delay = self._rng.uniform(0.0, self.policy.backoff_cap(attempt))
-                if attempt >= self.policy.max_attempts or elapsed + delay > self.policy.max_elapsed:
-                    verdict = "unreachable" if isinstance(error, Unreachable) else "unavailable"
-                    attempts = "attempt" if attempt == 1 else "attempts"
-                    raise type(error)(
-                        f"{subject} {verdict} after {attempt} {attempts} over {elapsed:.1f} s: {error}"
-                    ) from error
-                log.warning(
-                    "%s failed (%s); attempt %d of %d, retrying in %.2f s",
-                    subject,
-                    error,
-                    attempt,
-                    self.policy.max_attempts,
-                    delay,
-                )
-                self._sleep(delay)
+
+        def retrying(error: Exception, attempt: FailedAttempt) -> None:
+            log.warning(
+                "%s failed (%s); attempt %d of %d, retrying in %.2f s",
+                subject,
+                error,
+                attempt.number,
+                self.backoff.max_attempts,
+                attempt.delay,
+            )
+
+        def give_up(error: Exception, attempt: FailedAttempt) -> None:
+            verdict = "unreachable" if isinstance(error, Unreachable) else "unavailable"
+            attempts = "attempt" if attempt.number == 1 else "attempts"
+            raise type(error)(
+                f"{subject} {verdict} after {attempt.number} {attempts} over {attempt.elapsed:.1f} s: {error}"
+            ) from error
+
+        return retry_call(
+            operation,
+            backoff=self.backoff,
+            is_transient=_transient,
+            sleep=self._sleep,
+            clock=self._clock,
+            rng=self._rng,
+            on_retry=retrying,
+            on_give_up=give_up,
+        )

@@ -52,7 +52,8 @@ from dpe.store.errors import (
     TransientStoreError,
     Unreachable,
 )
-from dpe.store.retry import DEFAULT_RETRY, Retrier, RetryPolicy
+from dpe.retry import SERVER_ERROR_STATUSES, Backoff, is_transient_status
+from dpe.store.retry import Retrier
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ _TRANSIENT_CODES = frozenset(
         "XMinioServerNotInitialized",
     }
 )
-_TOO_MANY_REQUESTS = 429
+_TRANSIENT_STATUSES = frozenset({429}) | SERVER_ERROR_STATUSES
+"""Throttling and server errors. S3 answers 409 to conflicts that repeating cannot resolve
+(BucketNotEmpty, BucketAlreadyExists) and reports its request timeouts as 400 RequestTimeout."""
 
 _NETWORK_FAILURES = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, socket.gaierror)
 """Exceptions raised when no usable answer came back from the server."""
@@ -120,10 +123,6 @@ def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
 def part_size_for(size: int) -> int:
     """PART_SIZE, or more for files so large that PART_SIZE would need more than MAX_PARTS parts."""
     return max(PART_SIZE, math.ceil(size / MAX_PARTS / MIB) * MIB)
-
-
-def _transient_status(status: int) -> bool:
-    return status >= 500 or status == _TOO_MANY_REQUESTS
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -178,14 +177,14 @@ def classify(error: BaseException, *, endpoint: str, bucket: str, key: str | Non
                 f"S3 endpoint {endpoint} refused access to bucket '{bucket}' ({code}); {CREDENTIAL_HINT}"
             )
         detail = f"HTTP {status} {code}" + (f": {error.message}" if error.message else "")
-        if code in _TRANSIENT_CODES or _transient_status(status):
+        if code in _TRANSIENT_CODES or is_transient_status(status, _TRANSIENT_STATUSES):
             return TransientStoreError(detail)
         return PermanentStoreError(f"S3 endpoint {endpoint} refused a request for {target} ({detail})")
     if isinstance(error, (ServerError, InvalidResponseError)):
         # minio keeps the status of a non-XML error response only in a private field.
         status = error.status_code if isinstance(error, ServerError) else getattr(error, "_code", 0)
         detail = f"HTTP {status} without an S3 error document"
-        if _transient_status(status):
+        if is_transient_status(status, _TRANSIENT_STATUSES):
             return TransientStoreError(detail)
         return PermanentStoreError(
             f"S3 endpoint {endpoint} answered {detail} for {target}; is it an S3 API endpoint?"
@@ -221,7 +220,7 @@ class S3Store(ArtifactStore):
         secure: bool = True,
         prefix: str = "",
         *,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        retry: Backoff = Backoff(),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,

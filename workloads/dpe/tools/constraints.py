@@ -22,7 +22,8 @@ AVOID = (
     "low quality, blur, distortion, unnatural blending, unclear edges, mismatched colour or lighting, "
     "deformed shapes, jagged edges, low resolution, noise, over- or under-exposure"
 )
-"""Defects every generated edit must avoid (the reference sent these as a negative prompt)."""
+"""Defects every generated edit must avoid, written into the instruction: an edit request has no
+negative prompt."""
 
 PROMPT_TEMPLATE = """{instruction}
 

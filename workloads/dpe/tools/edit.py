@@ -30,24 +30,17 @@ import openai
 from PIL import Image, ImageColor, ImageDraw, ImageEnhance, ImageFont
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from dpe.image_quality import decode
 from dpe.records import png_bytes
+from dpe.retry import Backoff, is_transient_status
 from dpe.secrets import redact, resolve_secret
 from dpe.spec import EditTool
-from dpe.store.retry import RetryPolicy
 from dpe.taxonomy import CapabilityType
 from dpe.tools.constraints import POLICIES, constrained_prompt
-from dpe.tools.quality import decode
-from dpe.tools.retry import (
-    PermanentToolError,
-    Retrying,
-    ToolError,
-    Transient,
-    is_retryable_status,
-    retry_after_seconds,
-)
+from dpe.tools.retry import PermanentToolError, Retrying, ToolError, Transient
 
-MAX_REFERENCE_IMAGES = 3
-"""Input images one edit may use (the reference's limit)."""
+MAX_INPUT_IMAGES = 3
+"""Input images one edit may use."""
 MAX_OUTPUTS = 6
 """Outputs one generative edit may ask for."""
 MAX_OPERATIONS = 32
@@ -58,7 +51,7 @@ MAX_FACTOR = 4.0
 """Upper bound of brightness, contrast, saturation and sharpness factors (1.0 leaves them as they are)."""
 EDIT_TIMEOUT = 300.0
 """Seconds one generative edit may take; image models are slow."""
-EDIT_RETRY = RetryPolicy(max_attempts=3, base_delay=2.0, max_delay=16.0, max_elapsed=600.0)
+EDIT_RETRY = Backoff(max_attempts=3, base_delay=2.0, max_delay=16.0, max_elapsed=600.0)
 ARROW_HEAD_ANGLE = math.radians(25)
 ARROW_HEAD_MIN = 10
 """Pixels: the shortest arrow head, so thin arrows still point visibly."""
@@ -202,7 +195,7 @@ class Composite(Operation):
     """
 
     op: Literal["composite"]
-    image: Annotated[int, Field(ge=2, le=MAX_REFERENCE_IMAGES)] = 2
+    image: Annotated[int, Field(ge=2, le=MAX_INPUT_IMAGES)] = 2
     center: Point
     scale: Annotated[float, Field(gt=0.0, le=1.0)]
     alpha: Fraction = 1.0
@@ -264,8 +257,8 @@ class ImageEditor(ABC):
 
 
 def _decode_inputs(images: list[bytes]) -> list[Image.Image]:
-    if not 1 <= len(images) <= MAX_REFERENCE_IMAGES:
-        raise InvalidEdit(f"images: expected 1 to {MAX_REFERENCE_IMAGES} images, got {len(images)}")
+    if not 1 <= len(images) <= MAX_INPUT_IMAGES:
+        raise InvalidEdit(f"images: expected 1 to {MAX_INPUT_IMAGES} images, got {len(images)}")
     decoded = []
     for number, data in enumerate(images):
         try:
@@ -511,12 +504,8 @@ class OpenAIImageEditor(ImageEditor):
         except openai.APIConnectionError as error:
             raise Transient(f"connection failed ({type(error.__cause__ or error).__name__})") from None
         except openai.APIStatusError as error:
-            if is_retryable_status(error.status_code):
-                raise Transient(
-                    f"status {error.status_code}",
-                    retry_after=retry_after_seconds(error.response.headers),
-                    status=error.status_code,
-                ) from None
+            if is_transient_status(error.status_code):
+                raise Transient.of_status(error.status_code, error.response.headers) from None
             raise PermanentToolError(
                 f"image edit at {self.base_url} refused the request: status {error.status_code}: "
                 f"{self._scrub(error.message)}",

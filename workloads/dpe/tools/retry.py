@@ -1,12 +1,10 @@
-"""Errors of the tools and the one retry loop they share.
+"""Errors of the tools and the retry glue they share.
 
 A provider's answer falls in one of three cases: success; a refusal that repeating cannot change
 (4xx such as a bad key or a malformed request: `PermanentToolError`, raised at once); or a passing
-condition (429, 5xx, timeouts, dropped connections) that is retried with capped exponential backoff
-and full jitter, waiting at least as long as a Retry-After header asks. The reference retried every
-failure alike; telling them apart keeps a wrong key from burning minutes of backoff.
-
-Sleep, clock and random source are injected so tests run the waits without waiting.
+condition (`dpe.retry.TRANSIENT_HTTP_STATUSES`, timeouts, dropped connections) that is retried
+under a `Backoff`, waiting as long as a Retry-After header asks. Telling them apart keeps a wrong
+key from burning minutes of backoff.
 """
 
 from __future__ import annotations
@@ -19,36 +17,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dpe.store.retry import RetryPolicy
+from dpe.retry import AsyncSleep, Backoff, Clock, FailedAttempt, retry_after_seconds, retry_call_async
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
-
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-"""Client-error statuses that describe a passing condition rather than a bad request."""
-SERVER_ERROR_MIN = 500
-
-
-def is_retryable_status(status: int) -> bool:
-    """Whether an HTTP status is worth repeating the request for."""
-    return status in RETRYABLE_STATUSES or status >= SERVER_ERROR_MIN
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The delay a Retry-After (seconds) or retry-after-ms header asks for, if it carries a number."""
-    milliseconds = headers.get("retry-after-ms")
-    seconds = headers.get("retry-after")
-    try:
-        if milliseconds is not None:
-            return max(float(milliseconds) / 1000.0, 0.0)
-        if seconds is not None:
-            return max(float(seconds), 0.0)
-    except ValueError:
-        return None
-    return None
 
 
 class ToolError(Exception):
@@ -81,37 +54,48 @@ class Transient(Exception):
         self.retry_after = retry_after
         self.status = status
 
+    @classmethod
+    def of_status(cls, status: int, headers: Mapping[str, str]) -> Transient:
+        """A transient HTTP answer, waiting as long as its Retry-After header asks."""
+        return cls(f"status {status}", retry_after=retry_after_seconds(headers), status=status)
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, Transient)
+
 
 @dataclass
 class Retrying:
-    """Runs async operations under a RetryPolicy, retrying while they raise `Transient`."""
+    """Runs async operations under a Backoff, retrying while they raise `Transient`."""
 
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    sleep: Sleep = asyncio.sleep
+    backoff: Backoff = field(default_factory=Backoff)
+    sleep: AsyncSleep = asyncio.sleep
     clock: Clock = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, subject: str) -> T:
-        """Return the operation's result, or raise ToolUnavailable once the policy is spent.
+        """Return the operation's result, or raise ToolUnavailable once the backoff is spent.
 
         `subject` names what is being called in messages (never a URL with a key in it).
         """
-        start = self.clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await operation()
-            except Transient as failure:
-                delay = self.rng.uniform(0.0, self.policy.backoff_cap(attempt))
-                if failure.retry_after is not None:
-                    delay = max(delay, failure.retry_after)
-                spent = self.clock() - start
-                if attempt >= self.policy.max_attempts or spent + delay > self.policy.max_elapsed:
-                    raise ToolUnavailable(
-                        f"{subject} failed {attempt} time(s) in {spent:.1f} s; last: {failure.reason}",
-                        attempts=attempt,
-                        reason=failure.reason,
-                    ) from None
-                log.info("%s: %s; attempt %d again in %.2f s", subject, failure.reason, attempt + 1, delay)
-                await self.sleep(delay)
+
+        def retrying(failure: Exception, attempt: FailedAttempt) -> None:
+            log.info("%s: %s; attempt %d again in %.2f s", subject, failure, attempt.number + 1, attempt.delay)
+
+        def give_up(failure: Exception, attempt: FailedAttempt) -> None:
+            raise ToolUnavailable(
+                f"{subject} failed {attempt.number} time(s) in {attempt.elapsed:.1f} s; last: {failure}",
+                attempts=attempt.number,
+                reason=str(failure),
+            ) from None
+
+        return await retry_call_async(
+            operation,
+            backoff=self.backoff,
+            is_transient=_transient,
+            sleep=self.sleep,
+            clock=self.clock,
+            rng=self.rng,
+            on_retry=retrying,
+            on_give_up=give_up,
+        )

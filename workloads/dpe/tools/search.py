@@ -38,20 +38,12 @@ import httpx
 
 from dpe import __version__
 from dpe.pool import POOL_THRESHOLDS, ImageFiles, PoolIndex, load_index, open_images
+from dpe.retry import Backoff, is_transient_status
 from dpe.secrets import redact, resolve_secret
 from dpe.spec import SearchTool, Storage
 from dpe.store import ArtifactStore, StoreError
-from dpe.store.retry import RetryPolicy
-from dpe.tools.quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, hamming, phash
-from dpe.tools.retry import (
-    PermanentToolError,
-    Retrying,
-    ToolError,
-    ToolUnavailable,
-    Transient,
-    is_retryable_status,
-    retry_after_seconds,
-)
+from dpe.image_quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, hamming, phash
+from dpe.tools.retry import PermanentToolError, Retrying, ToolError, ToolUnavailable, Transient
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +67,8 @@ ERROR_TEXT_LIMIT = 200
 NON_IMAGE_TYPES_ALLOWED = frozenset({"application/octet-stream", "binary/octet-stream"})
 """Generic types some image hosts send; such bodies are judged by decoding them instead."""
 
-API_RETRY = RetryPolicy(max_attempts=5, base_delay=0.5, max_delay=8.0, max_elapsed=60.0)
-DOWNLOAD_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, max_elapsed=10.0)
+API_RETRY = Backoff(max_attempts=5, base_delay=0.5, max_delay=8.0, max_elapsed=60.0)
+DOWNLOAD_RETRY = Backoff(max_attempts=3, base_delay=0.5, max_delay=2.0, max_elapsed=10.0)
 
 
 class Failure(StrEnum):
@@ -304,12 +296,8 @@ class WebImageSearch(ImageSearch):
             raise Transient("timeout") from None
         except httpx.TransportError as error:
             raise Transient(f"connection failed ({type(error).__name__})") from None
-        if is_retryable_status(response.status_code):
-            raise Transient(
-                f"status {response.status_code}",
-                retry_after=retry_after_seconds(response.headers),
-                status=response.status_code,
-            )
+        if is_transient_status(response.status_code):
+            raise Transient.of_status(response.status_code, response.headers)
         if response.status_code >= 400:
             raise PermanentToolError(
                 f"{self.provider} search at {self.base_url} refused the request: status "
@@ -404,8 +392,8 @@ class WebImageSearch(ImageSearch):
 
     async def _body(self, response: httpx.Response) -> bytes:
         status = response.status_code
-        if is_retryable_status(status):
-            raise Transient(f"status {status}", retry_after=retry_after_seconds(response.headers), status=status)
+        if is_transient_status(status):
+            raise Transient.of_status(status, response.headers)
         if status != httpx.codes.OK:
             raise DownloadFailed(Failure.http_error, f"status {status}")
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -43,7 +43,7 @@ QUESTION_FORMAT_ALIASES: dict[str, QuestionFormat] = {
     "short_answer": QuestionFormat.free_text,
     "text": QuestionFormat.free_text,
 }
-"""Names models use for the formats besides their own ("regression" is the reference's name)."""
+"""Other names models give the formats, "regression" among them for numerical answers."""
 
 _LETTER_ANSWER = re.compile(r"\(?([A-Za-z])\)?[.):]?")
 

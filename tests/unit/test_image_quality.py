@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from dpe.tools.quality import (
+from dpe.image_quality import (
     DUPLICATE_DISTANCE,
     MIN_SHARPNESS,
     GateReason,

@@ -1,0 +1,187 @@
+"""The reconciler of the operator process: one pass at a time per run, failures told apart, wake-ups.
+
+Every trigger (the run's own events, its timer, a Job or pod of it changing, a wake-up the spiral
+asked for) comes to `Reconciler.reconcile`, which reads the run inside the run's lock and writes
+its status itself, so no pass works from, or writes back, a status older than the one before it.
+The Events and counters of the run's transitions go out only once that status is written.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from dpe import layout
+from dpe.spec import EvolutionRun
+from dpe.status import run_status_patch as status_patch
+from dpe.store import ArtifactStore, StoreError, open_store
+from dpe_operator import metrics, names, observe
+from dpe_operator.cluster import Cluster, ClusterError
+from dpe_operator.passes import PassContext, RunEvent
+from dpe_operator.reconcile import reconcile_pass
+from dpe_operator.settings import OperatorSettings
+
+log = logging.getLogger("dpe.operator")
+
+JobsByRun = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+"""The operator's stage Jobs by (namespace, run label), as its watch last saw them."""
+Poster = Callable[[Mapping[str, Any], RunEvent], None]
+"""Posts an Event about a run (its body as read)."""
+
+
+class RetryLater(Exception):
+    """The pass could not finish; the run is to be looked at again in `delay` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, cluster: Cluster, post: Poster, *,
+                 store_of: Callable[[EvolutionRun], ArtifactStore] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.post = post
+        self.clock = clock
+        self._store_of = store_of or self._cached_store
+        self._stores: dict[str, ArtifactStore] = {}
+        self._stores_guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.published: dict[str, int] = {}
+        """Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
+        self.wakeups = Wakeups(self.reconcile)
+
+    def _cached_store(self, run: EvolutionRun) -> ArtifactStore:
+        """One store client per storage setting (a client holds a connection pool)."""
+        key = run.spec.storage.model_dump_json()
+        with self._stores_guard:
+            if key not in self._stores:
+                self._stores[key] = open_store(run.spec.storage)
+            return self._stores[key]
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        """Timers, run events and Job events all reconcile; one pass at a time per run keeps actions single."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def reconcile(self, namespace: str, name: str, jobs_by_run: JobsByRun) -> None:
+        """One pass of the spiral for one run, on its freshest state.
+
+        Raises `RetryLater` when the pass could not finish: soon for an outage of the API server or
+        the store, after `refused_backoff_seconds` when the API server refused a request (the run's
+        RequestsAccepted condition and an Event then name it).
+        """
+        body: dict[str, Any] | None = None
+        try:
+            with self._lock(namespace, name):
+                body = self.cluster.get_run(namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return
+                posted = body
+                ctx = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda event: self.post(posted, event), self.published)
+                result = reconcile_pass(ctx, body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
+                if result.patch and not self.cluster.patch_run_status(namespace, name, result.patch, body["metadata"]["resourceVersion"]):
+                    log.debug("run %s/%s changed during the pass; the next pass writes its status", namespace, name)
+                else:
+                    ctx.announce(result.announce)
+                if result.requeue is not None:
+                    self.wakeups.schedule(namespace, name, result.requeue, jobs_by_run)
+        except ClusterError as error:
+            metrics.API_ERRORS.labels(str(error.status or "none")).inc()
+            if error.transient or body is None:
+                raise RetryLater(f"Kubernetes API: {error}", self.settings.reconcile_seconds) from error
+            self._refused(body, error)
+            raise RetryLater(f"Kubernetes API refused a request: {error}", self.settings.refused_backoff_seconds) from error
+        except StoreError as error:
+            metrics.STORE_ERRORS.labels(type(error).__name__).inc()
+            raise RetryLater(f"artifact store: {error}", self.settings.reconcile_seconds) from error
+
+    def _refused(self, body: Mapping[str, Any], error: ClusterError) -> None:
+        """Say in the run's status and in an Event which request the API server refused, and why."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        status = body.get("status") or {}
+        previous = list(status.get("conditions") or [])
+        now = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda _: None).now_iso()
+        refused = observe.refused_condition(error.request, error.status, error.detail, body["metadata"].get("generation"), previous, now)
+        conditions = [c for c in previous if c.get("type") != observe.ACCEPTED_CONDITION] + [refused]
+        try:
+            self.cluster.patch_run_status(namespace, name, status_patch(status, {"conditions": conditions}),
+                                          body["metadata"]["resourceVersion"])
+        except ClusterError as second:
+            log.warning("run %s/%s: could not record the refusal in its status: %s", namespace, name, second)
+        self.post(body, RunEvent("RequestRefused", refused["message"][:1000], warning=True))
+
+    def delete(self, body: Mapping[str, Any], on_removed: Callable[[int], None]) -> None:
+        """Remove the run's Jobs and Iterations, and its store prefix when the spec asks for it."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        # Under the run's lock: a pass already under way finishes first, and later ones see the deletion.
+        with self._lock(namespace, name):
+            metrics.forget_run(namespace, name)
+            self.wakeups.forget(namespace, name)
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+        self.published.pop(body["metadata"]["uid"], None)
+        for job in self.cluster.jobs(namespace, name):
+            self.cluster.delete_job(namespace, job["metadata"]["name"])
+        for item in self.cluster.iterations(namespace, name):
+            self.cluster.delete_iteration(namespace, item["metadata"]["name"])
+        try:
+            run = EvolutionRun.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+        except ValidationError:
+            return
+        if run.spec.storage.delete_on_run_deletion:
+            on_removed(self._store_of(run).delete_prefix(layout.run_prefix(namespace, name)))
+
+
+class Wakeups:
+    """Passes the spiral asked for at a later time (a retry's back-off), run when they fall due
+    rather than at the next safety-net timer.
+
+    Each runs in a copy of the context of the pass that asked for it, where kopf's Event posting works.
+    """
+
+    def __init__(self, reconcile: Callable[[str, str, JobsByRun], None]) -> None:
+        self._reconcile = reconcile
+        self._due: dict[tuple[str, str], tuple[float, contextvars.Context, JobsByRun]] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, namespace: str, name: str, after: float, jobs_by_run: JobsByRun) -> None:
+        """A pass of the run in `after` seconds, unless an earlier one is already due."""
+        when = time.monotonic() + after
+        with self._changed:
+            current = self._due.get((namespace, name))
+            if current is None or when < current[0]:
+                self._due[(namespace, name)] = (when, contextvars.copy_context(), jobs_by_run)
+                self._changed.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dpe-wakeups", daemon=True)
+                self._thread.start()
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._changed:
+            self._due.pop((namespace, name), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                ready = [(key, entry) for key, entry in self._due.items() if entry[0] <= now]
+                if not ready:
+                    self._changed.wait(timeout=min((entry[0] for entry in self._due.values()), default=now + 60.0) - now)
+                    continue
+                for key, _ in ready:
+                    del self._due[key]
+            for (namespace, name), (_, context, jobs_by_run) in ready:
+                try:
+                    context.run(self._reconcile, namespace, name, jobs_by_run)
+                except Exception as error:  # the safety-net timer passes again soon; this wake-up is spent
+                    log.warning("wake-up pass of run %s/%s failed: %s", namespace, name, error)

@@ -1,0 +1,51 @@
+"""Chat calls to OpenAI-compatible endpoints: limits, retries, accounting, images and typed replies.
+
+The agents and the judge talk to remote models through `ChatClient` (`client`), which admits each
+request through its endpoint's shared `EndpointLimiter` (`limits`), retries transient failures
+under a `dpe.retry.Backoff`, and charges a `UsageLedger` and a `SpendLimit` (`usage`). Failures are
+the exceptions of `errors`; `image_part` (`images`) turns pictures into message parts, and
+`ask_json` (`structured`) turns replies into validated pydantic models.
+"""
+
+from dpe.llm.client import CHAT_RETRY, ChatClient, ChatReply, Message, classify_status, estimate_prompt_tokens
+from dpe.llm.errors import BudgetExceeded, FailureKind, InvalidReply, LLMError, PermanentLLMError, RetriesExhausted
+from dpe.llm.images import image_part
+from dpe.llm.limits import (
+    BURST_SECONDS,
+    REQUEST_PRIORITY,
+    EndpointLimiter,
+    LimiterRegistry,
+    PrioritySlots,
+    TokenBucket,
+)
+from dpe.llm.structured import ReplyFormatError, ask_json, extract_json_object, parse_reply, schema_json
+from dpe.llm.usage import SpendLimit, UsageLedger
+
+__all__ = [
+    "BURST_SECONDS",
+    "CHAT_RETRY",
+    "REQUEST_PRIORITY",
+    "BudgetExceeded",
+    "ChatClient",
+    "ChatReply",
+    "EndpointLimiter",
+    "FailureKind",
+    "InvalidReply",
+    "LLMError",
+    "LimiterRegistry",
+    "Message",
+    "PermanentLLMError",
+    "PrioritySlots",
+    "ReplyFormatError",
+    "RetriesExhausted",
+    "SpendLimit",
+    "TokenBucket",
+    "UsageLedger",
+    "ask_json",
+    "classify_status",
+    "estimate_prompt_tokens",
+    "extract_json_object",
+    "image_part",
+    "parse_reply",
+    "schema_json",
+]

@@ -1,0 +1,311 @@
+"""Per-stage settings of an iteration: diagnose, generate, score, train, evaluate (the paper's values are the defaults)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import ConfigDict, Field, Strict, field_validator, model_validator
+
+from dpe.mixture import DEFAULT_MIN_COUNT, DEFAULT_PRIOR_STRENGTH, DEFAULT_RAW_WEIGHTS, DEFAULT_THRESHOLDS, MixturePolicy
+from dpe.spec.base import Bool, Count, Fraction, Int, NonNegativeFloat, NonNegativeInt, PositiveFloat, SpecModel
+from dpe.spec.execution import Execution
+from dpe.spec.references import ArtifactRef, DnsLabel, ModelEndpoint, SecretKeyRef, Url
+
+class StageName(StrEnum):
+    """The five stages of one iteration, in the order they run."""
+
+    diagnose = "diagnose"
+    generate = "generate"
+    score = "score"
+    train = "train"
+    evaluate = "evaluate"
+
+
+class Sampling(SpecModel):
+    """Decoding settings for answering with the current model."""
+
+    temperature: NonNegativeFloat = 0.7
+    """Softmax temperature; 0 means greedy."""
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.9
+    """Nucleus sampling mass."""
+    top_k: Annotated[int, Strict(), Field(ge=-1)] = 40
+    """Top-k cut; -1 disables it."""
+    max_tokens: Count = 4096
+    """Upper bound on generated tokens per answer."""
+
+
+class MixtureSettings(SpecModel):
+    """How per-type probe accuracy becomes generation weights and quotas."""
+
+    policy: MixturePolicy = MixturePolicy.step
+    """step: the paper's accuracy step function; smoothed: shrinks small-sample accuracies first."""
+    min_count: NonNegativeInt = DEFAULT_MIN_COUNT
+    """smoothed policy: types with fewer probe items than this are treated as unobserved."""
+    prior_strength: NonNegativeFloat = DEFAULT_PRIOR_STRENGTH
+    """smoothed policy: pseudo-count of the prior pulling each type towards the pooled accuracy."""
+    exploration_share: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.05
+    """Share of the quota given to types the probe never saw, instead of rounding crumbs."""
+    thresholds: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1, max_length=10)
+    """Accuracy steps of the weight function, ascending (paper: 0.70, 0.75, 0.85, 0.90)."""
+    raw_weights: list[NonNegativeFloat] = Field(default_factory=lambda: list(DEFAULT_RAW_WEIGHTS), min_length=2, max_length=11)
+    """Raw weight below the first step, between steps, and from the last step (paper: 2.0, 1.5, 1.0, 0.8, 0.5)."""
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> Self:
+        if any(b <= a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
+            raise ValueError(f"thresholds must be strictly ascending, got {self.thresholds}")
+        if len(self.raw_weights) != len(self.thresholds) + 1:
+            raise ValueError(f"rawWeights needs {len(self.thresholds) + 1} values for {len(self.thresholds)} thresholds")
+        return self
+
+
+class DiagnoseSettings(SpecModel):
+    """Diagnosis: the current model answers a fixed probe set; failures are attributed."""
+
+    probe_size: Count = 200
+    """Probe items drawn from the probe set."""
+    probe_seed: Int = 42
+    """Seed of the probe draw. Fixed, so every iteration diagnoses the same items."""
+    sampling: Sampling = Field(default_factory=Sampling)
+    """Decoding settings of the answers."""
+    min_image_side: Count = 224
+    """Images with a shorter side are upscaled to this size before answering."""
+    judge: ModelEndpoint | None = None
+    """Vision-language judge for error typing and answers the rules cannot settle."""
+    mixture: MixtureSettings = Field(default_factory=MixtureSettings)
+    """Weights and quotas from the diagnosis."""
+    execution: Execution | None = None
+    """Overrides of spec.execution for this stage's Job."""
+
+
+class AgentRoles(SpecModel):
+    """One endpoint per agent role; a role left out falls back to the planner's endpoint."""
+
+    planner: ModelEndpoint
+    """Reads the seed and the weakness brief, plans the new sample for its assigned type."""
+    image_selector: ModelEndpoint | None = None
+    """Rates candidate images for usability."""
+    edit_planner: ModelEndpoint | None = None
+    """Chooses images to edit and writes one precise edit instruction."""
+    question_generator: ModelEndpoint | None = None
+    """Observes the final image, then writes the question and its answer."""
+    validator: ModelEndpoint | None = None
+    """Checks that the question is answerable from the image and the answer is right."""
+
+
+class SearchTool(SpecModel):
+    """Image search for the agents."""
+
+    provider: Literal["serper", "searxng", "pool"] = "pool"
+    """serper: a Serper-compatible API; searxng: a SearXNG instance; pool: the indexed image pool."""
+    base_url: Url | None = None
+    """Endpoint of the serper or searxng provider."""
+    api_key_secret: SecretKeyRef | None = None
+    """Secret with the provider's API key."""
+    results_per_query: Count = 3
+    """Images kept per query after the quality gate."""
+
+    @model_validator(mode="after")
+    def _endpoint_for_remote(self) -> Self:
+        if self.provider != "pool" and self.base_url is None:
+            raise ValueError(f"provider '{self.provider}' needs baseUrl")
+        return self
+
+
+class EditTool(SpecModel):
+    """Image editing for the agents."""
+
+    provider: Literal["local", "openai"] = "local"
+    """local: recorded deterministic operations; openai: an OpenAI-compatible images edit endpoint."""
+    base_url: Url | None = None
+    """Endpoint of the openai provider."""
+    model: str | None = None
+    """Image edit model on that endpoint."""
+    api_key_secret: SecretKeyRef | None = None
+    """Secret with the API key."""
+
+    @model_validator(mode="after")
+    def _endpoint_for_remote(self) -> Self:
+        if self.provider == "openai" and (self.base_url is None or self.model is None):
+            raise ValueError("provider 'openai' needs baseUrl and model")
+        return self
+
+
+class Tools(SpecModel):
+    """Tools the agents may call."""
+
+    search: SearchTool = Field(default_factory=SearchTool)
+    """Image search."""
+    edit: EditTool = Field(default_factory=EditTool)
+    """Image editing."""
+
+
+class GenerateSettings(SpecModel):
+    """Generation: agents turn unlabeled images into questions aimed at the diagnosed weaknesses."""
+
+    samples_per_iteration: Count = 1000
+    """Accepted samples to produce per iteration, split into per-type quotas."""
+    shards: Count = 1
+    """Parallel generation Jobs; each takes a disjoint part of the quotas and seeds."""
+    agents: AgentRoles | None = None
+    """Agent endpoints. Without them the offline provider draws from the capability world."""
+    tools: Tools = Field(default_factory=Tools)
+    """Search and edit tools."""
+    max_regenerations: NonNegativeInt = 3
+    """Question rewrites allowed after a validator rejection."""
+    budget_usd: PositiveFloat | None = None
+    """Agent spend per iteration after which generation stops cleanly."""
+    execution: Execution | None = None
+    """Overrides of spec.execution for this stage's Job."""
+
+
+class PassRateWindow(SpecModel):
+    """Pass rates kept for training; both ends inclusive."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.low < self.high", "message": "window low must be below high"}
+            ]
+        }
+    )
+
+    low: Fraction = 0.3
+    """Lowest kept pass rate."""
+    high: Fraction = 0.8
+    """Highest kept pass rate."""
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> Self:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class ScoreSettings(SpecModel):
+    """Scoring: the current model answers every new sample n times; the pass rate filters."""
+
+    samples_per_item: Count = 9
+    """Answers per sample (n)."""
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, top_k=40, max_tokens=4096)
+    )
+    """Decoding settings of the scoring answers."""
+    window: PassRateWindow = Field(default_factory=PassRateWindow)
+    """Pass-rate window of the kept samples."""
+    target_size: Count = 1024
+    """Training-set size; short sets are filled from the nearest pass rates within each type."""
+    shards: Count = 1
+    """Parallel scoring Jobs, merged afterwards."""
+    execution: Execution | None = None
+    """Overrides of spec.execution for this stage's Job."""
+
+
+class RolloutBackend(StrEnum):
+    """Where GRPO rollouts are generated."""
+
+    transformers = "transformers"
+    vllm_colocate = "vllm-colocate"
+    vllm_server = "vllm-server"
+
+
+class RewardWeights(SpecModel):
+    """Weights of the reward terms."""
+
+    accuracy: NonNegativeFloat = 0.9
+    """Weight of the graded final answer."""
+    format: NonNegativeFloat = 0.1
+    """Weight of the requested output format."""
+
+
+class TrainSettings(SpecModel):
+    """Training: GRPO on the kept samples, starting from the current model."""
+
+    num_generations: Annotated[int, Strict(), Field(ge=2)] = 8
+    """Completions per prompt (the group size)."""
+    learning_rate: PositiveFloat = 1e-6
+    """AdamW learning rate (constant)."""
+    weight_decay: NonNegativeFloat = 0.01
+    """AdamW weight decay."""
+    beta: NonNegativeFloat = 0.01
+    """KL coefficient against the frozen reference model (low-variance k3 estimator)."""
+    epsilon_low: PositiveFloat = 0.2
+    """Lower clip range of the policy ratio."""
+    epsilon_high: PositiveFloat = 0.3
+    """Upper clip range of the policy ratio (clip-higher)."""
+    max_grad_norm: PositiveFloat = 1.0
+    """Gradient clipping norm."""
+    max_steps: Count = 10
+    """GRPO steps per iteration."""
+    prompts_per_step: Count = 512
+    """Prompts sampled per GRPO step (rollout batch)."""
+    prompts_per_update: Count = 128
+    """Prompts per optimiser update (global batch, before multiplying by the group size)."""
+    max_completion_length: Count = 4096
+    """Maximum tokens per completion."""
+    temperature: PositiveFloat = 1.0
+    """Rollout temperature."""
+    top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.99
+    """Rollout nucleus mass."""
+    reward_weights: RewardWeights = Field(default_factory=RewardWeights)
+    """Accuracy and format weights of the reward."""
+    bf16: Bool = True
+    """bfloat16 mixed precision."""
+    gradient_checkpointing: Bool = True
+    """Recompute activations to save memory."""
+    freeze_vision_tower: Bool = False
+    """Keep the vision encoder fixed."""
+    checkpoint_every_steps: Count = 5
+    """Steps between checkpoints written to the store (resume points)."""
+    seed: Int = 0
+    """Seed of GRPO's sampling and shuffling."""
+    nodes: Count = 1
+    """Nodes of the training Job (an Indexed Job when more than one)."""
+    gpus_per_node: Count = 8
+    """GPUs per node; torchrun starts one process per GPU."""
+    deepspeed_stage: Literal[0, 2, 3] = 3
+    """DeepSpeed ZeRO stage; 0 disables DeepSpeed."""
+    rollout_backend: RolloutBackend = RolloutBackend.transformers
+    """Rollout engine; the vLLM modes need vLLM in the image."""
+    execution: Execution | None = None
+    """Overrides of spec.execution for this stage's Job."""
+
+
+class Benchmark(SpecModel):
+    """One benchmark of the evaluation suite."""
+
+    name: DnsLabel
+    """Short name used in scores and metrics."""
+    uri: ArtifactRef
+    """builtin:world, or a Parquet/TSV file or folder in the MMStar/MathVista layout."""
+    limit: Count | None = None
+    """Evaluate only the first N items (after a seeded shuffle)."""
+
+
+class EvaluateSettings(SpecModel):
+    """Evaluation of each new model on the benchmark suite, off the critical path."""
+
+    benchmarks: list[Benchmark] = Field(
+        default_factory=lambda: [Benchmark(name="world", uri="builtin:world")], min_length=1
+    )
+    """The suite; the run's score is the mean over it."""
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4096)
+    )
+    """Decoding settings; greedy by default."""
+    judge: ModelEndpoint | None = None
+    """Optional judge for answers the rules cannot settle."""
+    shards: Count = 1
+    """Parallel evaluation Jobs, merged afterwards."""
+    execution: Execution | None = None
+    """Overrides of spec.execution for this stage's Job."""
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_names(cls, benchmarks: list[Benchmark]) -> list[Benchmark]:
+        names = [b.name for b in benchmarks]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"benchmark names must be unique; repeated: {', '.join(duplicated)}")
+        return benchmarks
