@@ -35,13 +35,22 @@ NAME = "local_executor"
 
 
 def attempts(store: Path) -> list[dict[str, Any]]:
-    """Every finished stage attempt in a local store, with its iteration and stage."""
+    """Every stage of a local store's runs, with its start and end (seconds since the epoch) and length,
+    read from the Iteration statuses the executor keeps. A stage's start is stamped to the whole
+    second, so each length may read up to a second long."""
+    from datetime import datetime
+
+    from dpe.spec import IterationStatus
+
     found = []
-    for path in sorted(store.glob("runs/*/*/iterations/*/*/attempts.json")):
-        k, stage = path.parent.parent.name, path.parent.name
-        for attempt in json.loads(path.read_text()):
-            if "seconds" in attempt:
-                found.append({"iteration": int(k), "stage": stage, **attempt})
+    for path in sorted(store.glob("runs/*/*/iterations/*/status.json")):
+        for record in IterationStatus.model_validate_json(path.read_text()).stages:
+            if record.start_time is None or not record.history or record.history[-1].finished_at is None:
+                continue
+            started = datetime.fromisoformat(record.start_time.replace("Z", "+00:00")).timestamp()
+            finished = record.history[-1].finished_at
+            found.append({"iteration": int(path.parent.name), "stage": record.name.value, "started_at": started, "finished_at": finished,
+                          "seconds": round(finished - started, 2)})
     return found
 
 
