@@ -54,7 +54,7 @@ def attempts(store: Path) -> list[dict[str, Any]]:
     return found
 
 
-MODES = {"side by side": [], "one at a time": ["--parallel-stages", "1"]}
+MODES = {"side by side": ["--parallel-stages", "2"], "one at a time": ["--parallel-stages", "1"]}
 
 
 def measure(run_file: Path, mode: str) -> dict[str, Any]:

@@ -81,7 +81,14 @@ def test_with_fewer_stage_slots_the_critical_path_starts_first(tmp_path: Path) -
                          StartStage(2, StageName.evaluate, 1, "m")), RunPhase.running, 1)
     every = LocalExecutor(run_file, parallel_stages=3)._startable(decision, {})
     assert [(a.iteration, a.stage) for a in every] == [(1, StageName.diagnose), (0, StageName.evaluate), (2, StageName.evaluate)]
-    assert [(a.iteration, a.stage) for a in LocalExecutor(run_file)._startable(decision, {})] == [(1, StageName.diagnose), (0, StageName.evaluate)]
+    assert [(a.iteration, a.stage) for a in LocalExecutor(run_file, parallel_stages=2)._startable(decision, {})] == [(1, StageName.diagnose), (0, StageName.evaluate)]
     one = LocalExecutor(run_file, parallel_stages=1)
     assert [(a.iteration, a.stage) for a in one._startable(decision, {})] == [(1, StageName.diagnose)]
     assert one._startable(decision, {(1, StageName.diagnose): object()}) == []  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (64, 2)])
+def test_stages_run_side_by_side_by_default_only_where_the_cores_allow(cores: int, expected: int) -> None:
+    from dpe.executor import default_parallel_stages
+
+    assert default_parallel_stages(cores) == expected

@@ -81,9 +81,10 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
 @main.command()
 @click.argument("run_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, help="Local store directory (default: the run's spec.storage).")
-@click.option("--parallel-stages", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Most stages running at once, sharing the cores (1: one after another with every core, evaluations last).")
-def run(run_file: Path, store: Path | None, parallel_stages: int) -> None:
+@click.option("--parallel-stages", type=click.IntRange(min=1), default=None,
+              help="Most stages running at once, sharing the cores (1: one after another with every core, evaluations last). "
+                   "Default: 2 on 4 cores or more, else 1.")
+def run(run_file: Path, store: Path | None, parallel_stages: int | None) -> None:
     """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped."""
     from dpe.executor import LocalExecutor
     from dpe.lease import RunBusy

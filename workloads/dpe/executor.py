@@ -41,8 +41,15 @@ POLL_SECONDS = 0.2
 """How often a waiting executor checks its stage processes."""
 IDLE_SECONDS = 1.0
 """How long an executor with nothing running waits before it looks again."""
-DEFAULT_PARALLEL_STAGES = 2
-"""Stages at once by default: the spiral runs an evaluation beside the next iteration's stage."""
+MIN_CORES_PER_STAGE = 2
+"""Cores each of two stages side by side needs for the overlap to pay: on 2 cores the quickstart took
+1.05x as long side by side as one at a time (benchmarks/local_executor.py)."""
+
+
+def default_parallel_stages(cores: int | None = None) -> int:
+    """Stages at once by default: an evaluation beside the next iteration's stage where the cores allow."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return 2 if cores >= 2 * MIN_CORES_PER_STAGE else 1
 THREADS_ENV = "OMP_NUM_THREADS"
 """Threads a stage's torch may use; set per stage to its share of the cores unless the user set it."""
 STOP_SECONDS = 10.0
@@ -85,9 +92,9 @@ def _iso(seconds: float) -> str:
 
 class LocalExecutor:
     def __init__(self, run_file: Path, store_dir: Path | None = None, console: Console | None = None,
-                 parallel_stages: int = DEFAULT_PARALLEL_STAGES):
+                 parallel_stages: int | None = None):
         self.run_file = run_file.resolve()
-        self.parallel_stages = parallel_stages
+        self.parallel_stages = default_parallel_stages() if parallel_stages is None else parallel_stages
         """Most stage processes at once; the machine's cores are shared out between them."""
         self.run: EvolutionRun = load_run(run_file)
         self.store_dir = store_dir
