@@ -20,7 +20,12 @@ E2E_DIR = Path(__file__).parent / "e2e"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e is the end-to-end tier (`-m "not e2e"` leaves it out)."""
+    """Everything under tests/e2e is the end-to-end tier, and every test against the S3 server is slow.
+
+    Markers only select: `-m "not slow and not e2e"` is the inner loop, plain `pytest` runs everything.
+    """
     for item in items:
         if item.path.is_relative_to(E2E_DIR):
             item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("s3") is not None:
+            item.add_marker(pytest.mark.slow)

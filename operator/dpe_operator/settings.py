@@ -10,6 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+VARIABLES = {
+    "DPE_RECONCILE_SECONDS": "reconcile_seconds",
+    "DPE_WORKERS": "workers",
+    "DPE_WORKLOAD_IMAGE": "workload_image",
+    "DPE_WORKLOAD_SERVICE_ACCOUNT": "workload_service_account",
+    "DPE_UNSCHEDULABLE_GRACE_SECONDS": "unschedulable_grace_seconds",
+    "DPE_MISSING_REFERENCE_GRACE_SECONDS": "missing_reference_grace_seconds",
+    "DPE_REFUSED_BACKOFF_SECONDS": "refused_backoff_seconds",
+    "DPE_METRICS_PORT": "metrics_port",
+    "DPE_KUBE_URL": "kube_url",
+}
+"""Environment variable -> the setting it sets (the chart sets every one but DPE_KUBE_URL)."""
+
+
 class SettingsError(ValueError):
     """An environment variable of the operator holds a value it cannot use."""
 
@@ -35,31 +49,27 @@ class OperatorSettings:
     kube_url: str | None = None
     """An explicit API server URL (no TLS verification); otherwise in-cluster or kubeconfig login."""
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise SettingsError(f"DPE_WORKERS={self.workers} must be at least 1")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
-        """The settings the `DPE_*` variables ask for, the defaults for the others."""
-
-        def number(name: str, default: float, cast: type = float) -> float:
+        """The settings the `DPE_*` variables ask for (`VARIABLES`), the defaults for the others."""
+        values: dict[str, object] = {}
+        for name, setting in VARIABLES.items():
             raw = environ.get(name)
             if raw is None or raw == "":
-                return default
+                continue
+            kind = type(getattr(cls, setting)) if getattr(cls, setting) is not None else str
+            if kind is str:
+                values[setting] = raw
+                continue
             try:
-                value = cast(raw)
+                value = kind(raw)
             except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a {'whole ' if cast is int else ''}number") from None
+                raise SettingsError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
             if value < 0:
                 raise SettingsError(f"{name}={raw!r} must not be negative")
-            return value
-
-        defaults = cls()
-        return cls(
-            reconcile_seconds=number("DPE_RECONCILE_SECONDS", defaults.reconcile_seconds),
-            workers=int(number("DPE_WORKERS", defaults.workers, int)) or defaults.workers,
-            workload_image=environ.get("DPE_WORKLOAD_IMAGE") or defaults.workload_image,
-            workload_service_account=environ.get("DPE_WORKLOAD_SERVICE_ACCOUNT") or defaults.workload_service_account,
-            unschedulable_grace_seconds=number("DPE_UNSCHEDULABLE_GRACE_SECONDS", defaults.unschedulable_grace_seconds),
-            missing_reference_grace_seconds=number("DPE_MISSING_REFERENCE_GRACE_SECONDS", defaults.missing_reference_grace_seconds),
-            refused_backoff_seconds=number("DPE_REFUSED_BACKOFF_SECONDS", defaults.refused_backoff_seconds),
-            metrics_port=int(number("DPE_METRICS_PORT", defaults.metrics_port, int)),
-            kube_url=environ.get("DPE_KUBE_URL") or None,
-        )
+            values[setting] = value
+        return cls(**values)  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from dpe.stages import diagnose, generate
 from dpe.tools.search import Candidate, ImageSearch
 from dpe_testkit.pictures import encode, scene
 
+pytestmark = pytest.mark.slow
+
 
 def agent_run(tmp_path: Path, world: AgentWorld, samples: int) -> Path:
     endpoint = {

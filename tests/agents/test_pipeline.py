@@ -22,6 +22,8 @@ from dpe_testkit.agent_world import BRIEF, MAX_REGENERATIONS, RESULTS_PER_QUERY,
 from dpe_testkit.images_server import ImagesServer
 from dpe_testkit.openai_server import rate_limited, server_error
 
+pytestmark = pytest.mark.slow
+
 PROVENANCE_KEYS = {
     "task_id",
     "seed_id",

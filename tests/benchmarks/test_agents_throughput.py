@@ -10,6 +10,8 @@ import pytest
 
 from benchmarks import agents_throughput as benchmark
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = 6
 TIME_SCALE = 0.004
 

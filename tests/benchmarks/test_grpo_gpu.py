@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import grpo_gpu
+
+pytestmark = pytest.mark.slow
 
 
 def test_grpo_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:

@@ -170,6 +170,7 @@ def test_client_survives_successive_event_loops(openai_server: FakeOpenAIServer)
 # -- retries --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rate_limit_burst_waits_as_long_as_retry_after_says(openai_server: FakeOpenAIServer) -> None:
     openai_server.fail_next(3, rate_limited(0.2))
     client = ChatClient(endpoint(openai_server), KEY, role="planner")
@@ -288,6 +289,7 @@ def test_malformed_response_body_is_retried(openai_server: FakeOpenAIServer) -> 
 # -- limits ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrency_cap_holds_across_clients_sharing_an_endpoint(openai_server: FakeOpenAIServer) -> None:
     openai_server.latency = 0.02
     planner = endpoint(openai_server, max_concurrency=4)
@@ -346,6 +348,7 @@ def paced_burst(server: FakeOpenAIServer, requests_per_minute: int | None, calls
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_requests_per_minute_keeps_a_strict_server_happy() -> None:
     limits = ServerLimits(requests_per_window=3, window_seconds=0.15)
     with FakeOpenAIServer(limits=limits) as server:
@@ -354,6 +357,7 @@ def test_requests_per_minute_keeps_a_strict_server_happy() -> None:
     assert elapsed >= 11 / 18 - 0.05
 
 
+@pytest.mark.slow
 def test_without_a_rate_limit_the_strict_server_refuses_some() -> None:
     limits = ServerLimits(requests_per_window=3, window_seconds=0.15)
     with FakeOpenAIServer(limits=limits) as server:

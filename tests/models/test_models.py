@@ -18,6 +18,8 @@ from dpe.models.tiny import ARCHITECTURES, build_tiny_model
 from dpe.spec import S3Storage, Sampling, Storage
 from dpe.store import open_store
 
+pytestmark = pytest.mark.slow
+
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()

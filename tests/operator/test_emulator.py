@@ -25,6 +25,8 @@ import urllib3
 from kopf.testing import KopfRunner
 from dpe_testkit.kube_emulator import EmulatedCluster, LabelRequirement, LabelSelector
 
+pytestmark = pytest.mark.slow
+
 GROUP = "dpe.dev"
 VERSION = "v1alpha1"
 RUNS = f"{GROUP}/{VERSION}/evolutionruns"

@@ -18,7 +18,7 @@ from dpe_testkit.operator_world import GROUP, JOBS, RUNS, VERSION, JobController
 from dpe.spec import Storage
 from dpe.store import open_store
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 # Malformed runs whose metadata is still a valid object name. The API server refuses those its CRD
 # schema or CEL rules can tell apart, and unknown fields under kubectl's strict field validation

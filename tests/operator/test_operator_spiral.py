@@ -21,7 +21,7 @@ from dpe_testkit.operator_world import GROUP, RUNS, VERSION, JobController, oper
 from dpe.spec import Storage
 from dpe.store import open_store
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 def test_two_iteration_spiral_to_complete(cluster: EmulatedCluster, s3_server: Any, s3_bucket: str, operator_env: None) -> None:

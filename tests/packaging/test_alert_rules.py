@@ -13,6 +13,8 @@ import pytest
 import yaml
 from dpe_testkit.charts import CHART, Helm, one, tool
 
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 ALERTS = {"DPERunFailed", "DPEStageStuck", "DPERunNoProgress", "DPEOperatorDown", "DPEStageRetries", "DPEStoreErrors", "DPEKubernetesApiErrors"}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from dpe_testkit.charts import RELEASE_NAMESPACE, Authorizer, Helm, granted, objects_of
 
+pytestmark = pytest.mark.slow
+
 OPERATOR_ACCOUNT = (RELEASE_NAMESPACE, "rel-dpe-operator")
 
 EXPECTED = {

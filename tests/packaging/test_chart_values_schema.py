@@ -9,6 +9,8 @@ import pytest
 import yaml
 from dpe_testkit.charts import CHART, Helm
 
+pytestmark = pytest.mark.slow
+
 BAD_VALUES = [
     pytest.param(["s3.accessKey=AKIA123"], "additional properties 'accessKey' not allowed", id="an S3 key in values"),
     pytest.param(["s3.credentialsSecret.secretKey=hunter2"], "additional properties 'secretKey' not allowed", id="a secret value next to the reference"),

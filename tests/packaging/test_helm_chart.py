@@ -16,6 +16,8 @@ from dpe_testkit.charts import CHART, CI_VALUES, EXAMPLE_VALUES, RELEASE_NAMESPA
 
 from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 
+pytestmark = pytest.mark.slow
+
 VALUES_CASES = [pytest.param((), id="defaults")] + [
     pytest.param((path,), id=f"{path.parent.name}/{path.name}") for path in CI_VALUES + EXAMPLE_VALUES
 ]
@@ -118,8 +120,9 @@ def test_liveness_probe_targets_kopfs_liveness_endpoint(helm: Helm, values: tupl
 def test_operator_settings_are_the_ones_the_operator_reads(helm: Helm) -> None:
     """Every DPE_ variable the operator reads is set by the chart, and the chart sets nothing else,
     except DPE_KUBE_URL, which points tests at an emulated API server."""
-    source = "\n".join(path.read_text() for path in sorted((ROOT / "operator" / "dpe_operator").glob("*.py")))
-    read = set(re.findall(r"os\.environ\.get\(\s*\"(DPE_[A-Z_]+)\"", source)) | {S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV}
+    from dpe_operator.settings import VARIABLES
+
+    read = set(VARIABLES) | {S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV}
     assert "DPE_WORKLOAD_IMAGE" in read and "DPE_METRICS_PORT" in read
     env = _env(_container(helm.render(settings=["s3.credentialsSecret.name=minio"])))
     assert set(env) == read - {"DPE_KUBE_URL"}

@@ -42,7 +42,7 @@ from dpe.spec import StageName, Storage
 from dpe.store import open_store
 from dpe_operator import metrics, names
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 GROUP, VERSION = "dpe.dev", "v1alpha1"
 RUNS = f"{GROUP}/{VERSION}/evolutionruns"
@@ -62,14 +62,18 @@ STARTUP_TIMEOUT = 10.0
 
 
 def stage_result(stage: str, k: int) -> dict[str, Any]:
-    """The part of a stage's result.json the operator reads."""
+    """A result.json its stage's model accepts, with the fields the operator reads."""
+    base = {"stage": stage, "iteration": k}
     if stage == StageName.train.value:
-        return {"model_uri": f"s3://models/m{k}", "gpu_hours": 0.5}
+        return {**base, "model_uri": f"s3://models/m{k}", "steps": 1, "gpu_hours": 0.5}
     if stage == StageName.evaluate.value:
-        return {"scores": {"overall": 0.4 + 0.1 * k}}
+        return {**base, "scores": {"overall": 0.4 + 0.1 * k}}
     if stage == StageName.diagnose.value:
-        return {"capability_accuracy": {"map": 0.5, "chart": 0.25}, "mixture_weights": {"map": 0.4, "chart": 0.6}}
-    return {}
+        return {**base, "probe_accuracy": 0.4, "capability_accuracy": {"map": 0.5, "chart": 0.25}, "mixture_weights": {"map": 0.4, "chart": 0.6},
+                "quotas": {"map": 4, "chart": 6}}
+    if stage == StageName.score.value:
+        return {**base, "kept": 10}
+    return base
 
 
 class StageJobs:

@@ -17,6 +17,8 @@ from dpe.stages import diagnose, evaluate
 from dpe.stages.context import Shard
 from dpe.taxonomy import CapabilityType
 
+pytestmark = pytest.mark.slow
+
 def test_mixture_concentrates_on_the_types_the_model_gets_wrong(tmp_path: Path) -> None:
     ctx = context(write_run(tmp_path), StageName.diagnose, 1)
     probe = diagnose.load_probe(ctx)

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dpe_testkit.runs import write_run
 
 from dpe.spec import LocalStorage, StageName, Storage
 from dpe.stages.command import WORKER_ARGV_ENV, WORKER_MODULE, distributed_launch
 from dpe.store import open_store
+
+pytestmark = pytest.mark.slow
 
 # Each of these is an option or an abbreviation of one to torchrun's own parser.
 TRICKY = ["stage", "train", "--run", "r.yaml", "--nnodes", "--", "-m", "--standalone", "--r", "--no-python", "$(X)"]

@@ -20,6 +20,8 @@ from dpe.spec import Sampling, StageName
 from dpe.stages import diagnose, generate, score
 from dpe.stages.context import Shard
 
+pytestmark = pytest.mark.slow
+
 
 def diagnosed(tmp_path: Path, **spec: Any) -> Path:
     run_file = write_run(tmp_path, **spec)

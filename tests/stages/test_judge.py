@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dpe_testkit.openai_server import FakeOpenAIServer, image_parts, malformed_body, rate_limited, reply_content, server_error
 from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
@@ -18,6 +20,8 @@ from dpe.retry import Backoff
 from dpe.spec import ModelEndpoint, Sampling, StageName
 from dpe.stages import diagnose
 from dpe.taxonomy import ErrorType
+
+pytestmark = pytest.mark.slow
 
 FAST_RETRY = Backoff(max_attempts=4, base_delay=0.01, max_delay=0.05, max_elapsed=5)
 

@@ -328,6 +328,7 @@ def _open_once_read(fifo: Path, reader: subprocess.Popen[bytes], timeout: float 
         return handle
 
 
+@pytest.mark.slow
 def test_local_write_killed_midway_leaves_no_object(tmp_path: Path) -> None:
     """A writer killed mid-write (here: blocked reading a pipe) publishes nothing."""
     root, source, key = tmp_path / "store", tmp_path / "source", "runs/a/model.bin"

@@ -41,6 +41,7 @@ def _good(server: SearchServer, name: str, seed: int, **behaviour: object) -> tu
     return server.image(name, encode(scene(seed)), **behaviour), f"title {name}"
 
 
+@pytest.mark.slow
 def test_serper_keeps_the_first_passing_results_in_rank_order(search_server: SearchServer) -> None:
     server = search_server
     server.api_key = API_KEY

@@ -125,6 +125,7 @@ def _flip(value: int, bits: int, rng: random.Random) -> int:
     return value
 
 
+@pytest.mark.slow
 def test_near_duplicates_finds_copies_among_20k_hashes_quickly() -> None:
     rng = random.Random(0)
     index = NearDuplicates(DUPLICATE_DISTANCE)

@@ -62,6 +62,7 @@ def test_two_executors_taking_it_at_once_leave_one(tmp_path: Path) -> None:
         first.__enter__()
 
 
+@pytest.mark.slow
 def test_dpe_run_refuses_a_run_another_executor_holds(tmp_path: Path) -> None:
     run_file = write_run(tmp_path)
     store = LocalStore(tmp_path / "store")

@@ -94,6 +94,7 @@ def test_example_runs_validate(path: Path) -> None:
         parse_run(document)
 
 
+@pytest.mark.slow
 def test_cli_validate_reports_every_problem_and_exit_code(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

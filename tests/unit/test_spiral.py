@@ -447,6 +447,7 @@ SPECS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec_fields=SPECS, events=EVENTS)
 def test_random_histories_are_safe_and_always_end(spec_fields: dict[str, Any], events: list[tuple[str, int, float]]) -> None:

@@ -177,6 +177,7 @@ def test_any_seed_and_index_give_a_verified_sample(
     assert record.id == f"world-{kind.value}-{seed}-{index}"
 
 
+@pytest.mark.slow
 def test_records_are_identical_across_processes_and_hash_seeds() -> None:
     program = (
         "import hashlib; from dpe.world import generate; "

@@ -240,8 +240,9 @@ def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -
                 _upload_dir(ctx, local, f"checkpoints/{name}")
             _barrier()
             if ranks.is_main:
-                ctx.store.put_json(ctx.key("checkpoints", name, COMPLETE_MARKER), {"step": state.global_step})
+                # The metrics up to this step first: a resume from this checkpoint continues them.
                 ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
+                ctx.store.put_json(ctx.key("checkpoints", name, COMPLETE_MARKER), {"step": state.global_step})
 
     return [StoreCallback()]
 
@@ -293,7 +294,9 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     if resume:
         key = ctx.key("metrics.jsonl")
         if ctx.store.exists(key):
-            metrics = [json.loads(line) for line in ctx.store.get_bytes(key).decode().splitlines() if line]
+            resumed_step = int(resume.rsplit("-", 1)[1])
+            # Steps past the checkpoint are trained again, so their earlier metrics are dropped.
+            metrics = [m for line in ctx.store.get_bytes(key).decode().splitlines() if line and (m := json.loads(line))["step"] <= resumed_step]
     trainer = GRPOTrainer(
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
