@@ -40,12 +40,11 @@ from typing import Any
 
 import kubernetes
 from dpe_testkit.kube_emulator import EmulatedCluster
-from dpe_testkit.operator_world import GROUP, RUNS, VERSION, run_body, stage_result
+from dpe_testkit.operator_world import GROUP, RUNS, VERSION, operator_environment, run_body, stage_result
 from dpe_testkit.s3server import start_s3_server
 
 from benchmarks.reporting import replace_section
 from dpe import layout
-from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 from dpe.spec import StageName
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,10 +155,7 @@ def play_cluster(url: str, s3: Any, bucket: str, stage_seconds: float, control: 
 def operator_process(cluster: EmulatedCluster, s3: Any, log: Path) -> subprocess.Popen[bytes]:
     environment = {
         **os.environ,
-        "DPE_KUBE_URL": cluster.url,
-        "DPE_METRICS_PORT": "0",
-        S3_ACCESS_KEY_ENV: s3.access_key,
-        S3_SECRET_KEY_ENV: s3.secret_key,
+        **operator_environment(cluster.url, s3, reconcile_seconds=30.0),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "workloads"), os.environ.get("PYTHONPATH", "")]),
     }
     with log.open("ab") as out:

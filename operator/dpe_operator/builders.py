@@ -43,6 +43,18 @@ SCRATCH_DIR = "/scratch"
 """Mount point of the pod's scratch emptyDir; the stage's model and data cache lives there."""
 SHM_DIR = "/dev/shm"
 """Shared memory of the pod; PyTorch data loaders and NCCL need more than the runtime's 64 MiB."""
+TMP_DIR = "/tmp"
+"""The pod's writable /tmp: the root filesystem is read-only."""
+WORKLOAD_USER = 10001
+"""User and group of the workload image (Dockerfile); the pod runs as them whatever the image says."""
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True, "runAsUser": WORKLOAD_USER, "runAsGroup": WORKLOAD_USER, "fsGroup": WORKLOAD_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""With CONTAINER_SECURITY_CONTEXT, what the Pod Security Standard "restricted" asks of a pod."""
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+}
 
 CONTAINER_NAME = "stage"
 ENTRYPOINT = "dpe"
@@ -228,6 +240,11 @@ def _pod_failure_policy() -> dict[str, Any]:
     }
 
 
+def kubelet_literal(text: str) -> str:
+    """`text` as the kubelet passes it on: `$$` stands for `$`, so no `$(VAR)` in it is expanded."""
+    return text.replace("$", "$$")
+
+
 def _stage_args(
     stage: StageName, iteration: int, model_uri: str, shards: int, shard: tuple[int, int] | None, merge: bool
 ) -> list[str]:
@@ -237,7 +254,8 @@ def _stage_args(
         part = f"$({COMPLETION_INDEX_ENV})/{shards}"
     else:
         part = None
-    return stage_argv(stage.value, RUN_FILE, iteration, model_uri, shard=part, merge=merge)
+    # The kubelet expands $(VAR) in args; a model URI is the run author's text, so `$` stays literal.
+    return stage_argv(stage.value, RUN_FILE, iteration, kubelet_literal(model_uri), shard=part, merge=merge)
 
 
 def _check_shape(run: EvolutionRun, stage: StageName, shard: tuple[int, int] | None, merge: bool) -> int:
@@ -288,6 +306,7 @@ def stage_job(
     env: list[dict[str, Any]] = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": CACHE_ENV, "value": SCRATCH_DIR},
+        {"name": "MPLCONFIGDIR", "value": f"{TMP_DIR}/matplotlib"},
     ]
     if sharded_whole:
         env.append({"name": COMPLETION_INDEX_ENV, "valueFrom": _completion_index_ref()})
@@ -305,8 +324,10 @@ def stage_job(
             {"name": "run-spec", "mountPath": RUN_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": SHM_DIR},
             {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT, capabilities={"drop": ["ALL"]}),
     }
     if execution.image_pull_policy is not None:
         container["imagePullPolicy"] = execution.image_pull_policy
@@ -319,11 +340,15 @@ def stage_job(
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": execution.service_account_name or service_account_default,
+        # Stages never call the API server: no token in the pod.
+        "automountServiceAccountToken": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT, seccompProfile={"type": "RuntimeDefault"}),
         "containers": [container],
         "volumes": [
             {"name": "run-spec", "configMap": {"name": names.configmap_name(run_name), "items": [{"key": RUN_FILE_KEY, "path": RUN_FILE_KEY}]}},
             _shm_volume(execution),
             {"name": "scratch", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
     if execution.priority_class_name is not None:

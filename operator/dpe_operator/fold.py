@@ -19,7 +19,7 @@ from dpe import status
 from dpe.spiral import JobState, RunObservation
 from dpe.store import ArtifactStore
 from dpe_operator import builders, metrics, names, observe
-from dpe_operator.passes import Announcement, PassContext, RunEvent
+from dpe_operator.passes import Announcement, PassContext, RunEvent, building
 
 
 @dataclass
@@ -141,8 +141,10 @@ def _fold_stage(
     diagnosed = False  # failed by the operator itself, from what the pods said
     if merge_due and not terminal and not recorded:
         assert found.main is not None
-        merge = builders.stage_job(run, k, stage, attempt, observe.model_of(found.main), owner=owner, merge=True,
-                                   image_default=ctx.settings.workload_image, service_account_default=ctx.settings.workload_service_account)
+        main = found.main
+        merge = building(f"the merge Job of iteration {k} {stage.value} attempt {attempt}", lambda: builders.stage_job(
+            run, k, stage, attempt, observe.model_of(main), owner=owner, merge=True,
+            image_default=ctx.settings.workload_image, service_account_default=ctx.settings.workload_service_account))
         if ctx.cluster.create("Job", namespace, merge):
             metrics.progressed(namespace, name)
             ctx.post(RunEvent("StageMerging", f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}"))
@@ -155,6 +157,10 @@ def _fold_stage(
         age = now - (observe.timestamp(current["metadata"].get("creationTimestamp")) or now)
         if problem is None and missing is not None and age >= ctx.settings.missing_reference_grace_seconds:
             problem = f"{missing.kind} {missing.name} still missing after {int(age)} s: {missing.message}"
+        if problem is None and not pods and state is JobState.pending and age >= ctx.settings.admission_grace_seconds:
+            refusal = observe.creation_refusal(ctx.cluster.job_events(namespace, job_name))
+            if refusal is not None:
+                problem = f"no pod of Job {job_name} could be created in {int(age)} s: {refusal}"
         if problem is not None:
             ctx.cluster.delete_job(namespace, job_name)
             state, finished_at, message, permanent = JobState.failed, now, problem, True

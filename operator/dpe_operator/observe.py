@@ -345,3 +345,12 @@ def references_condition(waiting: Iterable[MissingReference], grace: float, gene
     return condition(REFERENCES_CONDITION, False, reason, message, generation, previous, now)
 
 
+
+
+def creation_refusal(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The newest reason the Job controller could not create a Job's pods (admission, quota), or None."""
+    refused = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not refused:
+        return None
+    newest = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or "")
+    return str(newest.get("message") or "FailedCreate")

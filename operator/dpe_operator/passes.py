@@ -13,6 +13,18 @@ from dpe_operator.cluster import Cluster
 from dpe_operator.settings import OperatorSettings
 
 
+class BuildError(Exception):
+    """The run's spec passed validation but cannot be made into a child object: no retry can help."""
+
+
+def building(what: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`build()`, its ValueError turned into a BuildError that says what was being built."""
+    try:
+        return build()
+    except ValueError as error:
+        raise BuildError(f"{what} cannot be built from the spec: {error}") from error
+
+
 @dataclass(frozen=True)
 class RunEvent:
     """A Kubernetes Event about the run."""

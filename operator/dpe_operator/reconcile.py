@@ -31,11 +31,13 @@ from dpe.spiral import (
     SuspendStage,
     advance,
 )
-from dpe_operator import builders, metrics, observe
+from dpe_operator import boundary, builders, metrics, observe
 from dpe_operator.fold import Folded, fold_jobs
-from dpe_operator.passes import Announcement, PassContext, PassResult, RunEvent, owner_of
+from dpe_operator.passes import Announcement, PassContext, PassResult, RunEvent, building, owner_of
 
 TERMINAL = (RunPhase.succeeded.value, RunPhase.failed.value)
+REFUSALS = ("InvalidSpec", "Forbidden")
+"""Stop reasons of a run refused before anything was created; it stays Failed (create it anew)."""
 
 
 def reconcile_pass(ctx: PassContext, body: Mapping[str, Any], jobs: list[dict[str, Any]]) -> PassResult:
@@ -49,19 +51,15 @@ def reconcile_pass(ctx: PassContext, body: Mapping[str, Any], jobs: list[dict[st
     generation = body["metadata"].get("generation")
     previous_conditions = list(previous.get("conditions") or [])
     now = ctx.now_iso()
-    if previous.get("phase") in TERMINAL and previous.get("stopReason") == "InvalidSpec":
+    if previous.get("phase") in TERMINAL and previous.get("stopReason") in REFUSALS:
         return PassResult({})
     try:
         run = EvolutionRun.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
     except ValidationError as error:
-        message = "; ".join(problems_of(error))
-        return PassResult(status.run_status_patch(previous, {
-            "phase": RunPhase.failed.value, "stopReason": "InvalidSpec", "observedGeneration": generation, "message": message,
-            "conditions": [
-                status.condition("Ready", False, "InvalidSpec", message, generation, previous_conditions, now),
-                status.condition("Failed", True, "InvalidSpec", message, generation, previous_conditions, now),
-            ],
-        }), [RunEvent("InvalidSpec", message[:1000], warning=True)])
+        return _refused(previous, generation, now, "InvalidSpec", problems_of(error))
+    forbidden = boundary.refusals(run, ctx.settings)
+    if forbidden:
+        return _refused(previous, generation, now, "Forbidden", forbidden)
     publish_spec(ctx, run, body)
     turn = ClusterTurn(ctx, run, body, jobs)
     decision, _ = advance(run.spec, turn)
@@ -118,6 +116,19 @@ class ClusterTurn:
         self.announce = apply(self.ctx, self.run, self.body, decision, observation, self.newest)
 
 
+def _refused(previous: Mapping[str, Any], generation: int | None, now: str, reason: str, problems: list[str]) -> PassResult:
+    """The run fails for good, before anything is created: its spec is invalid or outside the boundary."""
+    message = status.capped("; ".join(problems))
+    conditions = list(previous.get("conditions") or [])
+    return PassResult(status.run_status_patch(previous, {
+        "phase": RunPhase.failed.value, "stopReason": reason, "observedGeneration": generation, "message": message,
+        "conditions": [
+            status.condition("Ready", False, reason, message, generation, conditions, now),
+            status.condition("Failed", True, reason, message, generation, conditions, now),
+        ],
+    }), [RunEvent(reason, message[:1000], warning=True)])
+
+
 def apply(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any], decision: Decision, observation: RunObservation,
           newest: Mapping[tuple[int, StageName], observe.AttemptJobs]) -> list[Announcement]:
     """Carry out the spiral's actions on the cluster; the announcements due once the status is written."""
@@ -126,14 +137,18 @@ def apply(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any], decision
     announce: list[Announcement] = []
     for action in decision.actions:
         if isinstance(action, StartIteration):
-            if ctx.cluster.create("Iteration", namespace, builders.iteration(run, action.index, action.input_model_uri, owner=owner)):
+            iteration = building(f"iteration {action.index}", lambda: builders.iteration(run, action.index, action.input_model_uri, owner=owner))
+            if ctx.cluster.create("Iteration", namespace, iteration):
                 metrics.progressed(namespace, name)
                 ctx.post(RunEvent("IterationStarted", f"iteration {action.index} from {action.input_model_uri}"))
         elif isinstance(action, StartStage):
-            job = builders.stage_job(run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=owner,
-                                     image_default=ctx.settings.workload_image, service_account_default=ctx.settings.workload_service_account)
+            what = f"the Job of iteration {action.iteration} {action.stage.value} attempt {action.attempt}"
+            job = building(what, lambda: builders.stage_job(
+                run, action.iteration, action.stage, action.attempt, action.input_model_uri, owner=owner,
+                image_default=ctx.settings.workload_image, service_account_default=ctx.settings.workload_service_account))
             if action.stage is StageName.train and run.spec.train.nodes > 1:
-                ctx.cluster.create("Service", namespace, builders.headless_service(run, action.iteration, action.attempt, owner=owner))
+                service = building(what, lambda: builders.headless_service(run, action.iteration, action.attempt, owner=owner))
+                ctx.cluster.create("Service", namespace, service)
             if ctx.cluster.create("Job", namespace, job):
                 if action.attempt > 1:
                     previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
@@ -165,7 +180,7 @@ def publish_spec(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any]) -
     """
     uid, generation = body["metadata"]["uid"], int(body["metadata"].get("generation") or 0)
     if ctx.published.get(uid) != generation:
-        ctx.cluster.apply_configmap(run.metadata.namespace, builders.run_configmap(run, owner=owner_of(body)))
+        ctx.cluster.apply_configmap(run.metadata.namespace, building("the run's ConfigMap", lambda: builders.run_configmap(run, owner=owner_of(body))))
         ctx.published[uid] = generation
 
 

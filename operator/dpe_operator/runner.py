@@ -18,12 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from dpe import layout
-from dpe.spec import EvolutionRun
-from dpe.status import run_status_patch as status_patch
-from dpe.store import ArtifactStore, StoreError, open_store
+from dpe import status
+from dpe.spec import EvolutionRun, RunPhase
+from dpe.status import run_status_patch
+from dpe.store import ArtifactStore, PermanentStoreError, StoreError, open_store
 from dpe_operator import metrics, names, observe
 from dpe_operator.cluster import Cluster, ClusterError
-from dpe_operator.passes import PassContext, RunEvent
+from dpe_operator.passes import BuildError, PassContext, RunEvent
 from dpe_operator.reconcile import reconcile_pass
 from dpe_operator.settings import OperatorSettings
 
@@ -97,26 +98,76 @@ class Reconciler:
         except ClusterError as error:
             metrics.API_ERRORS.labels(str(error.status or "none")).inc()
             if error.transient or body is None:
+                self._trouble(body, "ApiUnavailable", f"Kubernetes API: {error}")
                 raise RetryLater(f"Kubernetes API: {error}", self.settings.reconcile_seconds) from error
             self._refused(body, error)
             raise RetryLater(f"Kubernetes API refused a request: {error}", self.settings.refused_backoff_seconds) from error
+        except PermanentStoreError as error:
+            metrics.STORE_ERRORS.labels(type(error).__name__).inc()
+            self._fail(body, "StoreRefused", f"the artifact store refused the operator: {error}")
         except StoreError as error:
             metrics.STORE_ERRORS.labels(type(error).__name__).inc()
+            self._trouble(body, "StoreUnavailable", f"artifact store: {error}")
             raise RetryLater(f"artifact store: {error}", self.settings.reconcile_seconds) from error
+        except BuildError as error:
+            self._fail(body, "ReconcileFailed", str(error))
+        except Exception as error:
+            # A fault of the operator itself: say so on the run and look again later, when a fixed
+            # operator may be running; failing the run would make the fault permanent.
+            log.exception("pass over run %s/%s failed", namespace, name)
+            self._trouble(body, "OperatorError", f"{type(error).__name__}: {error}")
+            raise RetryLater(f"operator error: {type(error).__name__}: {error}", self.settings.refused_backoff_seconds) from error
+
+    def _write_conditions(self, body: Mapping[str, Any], fields: dict[str, Any], replace: dict[str, dict[str, Any]]) -> None:
+        """Patch the run's status with `fields` and the conditions in `replace` (by type), keeping the others."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        current = body.get("status") or {}
+        conditions = [c for c in current.get("conditions") or [] if c.get("type") not in replace] + list(replace.values())
+        try:
+            self.cluster.patch_run_status(namespace, name, run_status_patch(current, {**fields, "conditions": conditions}),
+                                          body["metadata"]["resourceVersion"])
+        except ClusterError as error:
+            log.warning("run %s/%s: could not record in its status why the pass stopped: %s", namespace, name, error)
+
+    def _trouble(self, body: Mapping[str, Any] | None, reason: str, message: str) -> None:
+        """A pass that will be tried again: Progressing carries why, and one Event says so when that changes."""
+        if body is None:
+            return
+        previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+        progressing = previous.get("Progressing")
+        if progressing is not None and progressing.get("reason") == reason:
+            return
+        generation = body["metadata"].get("generation")
+        now = self._now_iso()
+        flag = progressing is not None and progressing.get("status") == "True"
+        condition = status.condition("Progressing", flag, reason, f"{message}; retrying", generation, list(previous.values()), now)
+        self._write_conditions(body, {}, {"Progressing": condition})
+        self.post(body, RunEvent(reason, condition["message"][:1000], warning=True))
+
+    def _fail(self, body: Mapping[str, Any] | None, reason: str, message: str) -> None:
+        """A pass no retry can finish: the run fails, saying why."""
+        if body is None:
+            return
+        generation = body["metadata"].get("generation")
+        previous = list((body.get("status") or {}).get("conditions") or [])
+        now = self._now_iso()
+        self._write_conditions(body, {"phase": RunPhase.failed.value, "stopReason": reason, "message": status.capped(message),
+                                      "completionTime": (body.get("status") or {}).get("completionTime") or now}, {
+            "Ready": status.condition("Ready", False, reason, message, generation, previous, now),
+            "Progressing": status.condition("Progressing", False, reason, message, generation, previous, now),
+            "Failed": status.condition("Failed", True, reason, message, generation, previous, now),
+        })
+        self.post(body, RunEvent("RunFailed", f"{reason}: {message}"[:1000], warning=True))
+
+    def _now_iso(self) -> str:
+        return PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda _: None).now_iso()
 
     def _refused(self, body: Mapping[str, Any], error: ClusterError) -> None:
         """Say in the run's status and in an Event which request the API server refused, and why."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        status = body.get("status") or {}
-        previous = list(status.get("conditions") or [])
-        now = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda _: None).now_iso()
-        refused = observe.refused_condition(error.request, error.status, error.detail, body["metadata"].get("generation"), previous, now)
-        conditions = [c for c in previous if c.get("type") != observe.ACCEPTED_CONDITION] + [refused]
-        try:
-            self.cluster.patch_run_status(namespace, name, status_patch(status, {"conditions": conditions}),
-                                          body["metadata"]["resourceVersion"])
-        except ClusterError as second:
-            log.warning("run %s/%s: could not record the refusal in its status: %s", namespace, name, second)
+        previous = list((body.get("status") or {}).get("conditions") or [])
+        refused = observe.refused_condition(error.request, error.status, error.detail, body["metadata"].get("generation"), previous,
+                                            self._now_iso())
+        self._write_conditions(body, {}, {observe.ACCEPTED_CONDITION: refused})
         self.post(body, RunEvent("RequestRefused", refused["message"][:1000], warning=True))
 
     def delete(self, body: Mapping[str, Any], on_removed: Callable[[int], None]) -> None:

@@ -133,6 +133,7 @@ class E2ECluster:
             f"metrics.port={self.metrics_port}",
             f"livenessProbe.port={free_port()}",
             "s3.credentialsSecret.name=dpe-operator-s3",
+            f"s3.endpoint=http://{self.s3.endpoint}",
             "operator.extraEnv[0].name=DPE_KUBE_URL",
             f"operator.extraEnv[0].value={self.cluster.url}",
             *settings,

@@ -18,6 +18,16 @@ RUNS = f"{GROUP}/{VERSION}/evolutionruns"
 JOBS = "batch/v1/jobs"
 
 
+def operator_environment(cluster_url: str, s3: Any, reconcile_seconds: float = 0.2) -> dict[str, str]:
+    """The operator's settings for a test: the emulated API server, the test S3 server as the one
+    endpoint runs may use (with the test's Secret name `s3` allowed beside `dpe-*`), fast passes."""
+    return {
+        "DPE_KUBE_URL": cluster_url, "DPE_RECONCILE_SECONDS": str(reconcile_seconds), "DPE_METRICS_PORT": "0",
+        "DPE_S3_ACCESS_KEY": s3.access_key, "DPE_S3_SECRET_KEY": s3.secret_key,
+        "DPE_ALLOWED_S3_ENDPOINTS": f"http://{s3.endpoint}", "DPE_ALLOWED_SECRETS": "dpe-*,s3",
+    }
+
+
 def run_body(name: str, bucket: str, endpoint: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",

@@ -76,8 +76,6 @@ def build_root(spec: dict[str, Any]) -> Path:
             if ancestor == root.parent:
                 break
             ancestor.chmod(ancestor.stat().st_mode | 0o005)
-    for path in spec["hostPaths"]:
-        bind(path, inside(root, path), read_only=True)
     for image_path, host_path in spec["imagePaths"].items():
         bind(host_path, inside(root, image_path), read_only=True)
     for database, line in (("passwd", spec["passwd"]), ("group", spec["group"])):
@@ -101,6 +99,9 @@ def build_root(spec: dict[str, Any]) -> Path:
             mount("-t", "tmpfs", "-o", options, "tmpfs", str(target))
         else:
             bind(volume["source"], target, read_only=volume["readOnly"])
+    # After the volumes: a pod's /tmp must not hide the interpreter and sources when they live there.
+    for path in spec["hostPaths"]:
+        bind(path, inside(root, path), read_only=True)
     (root / OLD_ROOT).mkdir(exist_ok=True)
     if spec["readOnlyRoot"]:
         mount("-o", "remount,ro", str(root))

@@ -137,7 +137,7 @@ def test_two_nodes_train_from_an_uploaded_model_once_a_late_secret_appears(e2e: 
     # Every readable answer's sample is kept, whatever its pass rate: training must have samples.
     body = cpu_example("twonode", endpoint(s3_server), bucket, baseModel=model, score={"window": {"low": 0.0, "high": 1.0}},
                        train={"nodes": 2, "gpusPerNode": 2},
-                       storage={"s3": {"credentialsSecret": {"name": "late-minio"}}})
+                       storage={"s3": {"credentialsSecret": {"name": "dpe-late-minio"}}})
     e2e.apply(body)
 
     def waiting() -> dict[str, Any] | None:
@@ -147,10 +147,10 @@ def test_two_nodes_train_from_an_uploaded_model_once_a_late_secret_appears(e2e: 
 
     run = e2e.wait("the run to say it waits for the Secret", waiting, 60)
     references = conditions(run)["ReferencesResolved"]
-    assert references["reason"] == "SecretNotFound" and "Secret late-minio" in references["message"]
+    assert references["reason"] == "SecretNotFound" and "Secret dpe-late-minio" in references["message"]
     assert run["status"]["phase"] == "Running"
     time.sleep(8)
-    e2e.run_secret(NAMESPACE, "late-minio")
+    e2e.run_secret(NAMESPACE, "dpe-late-minio")
     services_seen: set[str] = set()
 
     def done() -> dict[str, Any] | None:

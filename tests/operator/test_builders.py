@@ -461,6 +461,7 @@ def test_fixed_environment_and_volumes() -> None:
         {"name": "run-spec", "mountPath": "/etc/dpe", "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "tmp", "mountPath": "/tmp"},
     ]
     volumes = volumes_of(job)
     assert volumes["run-spec"] == {"name": "run-spec", "configMap": {"name": "demo-spec", "items": [{"key": "run.yaml", "path": "run.yaml"}]}}
@@ -468,6 +469,59 @@ def test_fixed_environment_and_volumes() -> None:
     assert container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What the Pod Security Standard "restricted" (Kubernetes docs) finds wrong with a pod spec."""
+    found = []
+    pod_context = pod.get("securityContext") or {}
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed_volumes:
+            found.append(f"volume {volume['name']} of type {kinds}")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            found.append(key)
+    for box in [*(pod.get("initContainers") or []), *pod["containers"]]:
+        context = box.get("securityContext") or {}
+        if context.get("privileged"):
+            found.append(f"{box['name']}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{box['name']}: allowPrivilegeEscalation != false")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []) or set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            found.append(f"{box['name']}: capabilities")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            found.append(f"{box['name']}: runAsNonRoot != true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            found.append(f"{box['name']}: runAsUser=0")
+        seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{box['name']}: seccompProfile")
+        if any(port.get("hostPort") for port in box.get("ports") or []):
+            found.append(f"{box['name']}: hostPort")
+    return found
+
+
+@pytest.mark.parametrize("stage", list(StageName))
+@pytest.mark.parametrize("shape", ["whole", "sharded", "multi-node"])
+def test_every_stage_pod_passes_the_restricted_pod_security_standard(stage: StageName, shape: str) -> None:
+    spec = {"multi-node": {"train": {"nodes": 2, "gpusPerNode": 2}}, "sharded": {stage.value: {"shards": 2}} if stage in builders.SHARDED_STAGES else {},
+            "whole": {}}[shape]
+    pod = build_job(make_run(**spec), stage)["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False, "stages never call the API server"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} >= {"/tmp", "/scratch"}, "writable places on a read-only root"
+
+
+def test_a_model_uri_reaches_the_stage_as_written_not_expanded_by_the_kubelet() -> None:
+    job = builders.stage_job(make_run(), 1, StageName.diagnose, 1, "s3://models/$(DPE_S3_SECRET_KEY)/m", owner=OWNER,
+                             image_default=IMAGE_DEFAULT, service_account_default=SERVICE_ACCOUNT_DEFAULT)
+    args = container(job)["args"]
+    assert args[args.index("--model") + 1] == "s3://models/$$(DPE_S3_SECRET_KEY)/m"
+    assert job["metadata"]["annotations"][names.MODEL_ANNOTATION] == "s3://models/$(DPE_S3_SECRET_KEY)/m"
 
 
 SHM_CASES = [

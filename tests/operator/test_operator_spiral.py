@@ -16,7 +16,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 from dpe_testkit.kube_emulator import EmulatedCluster, KubernetesEmulator
-from dpe_testkit.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, run_body, scrape, wait_phase
+from dpe_testkit.operator_world import GROUP, RUNS, VERSION, JobController, operator_args, operator_environment, run_body, scrape, wait_phase
 
 from dpe.spec import Storage
 from dpe.store import open_store
@@ -170,8 +170,7 @@ def test_an_attempt_is_announced_once_even_when_its_first_write_fails(s3_server:
     """The pass that records a failed attempt fails its Iteration write; the next pass records it
     again, and only then are its Event and counters sent, once."""
     with EmulatedCluster(emulator_class=FailingFirstHistoryWrite) as cluster:
-        for name, value in {"DPE_KUBE_URL": cluster.url, "DPE_RECONCILE_SECONDS": "0.2", "DPE_METRICS_PORT": "0",
-                            "DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key}.items():
+        for name, value in operator_environment(cluster.url, s3_server).items():
             monkeypatch.setenv(name, value)
         body = run_body("once", s3_bucket, s3_server.endpoint, stop={"maxIterations": 1})
         store = open_store(Storage.model_validate(body["spec"]["storage"]))

@@ -44,6 +44,7 @@ class FakeCluster:
         self.services: dict[str, dict[str, Any]] = {}
         self.configmaps: dict[str, dict[str, Any]] = {}
         self.pod_lists: dict[str, list[dict[str, Any]]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
         self.suspended: dict[str, bool] = {}
         self.deleted: list[str] = []
         self.refuse: dict[str, ClusterError] = {}
@@ -87,6 +88,10 @@ class FakeCluster:
 
     def pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pod_lists.get(job, []))
+
+    def job_events(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        self._request(f"list Events of Job {job}")
+        return copy.deepcopy(self.events.get(job, []))
 
     def create(self, kind: str, namespace: str, body: dict[str, Any]) -> bool:
         name = body["metadata"]["name"]
@@ -375,6 +380,33 @@ def test_a_missing_secret_is_waited_for_then_fails_the_stage_after_the_grace(tmp
     assert world.status["phase"] == "Failed" and "judge-key" in world.status["message"]
 
 
+def test_a_job_whose_pods_are_refused_at_creation_fails_its_stage_after_the_grace(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.step()
+    world.step()
+    job = world.cluster.job_of(1, StageName.diagnose)
+    name = job["metadata"]["name"]
+    refusal = ('Error creating: pods "x" is forbidden: violates PodSecurity "restricted:latest": '
+               'allowPrivilegeEscalation != false (container "stage" must set securityContext.allowPrivilegeEscalation=false)')
+    world.cluster.events[name] = [{"reason": "FailedCreate", "type": "Warning", "message": refusal, "lastTimestamp": iso(T0 + 5)}]
+    world.now = T0 + SETTINGS.admission_grace_seconds - 1
+    world.step()
+    assert name not in world.cluster.deleted and world.status["phase"] == "Running"
+    world.now = T0 + SETTINGS.admission_grace_seconds + 1
+    world.step()
+    assert name in world.cluster.deleted
+    assert world.status["phase"] == "Failed" and "violates PodSecurity" in world.status["message"]
+
+
+def test_a_job_without_pods_and_without_refusals_keeps_waiting(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.step()
+    world.step()
+    world.now = T0 + 10 * SETTINGS.admission_grace_seconds
+    world.step()
+    assert not world.cluster.deleted and world.status["phase"] == "Running"
+
+
 class Posted(list[tuple[str, RunEvent]]):
     def __call__(self, body: Any, event: RunEvent) -> None:
         self.append((body["metadata"]["name"], event))
@@ -405,14 +437,66 @@ def test_a_refused_request_is_named_in_a_condition_and_an_event_and_retried_afte
 
 
 @pytest.mark.parametrize("status", [429, 500, 503, None])
-def test_an_api_outage_is_retried_soon_without_a_condition(tmp_path: Path, status: int | None) -> None:
+def test_an_api_outage_is_retried_soon_and_said_once_on_progressing(tmp_path: Path, status: int | None) -> None:
     world, posted = World(tmp_path), Posted()
     reconciler = _reconciler(world, posted)
     world.cluster.refuse["list Iterations"] = ClusterError("list Iterations of demo", status, "Unavailable")
+    for _ in range(2):
+        with pytest.raises(RetryLater) as raised:
+            reconciler.reconcile("default", "demo", {})
+        assert raised.value.delay == SETTINGS.reconcile_seconds
+    assert world.condition("Progressing")["reason"] == "ApiUnavailable" and "list Iterations" in world.condition("Progressing")["message"]
+    assert [event.reason for _, event in posted] == ["ApiUnavailable"], "one Event while the outage lasts"
+    world.cluster.refuse.clear()
+    reconciler.reconcile("default", "demo", {})
+    assert world.condition("Progressing")["reason"] == "Running"
+
+
+def test_a_spec_that_cannot_be_built_into_a_job_fails_the_run_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpe_operator import builders
+
+    world, posted = World(tmp_path), Posted()
+    reconciler = _reconciler(world, posted)
+    reconciler.reconcile("default", "demo", {})
+
+    def unbuildable(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise ValueError("shard 3/2 does not fit")
+
+    monkeypatch.setattr(builders, "stage_job", unbuildable)
+    reconciler.reconcile("default", "demo", {})
+    assert world.status["phase"] == "Failed" and world.status["stopReason"] == "ReconcileFailed"
+    assert "cannot be built from the spec: shard 3/2 does not fit" in world.condition("Failed")["message"]
+    assert "RunFailed" in [event.reason for _, event in posted]
+
+
+def test_a_fault_of_the_operator_is_said_on_the_run_and_retried_later_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpe_operator import reconcile
+
+    world, posted = World(tmp_path), Posted()
+    reconciler = _reconciler(world, posted)
+    reconciler.reconcile("default", "demo", {})
+    monkeypatch.setattr(reconcile, "publish_spec", lambda *args: {}["missing"])
     with pytest.raises(RetryLater) as raised:
         reconciler.reconcile("default", "demo", {})
-    assert raised.value.delay == SETTINGS.reconcile_seconds
-    assert not posted and "status" not in world.cluster.run
+    assert raised.value.delay == SETTINGS.refused_backoff_seconds
+    assert world.status["phase"] == "Running" and world.condition("Progressing")["reason"] == "OperatorError"
+    assert "KeyError" in world.condition("Progressing")["message"]
+
+
+def test_messages_are_capped(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.step()
+    world.step()
+    job = world.cluster.job_of(1, StageName.diagnose)
+    world.cluster.finish(job, T0, failed=True)
+    world.cluster.pod_lists[job["metadata"]["name"]] = [{
+        "metadata": {"name": "p1", "creationTimestamp": iso(T0)},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "stage", "state": {"terminated": {"exitCode": 1, "message": "x" * 1_400_000}}}]},
+    }]
+    world.cluster.run["spec"]["retry"] = {"maxAttempts": 1}
+    world.step()
+    assert world.status["phase"] == "Failed"
+    assert all(len(c["message"]) <= 1024 for c in world.status["conditions"]) and len(world.status["message"]) <= 1024
 
 
 def test_a_store_outage_is_retried_soon(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ EXPECTED = {
     ("", "services", "create"), ("", "services", "delete"), ("", "configmaps", "create"), ("", "configmaps", "patch"),
     ("", "pods", "list"), ("", "pods", "watch"),
     ("", "events", "create"),
+    ("", "events", "list"),
 }
 # What kopf's scanning would read, had the operator not turned it off.
 SCANNING = {

@@ -27,7 +27,6 @@ BAD_VALUES = [
     pytest.param(["prometheusRule.alerts.noProgress.minutes=0"], "minimum", id="zero-minute window"),
     pytest.param(["prometheusRule.alerts.runFailed.severity=page"], "must be one of", id="unknown severity"),
     pytest.param(["prometheusRule.alerts.stuck.enabled=true"], "additional properties 'stuck' not allowed", id="misspelt alert"),
-    pytest.param(["networkPolicy.enabled=true"], "cidrs", id="network policy without the API server"),
     pytest.param(["replicaCount=2"], "additional properties 'replicaCount' not allowed", id="replicas (kopf runs standalone)"),
     pytest.param(["rbac.observeCluster=true"], "additional properties 'observeCluster' not allowed", id="removed rbac.observeCluster"),
     pytest.param(["s3.endpoint=minio:9000/bucket"], "does not match pattern", id="endpoint with a path"),

@@ -197,7 +197,19 @@ def test_workload_service_account_exists_wherever_runs_are_served(helm: Helm) ->
 
 def test_optional_objects_are_off_by_default(helm: Helm) -> None:
     kinds = sorted(obj["kind"] for obj in helm.render())
-    assert kinds == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+    assert kinds == ["Deployment", "NetworkPolicy", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+
+
+def test_the_network_policy_is_on_by_default_and_keeps_the_operator_off_link_local_addresses(helm: Helm) -> None:
+    """The operator's S3 key pair and token must not reach a cloud metadata service (169.254.169.254)."""
+    policy = one(helm.render(), "NetworkPolicy")
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    for rule in policy["spec"]["egress"]:
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if block is not None and block["cidr"] in ("0.0.0.0/0", "::/0"):
+                assert set(block["except"]) & {"169.254.0.0/16", "fe80::/10"}, rule
+        assert {port["port"] for port in rule["ports"]} & {80} == set(), "no plain-HTTP egress to any address"
 
 
 def test_service_monitor_scrapes_the_metrics_service_and_keeps_the_runs_namespace(helm: Helm) -> None:

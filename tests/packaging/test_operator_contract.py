@@ -176,7 +176,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     command = operator_command()
     assert command[0] == "kopf"
     bucket = s3_server.new_bucket()
-    storage = {"s3": {"endpoint": f"http://{s3_server.endpoint}", "bucket": bucket, "secure": False, "credentialsSecret": {"name": "s3"}}}
+    storage = {"s3": {"endpoint": f"http://{s3_server.endpoint}", "bucket": bucket, "secure": False, "credentialsSecret": {"name": "dpe-s3"}}}
     store = open_store(Storage.model_validate(storage), env={"DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key})
     guard = Guard(Authorizer.from_objects(objects, OPERATOR_ACCOUNT), OPERATOR_ACCOUNT, trusted=(TEST_AGENT,))
     failing = names.job_name(RUN, 1, StageName.diagnose, 1)
@@ -193,6 +193,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         patch.setenv("DPE_METRICS_PORT", "0")
         patch.setenv("DPE_S3_ACCESS_KEY", s3_server.access_key)
         patch.setenv("DPE_S3_SECRET_KEY", s3_server.secret_key)
+        patch.setenv("DPE_ALLOWED_S3_ENDPOINTS", f"http://{s3_server.endpoint}")
         with kube_emulator.EmulatedCluster(emulator_class=guarded(guard)) as cluster:
             patch.setenv("DPE_KUBE_URL", cluster.url)
             client = cluster.api_client()

@@ -29,6 +29,14 @@ from dpe.spec import (
 )
 from dpe.spiral import Attempt, Decision, IterationObservation, JobState, StageObservation, exhausted, iteration_phase, stages_of
 
+MESSAGE_LIMIT = 1024
+"""Characters of a condition's or the run's message: a stage's error can be long, an object's status must not be."""
+
+
+def capped(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` cut to `limit` characters, its end marked when cut (the start says what failed)."""
+    return text if len(text) <= limit else text[: limit - 15] + " …[truncated]"
+
 
 def stage_records(status: Mapping[str, Any] | None, index: int) -> dict[StageName, StageRecord]:
     """The stage records of an Iteration's status, one per stage it runs."""
@@ -64,7 +72,10 @@ def summary_from_result(result: Mapping[str, Any]) -> StageSummary:
     try:
         return parse_result(result).summary()
     except ValidationError as error:
-        raise ValueError(f"result.json of {result.get('stage', 'a stage')} is not a valid stage result: {'; '.join(problems_of(error))}") from None
+        raise ValueError(f"result.json of {str(result.get('stage', 'a stage'))[:40]} is not a valid stage result: "
+                         f"{'; '.join(problems_of(error))}"[:MESSAGE_LIMIT]) from None
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"result.json is not a valid stage result: {error}"[:MESSAGE_LIMIT]) from None
 
 
 def stage_observation(record: StageRecord, live: JobState | None) -> StageObservation:
@@ -115,7 +126,7 @@ def condition(type_: str, status: bool, reason: str, message: str, generation: i
     value = "True" if status else "False"
     changed = old is None or old.get("status") != value
     return {
-        "type": type_, "status": value, "reason": reason, "message": message[:32000],
+        "type": type_, "status": value, "reason": reason, "message": capped(message),
         "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
         "observedGeneration": generation,
     }
@@ -223,7 +234,7 @@ def run_status(decision: Decision, previous: Mapping[str, Any], iteration_status
         "bestModelUri": None if best is None else best.model_uri,
         "usage": {"gpuHours": decision.gpu_hours, "agentSpendUsd": decision.agent_spend_usd},
         "stopReason": decision.reason if terminal else None,
-        "message": decision.message,
+        "message": capped(decision.message),
         "startTime": previous.get("startTime") or now,
         "completionTime": previous.get("completionTime") or (now if terminal else None),
         "capabilityAccuracy": {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],

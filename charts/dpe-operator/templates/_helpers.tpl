@@ -69,3 +69,17 @@ app.kubernetes.io/part-of: dpe
 {{- $served := include "dpe-operator.watchNamespaces" . | fromJsonArray -}}
 {{- concat $served .Values.workload.serviceAccount.namespaces | uniq | toJson -}}
 {{- end -}}
+
+{{/*
+NetworkPolicy peers: any address but the link-local ranges, where cloud metadata services answer.
+*/}}
+{{- define "dpe-operator.anyButLinkLocal" -}}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    except:
+      - 169.254.0.0/16
+- ipBlock:
+    cidr: ::/0
+    except:
+      - fe80::/10
+{{- end }}
