@@ -46,7 +46,8 @@ ENV PATH=/opt/dpe/bin:${PATH} \
 USER 10001:10001
 # 8080: Prometheus metrics (DPE_METRICS_PORT); 8081: kopf's liveness endpoint.
 EXPOSE 8080 8081
-ENTRYPOINT ["kopf", "run", "-m", "dpe_operator.handlers"]
+# kopf behind leader election when DPE_LEADER_LEASE is set (the chart sets it), plain kopf otherwise.
+ENTRYPOINT ["dpe-operator", "run", "-m", "dpe_operator.handlers"]
 CMD ["--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]
 
 # ---------------------------------------------------------------------------------------------

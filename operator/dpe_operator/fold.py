@@ -19,7 +19,7 @@ from dpe import status
 from dpe.spiral import JobState, RunObservation
 from dpe.store import ArtifactStore
 from dpe_operator import builders, metrics, names, observe
-from dpe_operator.passes import Announcement, PassContext, RunEvent, building
+from dpe_operator.passes import Announcement, PassContext, RunEvent, StaleRead, building
 
 
 @dataclass
@@ -108,7 +108,8 @@ def fold_jobs(
                                          ctx.now_iso())
         observed[k] = status.iteration_observation(item["spec"]["inputModelUri"], records, live)
         if new != written:
-            ctx.cluster.patch_iteration_status(run.metadata.namespace, item["metadata"]["name"], new)
+            if not ctx.cluster.patch_iteration_status(run.metadata.namespace, item["metadata"]["name"], new, item["metadata"]["resourceVersion"]):
+                raise StaleRead(f"Iteration {item['metadata']['name']} changed during the pass")
         ctx.announce(announce)
         statuses[k] = new
     return Folded(RunObservation(now=ctx.clock(), started_at=None, iterations=observed), statuses, waiting)

@@ -13,6 +13,10 @@ from dpe_operator.cluster import Cluster
 from dpe_operator.settings import OperatorSettings
 
 
+class StaleRead(Exception):
+    """An object changed between the pass's read and its write (another writer): the pass starts over."""
+
+
 class BuildError(Exception):
     """The run's spec passed validation but cannot be made into a child object: no retry can help."""
 

@@ -24,12 +24,14 @@ from dpe.status import run_status_patch
 from dpe.store import ArtifactStore, PermanentStoreError, StoreError, open_store
 from dpe_operator import metrics, names, observe
 from dpe_operator.cluster import Cluster, ClusterError
-from dpe_operator.passes import BuildError, PassContext, RunEvent
+from dpe_operator.passes import BuildError, PassContext, RunEvent, StaleRead
 from dpe_operator.reconcile import reconcile_pass
 from dpe_operator.settings import OperatorSettings
 
 log = logging.getLogger("dpe.operator")
 
+STALE_RETRY_SECONDS = 1.0
+"""Wait before a pass that met a newer write starts over: the other writer is done or nearly."""
 JobsByRun = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
 """The operator's stage Jobs by (namespace, run label), as its watch last saw them."""
 Poster = Callable[[Mapping[str, Any], RunEvent], None]
@@ -95,6 +97,8 @@ class Reconciler:
                     ctx.announce(result.announce)
                 if result.requeue is not None:
                     self.wakeups.schedule(namespace, name, result.requeue, jobs_by_run)
+        except StaleRead as error:
+            raise RetryLater(str(error), STALE_RETRY_SECONDS) from error
         except ClusterError as error:
             metrics.API_ERRORS.labels(str(error.status or "none")).inc()
             if error.transient or body is None:

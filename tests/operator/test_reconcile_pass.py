@@ -79,9 +79,14 @@ class FakeCluster:
         self._request(f"list Iterations of {run}")
         return copy.deepcopy(list(self.iteration_objects.values()))
 
-    def patch_iteration_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_iteration_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> bool:
         self._request(f"patch Iteration {name} status")
-        self.iteration_objects[name]["status"] = copy.deepcopy(status)
+        found = self.iteration_objects[name]
+        if resource_version != found["metadata"]["resourceVersion"]:
+            return False
+        found["status"] = copy.deepcopy(status)
+        found["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
+        return True
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
         return copy.deepcopy(list(self.job_objects.values()))
@@ -101,6 +106,7 @@ class FakeCluster:
             return False
         body = copy.deepcopy(body)
         body["metadata"].setdefault("creationTimestamp", iso(T0))
+        body["metadata"].setdefault("resourceVersion", "1")
         body["metadata"].setdefault("generation", 1)
         found[name] = body
         return True
@@ -378,6 +384,25 @@ def test_a_missing_secret_is_waited_for_then_fails_the_stage_after_the_grace(tmp
     world.step()
     assert job["metadata"]["name"] in world.cluster.deleted
     assert world.status["phase"] == "Failed" and "judge-key" in world.status["message"]
+
+
+def test_an_iteration_written_by_someone_else_during_the_pass_starts_the_pass_over(tmp_path: Path) -> None:
+    world, posted = World(tmp_path), Posted()
+    reconciler = _reconciler(world, posted)
+    reconciler.reconcile("default", "demo", {})
+    original = world.cluster.iterations
+
+    def then_moved(namespace: str, run: str) -> list[dict[str, Any]]:
+        found = original(namespace, run)
+        for item in world.cluster.iteration_objects.values():
+            item["metadata"]["resourceVersion"] = str(int(item["metadata"]["resourceVersion"]) + 1)
+        return found
+
+    world.cluster.iterations = then_moved  # type: ignore[method-assign]
+    with pytest.raises(RetryLater) as raised:
+        reconciler.reconcile("default", "demo", {})
+    assert raised.value.delay < SETTINGS.reconcile_seconds and "changed during the pass" in str(raised.value)
+    assert not world.cluster.job_objects, "nothing acted on from a stale read"
 
 
 def test_a_job_whose_pods_are_refused_at_creation_fails_its_stage_after_the_grace(tmp_path: Path) -> None:

@@ -38,27 +38,48 @@ SCANNING = {
 
 def test_namespaced_roles_grant_exactly_what_the_operator_uses(helm: Helm) -> None:
     objects = helm.render(settings=["watch.namespaces={ml-research,ml-dev}"])
-    roles = objects_of(objects, "Role")
+    roles = serving_roles(objects)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-dev", "ml-research"]
     for role in roles:
         assert granted(role["rules"]) == EXPECTED
     assert objects_of(objects, "ClusterRole") == [] and objects_of(objects, "ClusterRoleBinding") == []
     authorizer = Authorizer.from_objects(objects, OPERATOR_ACCOUNT)
-    assert sorted(authorizer.namespaced) == ["ml-dev", "ml-research"]
+    assert sorted(authorizer.namespaced) == sorted(["ml-dev", "ml-research", RELEASE_NAMESPACE]), "the release namespace for the Lease only"
+    assert not authorizer.allows("batch", "jobs", "create", RELEASE_NAMESPACE)
     assert authorizer.allows("batch", "jobs", "create", "ml-dev")
     assert not authorizer.allows("batch", "jobs", "create", "kube-system")
     assert not authorizer.allows("dpe.dev", "evolutionruns", "list", None)
     assert not authorizer.allows("", "namespaces", "watch", None)
 
 
+def serving_roles(objects: list[dict]) -> list[dict]:
+    """The Roles that let the operator serve runs (the leader-election Role aside)."""
+    return [role for role in objects_of(objects, "Role") if not role["metadata"]["name"].endswith("-leader")]
+
+
+def test_replicas_may_only_create_and_renew_their_own_lease(helm: Helm) -> None:
+    objects = helm.render()
+    (role,) = [r for r in objects_of(objects, "Role") if r["metadata"]["name"] == "rel-dpe-operator-leader"]
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rel-dpe-operator-leader"], "verbs": ["get", "update"]},
+    ]
+    (binding,) = [b for b in objects_of(objects, "RoleBinding") if b["metadata"]["name"] == "rel-dpe-operator-leader"]
+    assert binding["roleRef"]["name"] == "rel-dpe-operator-leader"
+    lease = next(e["value"] for e in objects_of(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+                 if e["name"] == "DPE_LEADER_LEASE")
+    assert lease == f"{RELEASE_NAMESPACE}/rel-dpe-operator-leader"
+
+
 def test_default_serves_the_release_namespace_only(helm: Helm) -> None:
-    (role,) = objects_of(helm.render(), "Role")
+    (role,) = serving_roles(helm.render())
     assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
 
 
 def test_cluster_wide_uses_one_cluster_role_with_the_same_rules(helm: Helm) -> None:
     objects = helm.render(settings=["watch.clusterWide=true"])
-    assert objects_of(objects, "Role") == [] and objects_of(objects, "RoleBinding") == []
+    assert serving_roles(objects) == [] and [b for b in objects_of(objects, "RoleBinding") if not b["metadata"]["name"].endswith("-leader")] == []
     (role,) = objects_of(objects, "ClusterRole")
     assert role["metadata"]["name"] == "rel-dpe-operator"
     assert granted(role["rules"]) == EXPECTED
@@ -93,7 +114,8 @@ def test_bindings_name_the_operator_account(helm: Helm) -> None:
     objects = helm.render(settings=["watch.namespaces={a,b}", "serviceAccount.name=dpe"])
     for binding in objects_of(objects, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dpe", "namespace": RELEASE_NAMESPACE}]
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rel-dpe-operator"}
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": binding["metadata"]["name"]}
+        assert binding["metadata"]["name"] in {"rel-dpe-operator", "rel-dpe-operator-leader"}
     (deployment,) = objects_of(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "dpe"
 

@@ -98,9 +98,9 @@ def test_operator_image_has_the_operator_extra_only_and_no_compiler() -> None:
     assert copy.flags == ("--from=operator-build",) and copy.value == ("/opt/dpe", "/opt/dpe")
 
 
-def test_operator_entrypoint_is_kopf_with_its_liveness_endpoint() -> None:
+def test_operator_entrypoint_is_kopf_behind_leader_election_with_its_liveness_endpoint() -> None:
     operator = stages()["operator"]
-    assert operator.exec_form("ENTRYPOINT") == ["kopf", "run", "-m", "dpe_operator.handlers"]
+    assert operator.exec_form("ENTRYPOINT") == ["dpe-operator", "run", "-m", "dpe_operator.handlers"]
     command = operator.exec_form("CMD")
     assert "--standalone" in command and any(a.startswith("--liveness=http://0.0.0.0:") for a in command)
     values = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -85,7 +85,8 @@ def test_operator_pod_is_restricted(helm: Helm, values: tuple[Path, ...]) -> Non
     objects = helm.render(values)
     deployment = one(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2, "a standby replica takes over from the leader"
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] >= 1
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -120,9 +121,10 @@ def test_liveness_probe_targets_kopfs_liveness_endpoint(helm: Helm, values: tupl
 def test_operator_settings_are_the_ones_the_operator_reads(helm: Helm) -> None:
     """Every DPE_ variable the operator reads is set by the chart, and the chart sets nothing else,
     except DPE_KUBE_URL, which points tests at an emulated API server."""
+    from dpe_operator.election import IDENTITY_ENV, LEASE_ENV
     from dpe_operator.settings import VARIABLES
 
-    read = set(VARIABLES) | {S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV}
+    read = set(VARIABLES) | {S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV, LEASE_ENV, IDENTITY_ENV}
     assert "DPE_WORKLOAD_IMAGE" in read and "DPE_METRICS_PORT" in read
     env = _env(_container(helm.render(settings=["s3.credentialsSecret.name=minio"])))
     assert set(env) == read - {"DPE_KUBE_URL"}
@@ -197,7 +199,7 @@ def test_workload_service_account_exists_wherever_runs_are_served(helm: Helm) ->
 
 def test_optional_objects_are_off_by_default(helm: Helm) -> None:
     kinds = sorted(obj["kind"] for obj in helm.render())
-    assert kinds == ["Deployment", "NetworkPolicy", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+    assert kinds == ["Deployment", "NetworkPolicy", "Role", "Role", "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
 
 
 def test_the_network_policy_is_on_by_default_and_keeps_the_operator_off_link_local_addresses(helm: Helm) -> None:

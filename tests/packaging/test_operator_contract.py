@@ -174,7 +174,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     liveness_port = free_port()
     args = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz" if a.startswith("--liveness=") else a for a in args]
     command = operator_command()
-    assert command[0] == "kopf"
+    assert command[0] == "dpe-operator", "kopf behind leader election: the rest of the command is kopf's"
     bucket = s3_server.new_bucket()
     storage = {"s3": {"endpoint": f"http://{s3_server.endpoint}", "bucket": bucket, "secure": False, "credentialsSecret": {"name": "dpe-s3"}}}
     store = open_store(Storage.model_validate(storage), env={"DPE_S3_ACCESS_KEY": s3_server.access_key, "DPE_S3_SECRET_KEY": s3_server.secret_key})
