@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dpe.manifest import load_run, parse_run
-from dpe.secrets import SecretNameCollisionError, secret_env_name
+from dpe.manifest import SpecError, load_run, parse_run
+from dpe.secrets import secret_env_name
 from dpe.spec import EvolutionRun, SecretKeyRef, StageName
 from dpe_operator import builders, names
 
@@ -442,9 +442,9 @@ def test_every_api_key_of_the_example_reaches_its_stage_and_no_value_appears() -
 
 
 def test_two_references_folding_to_one_variable_are_refused() -> None:
-    run = make_run(generate={"agents": {"planner": endpoint("api.key"), "validator": endpoint("api-key")}})
-    with pytest.raises(SecretNameCollisionError):
-        build_job(run, StageName.generate)
+    """Refused with the spec, before any Job is built."""
+    with pytest.raises(SpecError, match="DPE_SECRET_AGENT_KEYS__API_KEY"):
+        make_run(generate={"agents": {"planner": endpoint("api.key"), "validator": endpoint("api-key")}})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -390,6 +390,8 @@ def test_an_iteration_written_by_someone_else_during_the_pass_starts_the_pass_ov
     world, posted = World(tmp_path), Posted()
     reconciler = _reconciler(world, posted)
     reconciler.reconcile("default", "demo", {})
+    world.write_result(1, StageName.diagnose, DIAGNOSIS)
+    world.cluster.finish(world.cluster.job_of(1, StageName.diagnose), world.now)
     original = world.cluster.iterations
 
     def then_moved(namespace: str, run: str) -> list[dict[str, Any]]:
@@ -400,9 +402,12 @@ def test_an_iteration_written_by_someone_else_during_the_pass_starts_the_pass_ov
 
     world.cluster.iterations = then_moved  # type: ignore[method-assign]
     with pytest.raises(RetryLater) as raised:
-        reconciler.reconcile("default", "demo", {})
+        reconciler.reconcile("default", "demo", {("default", "demo"): world.cluster.jobs("default", "demo")})
     assert raised.value.delay < SETTINGS.reconcile_seconds and "changed during the pass" in str(raised.value)
-    assert not world.cluster.job_objects, "nothing acted on from a stale read"
+    assert names.job_name("demo", 1, StageName.generate, 1) not in world.cluster.job_objects, "nothing acted on from a stale read"
+    world.cluster.iterations = original  # type: ignore[method-assign]
+    reconciler.reconcile("default", "demo", {("default", "demo"): world.cluster.jobs("default", "demo")})
+    assert names.job_name("demo", 1, StageName.generate, 1) in world.cluster.job_objects
 
 
 def test_a_job_whose_pods_are_refused_at_creation_fails_its_stage_after_the_grace(tmp_path: Path) -> None:

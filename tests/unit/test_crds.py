@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dpe.crd import build_crds, stale_crds
+from dpe.manifest import SpecError, parse_run
+from dpe.spec.text import PLAIN_PATTERN, check_plain
 from dpe_testkit.crdcheck import crd_problems, crd_schema
 from dpe_testkit.malformed import MALFORMED, MINIMAL, with_value
 
@@ -103,3 +108,78 @@ def test_crd_refuses_what_dpe_validate_refuses(name: str) -> None:
 def test_crd_accepts_the_minimal_run_and_defaults_are_valid() -> None:
     assert crd_problems(RUN_CRD, MINIMAL) == []
     assert crd_problems(RUN_CRD, with_value("spec.storage", {"s3": {"endpoint": "minio:9000", "bucket": "dpe-data"}})) == []
+
+
+PLAIN_ALPHABET = st.sampled_from(["$", "(", ")", "a", " ", "/", "\x00", "\n", "\x1b", "\x7f", "\x85", "\u00e9", "\U0001f600"])
+
+
+@given(st.lists(PLAIN_ALPHABET, max_size=12).map("".join))
+def test_plain_pattern_is_the_plain_check(text: str) -> None:
+    try:
+        check_plain(text)
+        plain = True
+    except ValueError:
+        plain = False
+    assert bool(re.fullmatch(PLAIN_PATTERN, text)) == plain, ascii(text)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["", "a/", "team-a/dpe/", ".hidden/", "..x/", ".../", "../", "./", "a/../", "a//", "a", "/a/", "a b/", "$(X)/"]
+)
+def test_s3_prefix_pattern_is_the_prefix_check(prefix: str) -> None:
+    document = with_value("spec.storage", {"s3": {"endpoint": "minio:9000", "bucket": "dpe-data", "prefix": prefix}})
+    try:
+        parse_run(document)
+        valid = True
+    except SpecError:
+        valid = False
+    assert (crd_problems(RUN_CRD, document) == []) == valid
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"operator": "Exists"},
+        {"key": "", "operator": "Exists"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "value": "ml"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute", "tolerationSeconds": 30},
+        {"key": "gpu", "operator": "Exists", "value": "x"},
+        {"operator": "Equal", "value": "x"},
+        {"value": "x"},
+        {"key": "a", "tolerationSeconds": 5},
+        {"key": "a", "effect": "NoSchedule", "tolerationSeconds": 5},
+        {"key": "bad key", "operator": "Exists"},
+        {"key": "a", "value": "bad/value"},
+    ],
+    ids=str,
+)
+def test_toleration_rules_agree_with_dpe_validate(toleration: dict[str, object]) -> None:
+    document = with_value("spec.execution", {"tolerations": [toleration]})
+    try:
+        parse_run(document)
+        valid = True
+    except SpecError:
+        valid = False
+    assert (crd_problems(RUN_CRD, document) == []) == valid
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("spec.baseModel", "/$(DPE_S3_SECRET_KEY)"),
+        ("spec.baseModel", "s3://models/a/../b"),
+        ("spec.train.nodes", 100_001),
+        ("spec.score.shards", 200_000),
+        ("spec.generate.samplesPerIteration", 10**29),
+        ("spec.execution", {"nodeSelector": {"": "x"}}),
+        ("spec.execution", {"image": "dpe:$(TAG)"}),
+        ("spec.diagnose.judge", {"baseUrl": "https://gw.example/$(X)", "model": "m"}),
+        ("spec.storage", {"s3": {"endpoint": "minio:9000", "bucket": "dpe..data"}}),
+    ],
+)
+def test_crd_refuses_the_hostile_nonsense_too(path: str, value: object) -> None:
+    document = with_value(path, value)
+    with pytest.raises(SpecError):
+        parse_run(document)
+    assert crd_problems(RUN_CRD, document), f"the CRD accepted {path}: {value!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ import yaml
 
 from dpe_testkit.malformed import AGENT, MALFORMED, MINIMAL, Malformed, with_value
 
-from dpe.manifest import SpecError, load_run, parse_run, parse_yaml
+from dpe.manifest import MAX_PROBLEMS, SpecError, load_run, parse_run, parse_yaml
 from dpe.spec import EvolutionRun, Execution, Resources, StageName
+from dpe.spec.execution import quantity_value
+from dpe.spec.limits import MAX_INDEXED_COMPLETIONS
+from dpe.spec.text import check_plain, looks_like_credential, redact_credentials, shown
 
 ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("case", MALFORMED, ids=[c.name for c in MALFORMED])
@@ -111,3 +115,77 @@ def test_cli_validate_reports_every_problem_and_exit_code(tmp_path: Path) -> Non
     assert "valid EvolutionRun ml-research/qwen25vl-7b-dpe" in result.stdout
     ok = subprocess.run([sys.executable, "-m", "dpe", "validate", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_indexed_job_limit_matches_the_operator_names() -> None:
+    from dpe_operator.names import MAX_COMPLETION_INDEX
+
+    assert MAX_INDEXED_COMPLETIONS == MAX_COMPLETION_INDEX + 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-proj-Zq8XwV3mN7bR2tY6uK1pL4sD", "sk-ant-api03-abcdefghijkl", "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+        "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+        "https://gw.example/v1?api_key=abc123", "password=hunter22", "Bearer abcdefgh12345678",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "xoxb-1234567890-abcdefghij",
+        "Zx9Qa2Lm7Kp4Wr8Ty3Nv6Bc1",
+    ],
+)
+def test_credential_shaped_values_are_never_shown(value: str) -> None:
+    assert looks_like_credential(value)
+    assert value not in shown(value) and value not in redact_credentials(f"field: {value} is wrong")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Qwen/Qwen2.5-VL-7B-Instruct", "meta-llama/Llama-3.2-11B-Vision-Instruct", "s3://dpe-data/runs/ml/demo/iterations/3",
+        "/models/Run2024/checkpoint-step1000", "registry.example.com/dpe/workload:0.1.0", "nvidia.com/gpu",
+        "DPE_SECRET_OPENAI_CREDS__API_KEY", "spec.generate.agents.questionGenerator.apiKeySecret.key: required field is missing",
+        "field 'apiKey' would hold a secret inline; secrets are only given by reference",
+    ],
+)
+def test_ordinary_values_are_shown(value: str) -> None:
+    assert not looks_like_credential(value)
+    assert redact_credentials(value) == value
+
+
+def test_shown_values_are_short_and_printable() -> None:
+    assert shown("my model") == "'my model'"
+    assert shown("a\x1bb") == "'a\\x1bb'"
+    assert len(shown("x" * 10_000)) < 100 and "10000 characters" in shown("x" * 10_000)
+
+
+@pytest.mark.parametrize("value", ["/$(DPE_S3_SECRET_KEY)", "$$(X)", "a$(", "line\nbreak", "nul\x00", "esc\x1b[0m", "c1\x85"])
+def test_plain_text_refuses_substitution_and_control_characters(value: str) -> None:
+    with pytest.raises(ValueError):
+        check_plain(value)
+
+
+@pytest.mark.parametrize("value", ["", "$", "$HOME/runs", "a$)b", "price $5 (approx)", "tab-free unicode \u00e9\U0001f600"])
+def test_plain_text_accepts_dollars_without_parentheses(value: str) -> None:
+    assert check_plain(value) == value
+
+
+@pytest.mark.parametrize(
+    "quantity, value",
+    [(8, Decimal(8)), ("500m", Decimal("0.5")), ("64Gi", Decimal(64 * 2**30)), ("1.5k", Decimal(1500)), ("1e3", Decimal(1000)), ("+.5", Decimal("0.5"))],
+)
+def test_quantities_read_as_kubernetes_reads_them(quantity: int | str, value: Decimal) -> None:
+    assert quantity_value(quantity) == value
+
+
+def test_a_flood_of_problems_is_cut_short() -> None:
+    document = with_value("spec.score", {f"field{i}": i for i in range(MAX_PROBLEMS + 30)})
+    with pytest.raises(SpecError) as caught:
+        parse_run(document)
+    assert len(caught.value.problems) == MAX_PROBLEMS + 1
+    assert caught.value.problems[-1] == "(document): 30 more problems not shown"
+
+
+def test_duplicate_keys_name_both_lines() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_yaml("kind: Pod\napiVersion: v1\nkind: EvolutionRun\n")
+    assert caught.value.problems == ["(document): not valid YAML at line 3, column 1: duplicate key 'kind' (first at line 1)"]

@@ -5,7 +5,9 @@ in the store) are read either as DPE records or through the benchmark adapter, w
 the columns public benchmarks ship: a question (`question`/`problem`/`query`), options as a list
 column (`options`/`choices`) or as letter columns (`A`..`J`), an `answer` (letter or option text),
 and one image (`image`, `decoded_image`, `images` with one entry, or `image_1`) as bytes, an HF
-image struct or base64. Every row is validated; bad rows are counted with their reason.
+image struct or base64. Every row is validated; bad rows are counted with their reason. Benchmark
+files come from anywhere, so a row is also refused, not crashed on, when it nests or weighs more than
+any benchmark layout needs, or when its image declares more pixels than `MAX_IMAGE_PIXELS`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ _QUESTION_COLUMNS = ("question", "problem", "query")
 _OPTION_COLUMNS = ("options", "choices")
 _IMAGE_COLUMNS = ("image", "decoded_image", "images", "image_1")
 _CATEGORY_COLUMNS = ("capability_type", "category", "l2_category", "problem_type")
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Pixels an image may declare: the 8K sets of high-resolution benchmarks fit; decoded as RGB this is
+200 MB. Checked from the header, before decoding, so a small file declaring a huge canvas (a
+decompression bomb) costs nothing; Pillow's own, higher limit is only a backstop."""
+MAX_NESTING = 8
+"""Levels of lists and structs a row may hold; the deepest layout read here, an HF image struct in
+an `images` list, is 2."""
+MAX_ROW_BYTES = 256 * 1024 * 1024
+"""Text and bytes one row may hold in all: a few images and their texts, with room to spare."""
+MAX_TEXT_CHARS = 100_000
+"""Characters of a question, an answer or an option column; more is not a benchmark item, and option
+text is parsed, which must stay cheap."""
 
 
 @dataclass
@@ -98,10 +113,57 @@ def _image(value: Any) -> bytes:
         raise ValueError("no image bytes")
     try:
         with Image.open(io.BytesIO(value)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"image declares {image.width}x{image.height} pixels, over the limit of {MAX_IMAGE_PIXELS}"
+                )
             image.load()
             return png_bytes(image.convert("RGB"))
+    except Image.DecompressionBombError as error:
+        # Pillow refuses the very largest canvases while opening, before the check above can run.
+        raise ValueError(f"image is a decompression bomb: {error}") from None
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image does not decode: {error}") from None
+
+
+def _check_shape(row: dict[str, Any]) -> None:
+    """Refuse a row nesting deeper than `MAX_NESTING` or holding over `MAX_ROW_BYTES`.
+
+    Walked with an explicit stack: a row deep enough to matter would exhaust Python's recursion in
+    any recursive walk, and in the `str()` and parsing the adapter does later.
+    """
+    size = 0
+    pending: list[tuple[Any, int]] = [(value, 1) for value in row.values()]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list | tuple):
+            if depth > MAX_NESTING:
+                raise ValueError(f"row nests deeper than {MAX_NESTING} levels")
+            children = value.values() if isinstance(value, dict) else value
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(value, str | bytes | bytearray):
+            size += len(value)
+            if size > MAX_ROW_BYTES:
+                raise ValueError(f"row holds over {MAX_ROW_BYTES} bytes")
+
+
+def _parse_list(text: str) -> Any:
+    """A list written as JSON, or as a Python literal (how some benchmarks store option columns)."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"options column holds over {MAX_TEXT_CHARS} characters")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    except RecursionError:
+        raise ValueError("options nest too deeply") from None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError) as error:
+        raise ValueError(f"options are neither JSON nor a Python literal: {error}") from None
+    except (RecursionError, MemoryError):
+        # How Python's parser gives up on deeply nested input; the text is short, so not a real lack of memory.
+        raise ValueError("options nest too deeply") from None
 
 
 def _options(row: dict[str, Any]) -> list[str]:
@@ -110,10 +172,9 @@ def _options(row: dict[str, Any]) -> list[str]:
         if value in (None, "", "None", "[]"):
             continue
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                value = ast.literal_eval(value)
+            value = _parse_list(value)
+        if not isinstance(value, list | tuple) or any(isinstance(v, list | tuple | dict | set) for v in value):
+            raise ValueError(f"{column} is not a flat list of options")
         return [str(v) for v in value]
     letters = [row.get(letter) for letter in OPTION_LETTERS]
     options = []
@@ -154,6 +215,8 @@ def adapt_row(row: dict[str, Any], *, source: str, row_id: str) -> SampleRecord:
     if answer in (None, ""):
         raise ValueError("no answer")
     answer = str(answer).strip()
+    if max(len(question), len(answer)) > MAX_TEXT_CHARS:
+        raise ValueError(f"question or answer holds over {MAX_TEXT_CHARS} characters")
     image_column = next((c for c in _IMAGE_COLUMNS if row.get(c) not in (None, "")), None)
     if image_column is None:
         raise ValueError(f"no image column ({', '.join(_IMAGE_COLUMNS)})")
@@ -161,6 +224,8 @@ def adapt_row(row: dict[str, Any], *, source: str, row_id: str) -> SampleRecord:
         raise ValueError("several images per question are not supported")
     image = _image(row[image_column])
     options = _options(row)
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"{len(options)} options, more than the {len(OPTION_LETTERS)} letters to name them")
     if not options and answer in OPTION_LETTERS:
         inline = parse_options(question)
         if answer in inline:
@@ -217,9 +282,10 @@ def load_records(
             loaded.rejected += [Rejection(r.row_index, f"{stem}: {r.reason}") for r in result.rejected]
             continue
         for index, row in enumerate(_rows(name, data)):
-            given = next((row[c] for c in ("index", "id", "pid") if row.get(c) not in (None, "")), None)
-            row_id = f"{stem}-{index}" if given is None else str(given)
             try:
+                _check_shape(row)
+                given = next((row[c] for c in ("index", "id", "pid") if row.get(c) not in (None, "")), None)
+                row_id = f"{stem}-{index}" if given is None else str(given)
                 loaded.records.append(adapt_row(row, source=source, row_id=row_id))
             except (ValueError, SyntaxError, ValidationError) as error:
                 reason = str(error).splitlines()[0]

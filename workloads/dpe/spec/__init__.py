@@ -11,13 +11,15 @@ Secrets never appear inline: a field that would hold a key holds a reference to 
 
 from dpe.spec.base import (
     API_GROUP, API_VERSION, Bool, Count, Float, Fraction, GROUP_VERSION, Int, NonNegativeFloat, NonNegativeInt,
-    PositiveFloat, SpecModel,
+    PositiveFloat, Seed, SpecModel,
 )
 from dpe.spec.references import (
     ARTIFACT_REF_PATTERN, ArtifactRef, BUILTIN_SCHEME, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, DnsLabel,
     DnsSubdomain, ModelEndpoint, SECRET_KEY_PATTERN, SecretDataKey, SecretKeyRef, URL_PATTERN, Url,
 )
-from dpe.spec.execution import Execution, QUANTITY_PATTERN, Quantity, ResourceName, Resources, Toleration
+from dpe.spec.execution import (
+    Execution, LabelValue, QUANTITY_PATTERN, QualifiedName, Quantity, ResourceName, Resources, Toleration,
+)
 from dpe.spec.stages import (
     AgentRoles, Benchmark, DiagnoseSettings, EditTool, EvaluateSettings, GenerateSettings, MixtureSettings,
     PassRateWindow, RewardWeights, RolloutBackend, Sampling, ScoreSettings, SearchTool, StageName, Tools,
@@ -39,11 +41,11 @@ __all__ = [
     "DNS_SUBDOMAIN_PATTERN", "DataSources", "DiagnoseSettings", "DnsLabel", "DnsSubdomain", "EditTool",
     "EvaluateSettings", "EvolutionRun", "EvolutionRunSpec", "EvolutionRunStatus", "Execution", "Float", "Fraction",
     "GROUP_VERSION", "GenerateSettings", "Int", "Iteration", "IterationPhase", "IterationSpec", "IterationStatus",
-    "IterationSummary", "LocalStorage", "MAX_DISRUPTIONS_LIMIT", "MixtureSettings", "ModelEndpoint",
+    "IterationSummary", "LabelValue", "LocalStorage", "MAX_DISRUPTIONS_LIMIT", "MixtureSettings", "ModelEndpoint",
     "NonNegativeFloat", "NonNegativeInt", "ObjectMeta", "PassRateWindow", "Plateau", "PositiveFloat",
-    "QUANTITY_PATTERN", "Quantity", "RegressionGuard", "ResourceName", "Resources", "RetryPolicy", "RewardWeights",
-    "RolloutBackend", "RunPhase", "S3CredentialsRef", "S3Storage", "SECRET_KEY_PATTERN", "Sampling",
-    "ScoreSettings", "SearchTool", "SecretDataKey", "SecretKeyRef", "SpecModel", "StageName", "StageOutcome",
+    "QUANTITY_PATTERN", "QualifiedName", "Quantity", "RegressionGuard", "ResourceName", "Resources", "RetryPolicy",
+    "RewardWeights", "RolloutBackend", "RunPhase", "S3CredentialsRef", "S3Storage", "SECRET_KEY_PATTERN", "Sampling",
+    "ScoreSettings", "SearchTool", "Seed", "SecretDataKey", "SecretKeyRef", "SpecModel", "StageName", "StageOutcome",
     "StageRecord", "StageSummary", "StopCriteria", "Storage", "Toleration", "Tools", "TrainSettings", "URL_PATTERN",
     "Url", "Usage",
 ]

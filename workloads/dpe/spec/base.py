@@ -1,4 +1,9 @@
-"""The shared base of the spec models, the API group, and the strict scalar types the fields use."""
+"""The shared base of the spec models, the API group, and the strict scalar types the fields use.
+
+Every integer is bounded by what the API server can store (fields narrow that further, see
+`dpe.spec.limits`) and every float must be finite. Free-text strings are bounded and marked `PLAIN`
+(see `dpe.spec.text`).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,18 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
+from dpe.spec.limits import MAX_INT64, MAX_SEED
+
 API_GROUP = "dpe.dev"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
-Int = Annotated[int, Strict()]
+Int = Annotated[int, Strict(), Field(ge=-MAX_INT64, le=MAX_INT64)]
 Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
-Count = Annotated[int, Strict(), Field(ge=1)]
-NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Count = Annotated[int, Strict(), Field(ge=1, le=MAX_INT64)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0, le=MAX_INT64)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
 Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
 NonNegativeFloat = Annotated[float, Strict(), Field(ge=0.0)]
@@ -48,6 +56,8 @@ class SpecModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="forbid",
+        # NaN passes every bound and infinity every lower one; JSON and the API server have neither.
+        allow_inf_nan=False,
         use_attribute_docstrings=True,
         validate_default=False,
     )

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dpe.spec.base import GROUP_VERSION, Bool, NonNegativeInt, SpecModel
 from dpe.spec.execution import Execution
+from dpe.spec.limits import MAX_TEXT_LENGTH
 from dpe.spec.policy import DataSources, RegressionGuard, RetryPolicy, StopCriteria
-from dpe.spec.references import DNS_LABEL_PATTERN, ArtifactRef, DnsLabel, DnsSubdomain
+from dpe.spec.references import DNS_LABEL_PATTERN, ArtifactRef, DnsLabel, DnsSubdomain, SecretKeyRef
 from dpe.spec.stages import DiagnoseSettings, EvaluateSettings, GenerateSettings, ScoreSettings, StageName, TrainSettings
 from dpe.spec.status import EvolutionRunStatus, IterationStatus
 from dpe.spec.storage import LocalStorage, Storage
+from dpe.spec.text import PLAIN, shown
 
 
 def _default_storage() -> Storage:
     return Storage(local=LocalStorage())
+
+
+def _secret_refs(node: object) -> Iterator[SecretKeyRef]:
+    """Every SecretKeyRef inside a spec model."""
+    if isinstance(node, SecretKeyRef):
+        yield node
+    elif isinstance(node, BaseModel):
+        for field in type(node).model_fields:
+            yield from _secret_refs(getattr(node, field))
+    elif isinstance(node, list):
+        for item in node:
+            yield from _secret_refs(item)
 
 
 class EvolutionRunSpec(SpecModel):
@@ -57,8 +72,21 @@ class EvolutionRunSpec(SpecModel):
         for where, metric in named.items():
             if metric is not None and metric not in known:
                 raise ValueError(
-                    f"{where} '{metric}' is neither 'overall' nor a benchmark name ({', '.join(sorted(known))})"
+                    f"{where} {shown(metric)} is neither 'overall' nor a benchmark name ({', '.join(sorted(known))})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _secret_variables_distinct(self) -> Self:
+        # Imported here because dpe.secrets imports dpe.spec.
+        from dpe.secrets import SecretNameCollisionError, secret_env_map
+
+        # Locally every referenced key is one environment variable, whichever stage reads it, so two
+        # references that fold to one name would read one value.
+        try:
+            secret_env_map(_secret_refs(self))
+        except SecretNameCollisionError as error:
+            raise ValueError(str(error)) from None
         return self
 
     def stage_execution(self, stage: StageName) -> Execution:
@@ -74,7 +102,7 @@ class IterationSpec(SpecModel):
     """Name of the owning EvolutionRun."""
     index: NonNegativeInt
     """Iteration number; 0 is the baseline evaluation."""
-    input_model_uri: Annotated[str, Field(min_length=1)]
+    input_model_uri: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH), PLAIN]
     """The model this iteration starts from."""
 
 

@@ -8,9 +8,22 @@ from typing import Annotated, Literal, Self
 from pydantic import ConfigDict, Field, Strict, field_validator, model_validator
 
 from dpe.mixture import DEFAULT_MIN_COUNT, DEFAULT_PRIOR_STRENGTH, DEFAULT_RAW_WEIGHTS, DEFAULT_THRESHOLDS, MixturePolicy
-from dpe.spec.base import Bool, Count, Fraction, Int, NonNegativeFloat, NonNegativeInt, PositiveFloat, SpecModel
+from dpe.spec.base import Bool, Count, Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, Seed, SpecModel
 from dpe.spec.execution import Execution
+from dpe.spec.limits import (
+    MAX_CLIP_EPSILON, MAX_GPUS_PER_NODE, MAX_GRAD_NORM, MAX_IMAGE_SIDE, MAX_INDEXED_COMPLETIONS, MAX_ITEMS, MAX_KL_BETA,
+    MAX_LEARNING_RATE, MAX_LIST_ITEMS, MAX_NAME_LENGTH, MAX_PRIOR_STRENGTH, MAX_REGENERATIONS, MAX_RESULTS_PER_QUERY,
+    MAX_SAMPLES_PER_ITEM, MAX_STEPS, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K, MAX_USD, MAX_WEIGHT,
+)
 from dpe.spec.references import ArtifactRef, DnsLabel, ModelEndpoint, SecretKeyRef, Url
+from dpe.spec.text import PLAIN
+
+Shards = Annotated[Count, Field(le=MAX_INDEXED_COMPLETIONS)]
+"""Parallel Jobs of a stage, run as one Indexed Job."""
+Temperature = Annotated[NonNegativeFloat, Field(le=MAX_TEMPERATURE)]
+Tokens = Annotated[Count, Field(le=MAX_TOKENS)]
+Items = Annotated[Count, Field(le=MAX_ITEMS)]
+Weight = Annotated[NonNegativeFloat, Field(le=MAX_WEIGHT)]
 
 class StageName(StrEnum):
     """The five stages of one iteration, in the order they run."""
@@ -25,13 +38,13 @@ class StageName(StrEnum):
 class Sampling(SpecModel):
     """Decoding settings for answering with the current model."""
 
-    temperature: NonNegativeFloat = 0.7
+    temperature: Temperature = 0.7
     """Softmax temperature; 0 means greedy."""
     top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.9
     """Nucleus sampling mass."""
-    top_k: Annotated[int, Strict(), Field(ge=-1)] = 40
+    top_k: Annotated[int, Strict(), Field(ge=-1, le=MAX_TOP_K)] = 40
     """Top-k cut; -1 disables it."""
-    max_tokens: Count = 4096
+    max_tokens: Tokens = 4096
     """Upper bound on generated tokens per answer."""
 
 
@@ -40,15 +53,15 @@ class MixtureSettings(SpecModel):
 
     policy: MixturePolicy = MixturePolicy.step
     """step: the paper's accuracy step function; smoothed: shrinks small-sample accuracies first."""
-    min_count: NonNegativeInt = DEFAULT_MIN_COUNT
+    min_count: Annotated[NonNegativeInt, Field(le=MAX_ITEMS)] = DEFAULT_MIN_COUNT
     """smoothed policy: types with fewer probe items than this are treated as unobserved."""
-    prior_strength: NonNegativeFloat = DEFAULT_PRIOR_STRENGTH
+    prior_strength: Annotated[NonNegativeFloat, Field(le=MAX_PRIOR_STRENGTH)] = DEFAULT_PRIOR_STRENGTH
     """smoothed policy: pseudo-count of the prior pulling each type towards the pooled accuracy."""
     exploration_share: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.05
     """Share of the quota given to types the probe never saw, instead of rounding crumbs."""
     thresholds: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1, max_length=10)
     """Accuracy steps of the weight function, ascending (paper: 0.70, 0.75, 0.85, 0.90)."""
-    raw_weights: list[NonNegativeFloat] = Field(default_factory=lambda: list(DEFAULT_RAW_WEIGHTS), min_length=2, max_length=11)
+    raw_weights: list[Weight] = Field(default_factory=lambda: list(DEFAULT_RAW_WEIGHTS), min_length=2, max_length=11)
     """Raw weight below the first step, between steps, and from the last step (paper: 2.0, 1.5, 1.0, 0.8, 0.5)."""
 
     @model_validator(mode="after")
@@ -63,13 +76,13 @@ class MixtureSettings(SpecModel):
 class DiagnoseSettings(SpecModel):
     """Diagnosis: the current model answers a fixed probe set; failures are attributed."""
 
-    probe_size: Count = 200
+    probe_size: Items = 200
     """Probe items drawn from the probe set."""
-    probe_seed: Int = 42
+    probe_seed: Seed = 42
     """Seed of the probe draw. Fixed, so every iteration diagnoses the same items."""
     sampling: Sampling = Field(default_factory=Sampling)
     """Decoding settings of the answers."""
-    min_image_side: Count = 224
+    min_image_side: Annotated[Count, Field(le=MAX_IMAGE_SIDE)] = 224
     """Images with a shorter side are upscaled to this size before answering."""
     judge: ModelEndpoint | None = None
     """Vision-language judge for error typing and answers the rules cannot settle."""
@@ -103,7 +116,7 @@ class SearchTool(SpecModel):
     """Endpoint of the serper or searxng provider."""
     api_key_secret: SecretKeyRef | None = None
     """Secret with the provider's API key."""
-    results_per_query: Count = 3
+    results_per_query: Annotated[Count, Field(le=MAX_RESULTS_PER_QUERY)] = 3
     """Images kept per query after the quality gate."""
 
     @model_validator(mode="after")
@@ -120,7 +133,7 @@ class EditTool(SpecModel):
     """local: recorded deterministic operations; openai: an OpenAI-compatible images edit endpoint."""
     base_url: Url | None = None
     """Endpoint of the openai provider."""
-    model: str | None = None
+    model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH), PLAIN] | None = None
     """Image edit model on that endpoint."""
     api_key_secret: SecretKeyRef | None = None
     """Secret with the API key."""
@@ -144,17 +157,17 @@ class Tools(SpecModel):
 class GenerateSettings(SpecModel):
     """Generation: agents turn unlabeled images into questions aimed at the diagnosed weaknesses."""
 
-    samples_per_iteration: Count = 1000
+    samples_per_iteration: Items = 1000
     """Accepted samples to produce per iteration, split into per-type quotas."""
-    shards: Count = 1
+    shards: Shards = 1
     """Parallel generation Jobs; each takes a disjoint part of the quotas and seeds."""
     agents: AgentRoles | None = None
     """Agent endpoints. Without them the offline provider draws from the capability world."""
     tools: Tools = Field(default_factory=Tools)
     """Search and edit tools."""
-    max_regenerations: NonNegativeInt = 3
+    max_regenerations: Annotated[NonNegativeInt, Field(le=MAX_REGENERATIONS)] = 3
     """Question rewrites allowed after a validator rejection."""
-    budget_usd: PositiveFloat | None = None
+    budget_usd: Annotated[PositiveFloat, Field(le=MAX_USD)] | None = None
     """Agent spend per iteration after which generation stops cleanly."""
     execution: Execution | None = None
     """Overrides of spec.execution for this stage's Job."""
@@ -186,7 +199,7 @@ class PassRateWindow(SpecModel):
 class ScoreSettings(SpecModel):
     """Scoring: the current model answers every new sample n times; the pass rate filters."""
 
-    samples_per_item: Count = 9
+    samples_per_item: Annotated[Count, Field(le=MAX_SAMPLES_PER_ITEM)] = 9
     """Answers per sample (n)."""
     sampling: Sampling = Field(
         default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, top_k=40, max_tokens=4096)
@@ -194,9 +207,9 @@ class ScoreSettings(SpecModel):
     """Decoding settings of the scoring answers."""
     window: PassRateWindow = Field(default_factory=PassRateWindow)
     """Pass-rate window of the kept samples."""
-    target_size: Count = 1024
+    target_size: Items = 1024
     """Training-set size; short sets are filled from the nearest pass rates within each type."""
-    shards: Count = 1
+    shards: Shards = 1
     """Parallel scoring Jobs, merged afterwards."""
     execution: Execution | None = None
     """Overrides of spec.execution for this stage's Job."""
@@ -213,38 +226,38 @@ class RolloutBackend(StrEnum):
 class RewardWeights(SpecModel):
     """Weights of the reward terms."""
 
-    accuracy: NonNegativeFloat = 0.9
+    accuracy: Weight = 0.9
     """Weight of the graded final answer."""
-    format: NonNegativeFloat = 0.1
+    format: Weight = 0.1
     """Weight of the requested output format."""
 
 
 class TrainSettings(SpecModel):
     """Training: GRPO on the kept samples, starting from the current model."""
 
-    num_generations: Annotated[int, Strict(), Field(ge=2)] = 8
+    num_generations: Annotated[int, Strict(), Field(ge=2, le=MAX_SAMPLES_PER_ITEM)] = 8
     """Completions per prompt (the group size)."""
-    learning_rate: PositiveFloat = 1e-6
+    learning_rate: Annotated[PositiveFloat, Field(le=MAX_LEARNING_RATE)] = 1e-6
     """AdamW learning rate (constant)."""
-    weight_decay: NonNegativeFloat = 0.01
+    weight_decay: Fraction = 0.01
     """AdamW weight decay."""
-    beta: NonNegativeFloat = 0.01
+    beta: Annotated[NonNegativeFloat, Field(le=MAX_KL_BETA)] = 0.01
     """KL coefficient against the frozen reference model (low-variance k3 estimator)."""
-    epsilon_low: PositiveFloat = 0.2
-    """Lower clip range of the policy ratio."""
-    epsilon_high: PositiveFloat = 0.3
+    epsilon_low: Annotated[PositiveFloat, Field(le=1.0)] = 0.2
+    """Lower clip range of the policy ratio (at most 1: the ratio is clipped at 1 - epsilonLow)."""
+    epsilon_high: Annotated[PositiveFloat, Field(le=MAX_CLIP_EPSILON)] = 0.3
     """Upper clip range of the policy ratio (clip-higher)."""
-    max_grad_norm: PositiveFloat = 1.0
+    max_grad_norm: Annotated[PositiveFloat, Field(le=MAX_GRAD_NORM)] = 1.0
     """Gradient clipping norm."""
-    max_steps: Count = 10
+    max_steps: Annotated[Count, Field(le=MAX_STEPS)] = 10
     """GRPO steps per iteration."""
-    prompts_per_step: Count = 512
+    prompts_per_step: Items = 512
     """Prompts sampled per GRPO step (rollout batch)."""
-    prompts_per_update: Count = 128
+    prompts_per_update: Items = 128
     """Prompts per optimiser update (global batch, before multiplying by the group size)."""
-    max_completion_length: Count = 4096
+    max_completion_length: Tokens = 4096
     """Maximum tokens per completion."""
-    temperature: PositiveFloat = 1.0
+    temperature: Annotated[PositiveFloat, Field(le=MAX_TEMPERATURE)] = 1.0
     """Rollout temperature."""
     top_p: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.99
     """Rollout nucleus mass."""
@@ -256,13 +269,13 @@ class TrainSettings(SpecModel):
     """Recompute activations to save memory."""
     freeze_vision_tower: Bool = False
     """Keep the vision encoder fixed."""
-    checkpoint_every_steps: Count = 5
+    checkpoint_every_steps: Annotated[Count, Field(le=MAX_STEPS)] = 5
     """Steps between checkpoints written to the store (resume points)."""
-    seed: Int = 0
+    seed: Seed = 0
     """Seed of GRPO's sampling and shuffling."""
-    nodes: Count = 1
+    nodes: Annotated[Count, Field(le=MAX_INDEXED_COMPLETIONS)] = 1
     """Nodes of the training Job (an Indexed Job when more than one)."""
-    gpus_per_node: Count = 8
+    gpus_per_node: Annotated[Count, Field(le=MAX_GPUS_PER_NODE)] = 8
     """GPUs per node; torchrun starts one process per GPU."""
     deepspeed_stage: Literal[0, 2, 3] = 3
     """DeepSpeed ZeRO stage; 0 disables DeepSpeed."""
@@ -279,7 +292,7 @@ class Benchmark(SpecModel):
     """Short name used in scores and metrics."""
     uri: ArtifactRef
     """builtin:world, or a Parquet/TSV file or folder in the MMStar/MathVista layout."""
-    limit: Count | None = None
+    limit: Items | None = None
     """Evaluate only the first N items (after a seeded shuffle)."""
 
 
@@ -287,7 +300,7 @@ class EvaluateSettings(SpecModel):
     """Evaluation of each new model on the benchmark suite, off the critical path."""
 
     benchmarks: list[Benchmark] = Field(
-        default_factory=lambda: [Benchmark(name="world", uri="builtin:world")], min_length=1
+        default_factory=lambda: [Benchmark(name="world", uri="builtin:world")], min_length=1, max_length=MAX_LIST_ITEMS
     )
     """The suite; the run's score is the mean over it."""
     sampling: Sampling = Field(
@@ -296,7 +309,7 @@ class EvaluateSettings(SpecModel):
     """Decoding settings; greedy by default."""
     judge: ModelEndpoint | None = None
     """Optional judge for answers the rules cannot settle."""
-    shards: Count = 1
+    shards: Shards = 1
     """Parallel evaluation Jobs, merged afterwards."""
     execution: Execution | None = None
     """Overrides of spec.execution for this stage's Job."""

@@ -37,10 +37,17 @@ class BenchmarkItems:
 
 
 def load_benchmark(ctx: StageContext, benchmark: Benchmark) -> BenchmarkItems:
-    """A benchmark's items, fixed for the whole run (stored once at run level)."""
+    """A benchmark's items, fixed for the whole run (stored once at run level), with the count of
+    source rows set aside; their reasons are stored beside the items.
+
+    The rows set aside are written last and mark the stored benchmark complete, so a later load
+    (a resumed stage, each shard, the merge) reports the same count as the first.
+    """
     key = ctx.run_key("benchmarks", f"{benchmark.name}.parquet")
-    if ctx.store.exists(key):
-        return BenchmarkItems(benchmark, read_records(ctx.store.get_bytes(key)).records, 0)
+    rejected_key = ctx.run_key("benchmarks", f"{benchmark.name}.rejected.json")
+    if ctx.store.exists(rejected_key) and ctx.store.exists(key):
+        stored = read_records(ctx.store.get_bytes(key)).records
+        return BenchmarkItems(benchmark, stored, len(ctx.store.get_json(rejected_key)))
     loaded = load_records(
         benchmark.uri,
         storage=ctx.storage,
@@ -59,7 +66,7 @@ def load_benchmark(ctx: StageContext, benchmark: Benchmark) -> BenchmarkItems:
     if loaded.rejected:
         ctx.log.warning("benchmark %s: %d rows set aside, e.g. %s", benchmark.name, len(loaded.rejected), loaded.rejected[0].reason)
     ctx.store.put_bytes(key, records_to_parquet(records))
-    ctx.store.put_json(ctx.run_key("benchmarks", f"{benchmark.name}.rejected.json"), [r._asdict() for r in loaded.rejected])
+    ctx.store.put_json(rejected_key, [r._asdict() for r in loaded.rejected])
     return BenchmarkItems(benchmark, records, len(loaded.rejected))
 
 

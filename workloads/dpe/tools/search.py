@@ -7,10 +7,10 @@ in the provider's ranking order, never the same picture twice. Web providers (`S
 - each download has its own deadline and is streamed with a byte cap, so one slow or huge file
   neither stalls nor floods the batch;
 - a response must look like an image (content type) before any bytes are kept;
-- only public hosts are fetched, redirects included, since result URLs come from the open web and
-  a Job inside a cluster must not be steered at internal services (the check resolves the name
-  before the request does, so a DNS answer that changes in between is not caught: keep network
-  policies in place too);
+- only public addresses are connected to, on every redirect hop, since result URLs come from the
+  open web and a Job inside a cluster must not be steered at internal services: each name is
+  resolved once and the connection goes to the address that was vetted (`dpe.tools.fetch_guard`),
+  never through the environment's HTTP(S)_PROXY, which would resolve the name again;
 - 429 and 5xx are retried with backoff (API calls and downloads alike), other 4xx are not;
 - downloads stop as soon as the first `limit` results in ranking order have passed the gate.
 
@@ -22,10 +22,8 @@ request headers, and scrubbed from any error text that reaches a message.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
-import socket
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
@@ -43,6 +41,7 @@ from dpe.secrets import redact, resolve_secret
 from dpe.spec import SearchTool, Storage
 from dpe.store import ArtifactStore, StoreError
 from dpe.image_quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, hamming, phash
+from dpe.tools.fetch_guard import BlockedDestination, GuardedNetwork, GuardedTransport
 from dpe.tools.retry import PermanentToolError, Retrying, ToolError, ToolUnavailable, Transient
 
 log = logging.getLogger(__name__)
@@ -211,12 +210,18 @@ class WebImageSearch(ImageSearch):
         api_retry: Retrying | None = None,
         download_retry: Retrying | None = None,
         allow_private_hosts: bool = False,
+        network: GuardedNetwork | None = None,
         duplicate_distance: int = DUPLICATE_DISTANCE,
     ):
-        """`allow_private_hosts` lets downloads reach loopback and private addresses (tests only)."""
+        """`allow_private_hosts` lets downloads reach loopback and private addresses (tests only);
+        `network` replaces how downloads resolve names and connect (tests play DNS with it), and
+        carries its own `allow_private`.
+        """
         super().__init__(duplicate_distance=duplicate_distance)
         if hits_per_query < 1 or max_concurrent_downloads < 1:
             raise ValueError("hits_per_query and max_concurrent_downloads must be at least 1")
+        if network is not None and allow_private_hosts:
+            raise ValueError("give allow_private_hosts through the network, not beside it")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.thresholds = thresholds
@@ -226,8 +231,8 @@ class WebImageSearch(ImageSearch):
         self.max_concurrent_downloads = max_concurrent_downloads
         self._api_retry = api_retry or Retrying(API_RETRY)
         self._download_retry = download_retry or Retrying(DOWNLOAD_RETRY)
-        self.allow_private_hosts = allow_private_hosts
-        self._client: httpx.AsyncClient | None = None
+        self._network = network or GuardedNetwork(allow_private=allow_private_hosts)
+        self._clients: tuple[httpx.AsyncClient, httpx.AsyncClient] | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -241,39 +246,45 @@ class WebImageSearch(ImageSearch):
     def _hits(self, body: Any) -> list[Hit]:
         """Result URLs and titles from the API's parsed JSON body, in ranking order."""
 
-    def _http(self) -> httpx.AsyncClient:
-        """The HTTP client of the running event loop, shared by every search made on it.
+    def _http(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        """The API and the download clients of the running event loop, shared by every search on it.
 
         A client per search would build a TLS context each time (about 20 ms of CPU loading the CA
-        certificates) and open fresh connections to the API for every query.
+        certificates) and open fresh connections to the API for every query. The API is the
+        configured service (in-cluster for SearXNG, maybe behind the environment's proxy), so only
+        downloads go through the address guard.
         """
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            self._client = httpx.AsyncClient(
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=False,
-                timeout=self.download_timeout,
-                limits=HTTP_LIMITS,
+        if self._clients is None or self._client_loop is not loop:
+            settings: dict[str, Any] = {
+                "headers": {"User-Agent": USER_AGENT},
+                "follow_redirects": False,
+                "timeout": self.download_timeout,
+            }
+            self._clients = (
+                httpx.AsyncClient(limits=HTTP_LIMITS, **settings),
+                httpx.AsyncClient(transport=GuardedTransport(self._network, HTTP_LIMITS), **settings),
             )
             self._client_loop = loop
-        return self._client
+        return self._clients
 
     async def aclose(self) -> None:
-        """Closes the connections of the current event loop's client."""
-        if self._client is not None and self._client_loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = None
+        """Closes the connections of the current event loop's clients."""
+        if self._clients is not None and self._client_loop is asyncio.get_running_loop():
+            for client in self._clients:
+                await client.aclose()
+        self._clients = None
         self._client_loop = None
 
     async def search(self, query: str, limit: int) -> list[Candidate]:
         text = _check_request(query, limit)
         self.stats.queries += 1
-        client = self._http()
+        api, downloads = self._http()
         hits = await self._api_retry.call(
-            lambda: self._ask(client, text), subject=f"{self.provider} search at {self.base_url}"
+            lambda: self._ask(api, text), subject=f"{self.provider} search at {self.base_url}"
         )
         self.stats.hits += len(hits)
-        accepted = await self._download_first(client, text, hits, limit)
+        accepted = await self._download_first(downloads, text, hits, limit)
         self.stats.accepted += len(accepted)
         log.info("%s search %r: %d of %d results kept", self.provider, text, len(accepted), len(hits))
         return accepted
@@ -372,17 +383,22 @@ class WebImageSearch(ImageSearch):
         )
 
     async def _download(self, client: httpx.AsyncClient, url: str) -> bytes:
-        """One attempt: follow redirects to public hosts only, stream the body under the byte cap."""
+        """One attempt: follow redirects (each hop through the client's address guard), stream the
+        body under the byte cap."""
         try:
             async with asyncio.timeout(self.download_timeout):
                 for _ in range(MAX_REDIRECTS + 1):
-                    await self._check_host(url)
+                    parts = urlsplit(url)
+                    if parts.scheme not in ("http", "https") or not parts.hostname:
+                        raise DownloadFailed(Failure.invalid_url, url[:ERROR_TEXT_LIMIT])
                     async with client.stream("GET", url) as response:
                         if response.is_redirect and "location" in response.headers:
                             url = urljoin(url, response.headers["location"])
                             continue
                         return await self._body(response)
                 raise DownloadFailed(Failure.http_error, f"more than {MAX_REDIRECTS} redirects")
+        except BlockedDestination as refused:
+            raise DownloadFailed(Failure.blocked_host, str(refused)) from None
         except TimeoutError:
             raise DownloadFailed(Failure.timeout, f"no complete answer within {self.download_timeout} s") from None
         except httpx.TimeoutException:
@@ -409,25 +425,6 @@ class WebImageSearch(ImageSearch):
             if len(received) > cap:
                 raise DownloadFailed(GateReason.too_large, f"more than {cap} bytes")
         return bytes(received)
-
-    async def _check_host(self, url: str) -> None:
-        """Refuse URLs that are not http(s), and hosts that resolve to non-public addresses."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DownloadFailed(Failure.invalid_url, url[:ERROR_TEXT_LIMIT])
-        if self.allow_private_hosts:
-            return
-        try:
-            addresses = [ipaddress.ip_address(parts.hostname)]
-        except ValueError:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-            except OSError as error:
-                raise DownloadFailed(Failure.http_error, f"cannot resolve {parts.hostname}: {error}") from None
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-        if not addresses or any(not address.is_global for address in addresses):
-            raise DownloadFailed(Failure.blocked_host, parts.hostname)
 
 
 def _text(value: Any) -> str:
