@@ -105,7 +105,9 @@ class Elector:
         try:
             lease = self.leases.get()
             if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-                spec = dict(lease["spec"], holderIdentity=None, renewTime=_micro(self.clock()), leaseDurationSeconds=1)
+                # Times are written back in the API's own form (six fractional digits), whatever the client read.
+                spec = {key: value for key, value in lease["spec"].items() if key not in ("holderIdentity", "acquireTime")}
+                spec.update(renewTime=_micro(self.clock()), leaseDurationSeconds=1)
                 self.leases.replace(lease, spec)
         except Conflict:
             pass

@@ -353,4 +353,5 @@ def creation_refusal(events: Iterable[Mapping[str, Any]]) -> str | None:
     if not refused:
         return None
     newest = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or "")
-    return str(newest.get("message") or "FailedCreate")
+    # The event recorder folds a tenth different message within ten minutes into one "combined" Event.
+    return str(newest.get("message") or "FailedCreate").removeprefix("(combined from similar events): ")

@@ -3,8 +3,8 @@
 `AgentScript` is a `FakeOpenAIServer` responder. It tells the roles apart by the "Role: ..." line
 each agent prompt starts with, recognises attached pictures by their data URLs (tests register the
 pictures they serve), and answers like a cooperative model would, unless a test changes a rule:
-ratings per picture, validator verdicts in order, raw replies queued per role (malformed JSON),
-latency per role. It counts calls per role and can pick out the server's requests of one role.
+ratings per picture, validator verdicts in order, raw replies queued per role (malformed JSON, or
+an `Outcome` such as a huge or dripping reply), latency per role. It counts calls per role and can pick out the server's requests of one role.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from dpe.llm import image_part
 
-from dpe_testkit.openai_server import FakeOpenAIServer, RecordedRequest, image_parts
+from dpe_testkit.openai_server import FakeOpenAIServer, Outcome, RecordedRequest, image_parts
 
 MARKERS = {
     "planner": "planner",
@@ -31,7 +31,7 @@ MARKERS = {
 """The marker line's name -> the role name tests use (the observer is the generator's first stage)."""
 _MARKER = re.compile(r"^Role: (.+)$", re.MULTILINE)
 _FORMAT = re.compile(r"^Question format: (\w+)$", re.MULTILINE)
-_PROPOSED = re.compile(r"^Proposed answer: (.*)$", re.MULTILINE)
+_PROPOSED = re.compile(r"^Proposed answer:\n<data>\n(.*)\n</data>$", re.MULTILINE)
 EMPTY_SEED = "nothing-to-find"
 """A seed question containing this makes the planner ask for searches that find nothing."""
 
@@ -104,7 +104,7 @@ class AgentScript:
         self.ratings: dict[str, tuple[bool, float]] = {}
         self.default_rating: tuple[bool, float] = (True, 8.0)
         self.verdicts: deque[bool] = deque()
-        self.queued: dict[str, deque[str]] = {}
+        self.queued: dict[str, deque[str | Outcome]] = {}
         self.latency: dict[str, float] = {}
         self.question_format = "multiple_choice"
         self.calls: Counter[str] = Counter()
@@ -117,7 +117,7 @@ class AgentScript:
     def rate(self, name: str, usable: bool, score: float) -> None:
         self.ratings[name] = (usable, score)
 
-    def queue(self, role: str, *replies: str) -> None:
+    def queue(self, role: str, *replies: str | Outcome) -> None:
         """Serve these raw replies to `role`'s next calls, before answering normally."""
         self.queued.setdefault(role, deque()).extend(replies)
 
@@ -130,7 +130,7 @@ class AgentScript:
         urls = image_parts(body)
         return self.names.get(url_digest(urls[0]), "unknown") if urls else "none"
 
-    def __call__(self, body: dict[str, Any]) -> str:
+    def __call__(self, body: dict[str, Any]) -> str | Outcome:
         role = role_of(body)
         with self._lock:
             self.calls[role] += 1

@@ -132,22 +132,27 @@ class Authorizer:
                 authorizer.clusterwide.extend(cluster_roles[ref["name"]].get("rules") or [])
         return authorizer
 
-    def allows(self, group: str, resource: str, verb: str, namespace: str | None) -> bool:
+    def allows(self, group: str, resource: str, verb: str, namespace: str | None, name: str | None = None) -> bool:
         rules = list(self.clusterwide)
         if namespace is not None:
             rules += self.namespaced.get(namespace, [])
-        return any(_matches(rule, group, resource, verb) for rule in rules)
+        return any(_matches(rule, group, resource, verb, name) for rule in rules)
 
 
 def _is_account(subject: Mapping[str, Any], account: tuple[str, str]) -> bool:
     return subject.get("kind") == "ServiceAccount" and (subject.get("namespace"), subject.get("name")) == account
 
 
-def _matches(rule: Mapping[str, Any], group: str, resource: str, verb: str) -> bool:
+def _matches(rule: Mapping[str, Any], group: str, resource: str, verb: str, name: str | None = None) -> bool:
     def has(key: str, value: str) -> bool:
         items = rule.get(key) or []
         return value in items or "*" in items
 
+    # As the API server does: a rule with resourceNames covers requests naming one of them, so never
+    # a create, list or watch.
+    names = rule.get("resourceNames")
+    if names and (name is None or name not in names or verb in ("create", "list", "watch", "deletecollection")):
+        return False
     return has("apiGroups", group) and has("resources", resource) and has("verbs", verb)
 
 

@@ -105,6 +105,11 @@ class E2ECluster:
             guard.authorizer = Authorizer.from_objects(self.objects, OPERATOR_ACCOUNT)
             self.client = self.cluster.api_client()
             self.client.user_agent = TEST_AGENT
+            # The API server holds every pod here to the Pod Security Standard "restricted", as
+            # docs/security.md advises: the operator's pod and every stage pod must pass it.
+            core = kubernetes.client.CoreV1Api(self.client)
+            for namespace in (RELEASE_NAMESPACE, *self.namespaces):
+                core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
             self.agent = NodeAgent(self.cluster, self.workdir / "node").__enter__()
             self.secret(RELEASE_NAMESPACE, "dpe-operator-s3", accessKey=self.s3.access_key, secretKey=self.s3.secret_key)
             for obj in self.objects:
@@ -136,6 +141,11 @@ class E2ECluster:
             f"s3.endpoint=http://{self.s3.endpoint}",
             "operator.extraEnv[0].name=DPE_KUBE_URL",
             f"operator.extraEnv[0].value={self.cluster.url}",
+            # Pods here share the host's network, so two replicas would both bind the liveness port:
+            # one replica, still behind the Lease (tests/operator/test_operator_ha.py runs two).
+            "replicas=1",
+            "operator.extraEnv[1].name=DPE_LEASE_SECONDS",
+            "operator.extraEnv[1].value=4",
             *settings,
         ])
 

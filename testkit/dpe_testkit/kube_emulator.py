@@ -13,18 +13,24 @@ so the subclass here adds it (each item is a real API-server behaviour):
 - the status subresource: a write to `/status` changes only `.status`, a write to the object never
   changes `.status`, and a create drops `.status`, as the real server does for resources that
   declare the subresource;
-- label selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`) on list and watch,
-  `timeoutSeconds` on watch, `kind`/`apiVersion` on lists;
+- label selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`) and field
+  selectors (`field_selectors`: `metadata.name`, Events' `involvedObject.name`, ...; an unsupported
+  field is a 400) on list and watch, `timeoutSeconds` on watch, `kind`/`apiVersion` on lists;
 - `/api/v1/namespaces[/NAME[/status]]` (kmock's path parser fails on it), tidier discovery;
 - custom resources as a structural CRD makes them: every write is pruned to the fields the CRD's
   schema declares (nulls included), defaulted, and refused with 422 when it breaks the schema or a
   CEL rule
-  (`support.crdcheck`), so a status field the CRD lacks is lost here as on a real cluster.
+  (`support.crdcheck`), so a status field the CRD lacks is lost here as on a real cluster;
+- CRDs applied through the API are served from then on (and no longer once deleted, their objects
+  with them), with the status the apiextensions controller gives them (`Established`);
+- admission and validation of built-in objects (`kube_admission`): Pod Security admission from the
+  namespace's `pod-security.kubernetes.io/*` labels (403 Forbidden; `Warning` headers, also kept in
+  `warnings`); Leases decoded and validated as the real types are.
 
 Not emulated: defaulting, strategic-merge semantics (a dict body is always an
-RFC 7386 merge-patch), server-side apply, field selectors, garbage collection by ownerReferences,
-controllers (tests patch a Job's status themselves), RBAC, and watch events for objects that stop
-matching a label selector.
+RFC 7386 merge-patch), server-side apply, garbage collection by ownerReferences, controllers (tests
+patch a Job's status themselves; `node_agent` runs them), RBAC (`rbac`), and watch events for
+objects that stop matching a selector.
 
 `EmulatedCluster` runs the emulator in a thread with its own event loop, so tests, kopf's
 `KopfRunner` and the synchronous `kubernetes` client all talk to it over HTTP. It registers the
@@ -56,7 +62,8 @@ import kmock
 import pytest
 import yaml
 from kmock._internal import parsing
-from dpe_testkit import crdcheck
+from dpe_testkit import crdcheck, kube_admission
+from dpe_testkit.field_selectors import FieldSelector, FieldSelectorError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -229,24 +236,31 @@ def load_crds(directory: Path = CRD_DIR) -> list[CrdResource]:
     found: list[CrdResource] = []
     for path in sorted(directory.glob("*.yaml")):
         for manifest in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if not manifest or manifest.get("kind") != "CustomResourceDefinition":
-                continue
-            spec = manifest["spec"]
-            names = spec["names"]
-            for version in spec["versions"]:
-                if not version.get("served", True):
-                    continue
-                info = kmock.ResourceInfo(
-                    kind=names["kind"],
-                    singular=names.get("singular", names["kind"].lower()),
-                    namespaced=spec["scope"] == "Namespaced",
-                    verbs=CRD_VERBS,
-                    shortnames=names.get("shortNames", ()),
-                    categories=names.get("categories", ()),
-                    subresources=(version.get("subresources") or {}).keys(),
-                )
-                resource = kmock.resource(spec["group"], version["name"], names["plural"])
-                found.append(CrdResource(resource, info, manifest, version["schema"]["openAPIV3Schema"]))
+            if manifest and manifest.get("kind") == "CustomResourceDefinition":
+                found += crd_resources(manifest)
+    return found
+
+
+def crd_resources(manifest: Mapping[str, Any]) -> list[CrdResource]:
+    """The served versions of one CustomResourceDefinition."""
+    spec = manifest["spec"]
+    names = spec["names"]
+    found = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        info = kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names.get("singular", names["kind"].lower()),
+            namespaced=spec["scope"] == "Namespaced",
+            verbs=CRD_VERBS,
+            shortnames=names.get("shortNames", ()),
+            categories=names.get("categories", ()),
+            subresources=(version.get("subresources") or {}).keys(),
+        )
+        resource = kmock.resource(spec["group"], version["name"], names["plural"])
+        schema = (version.get("schema") or {}).get("openAPIV3Schema") or {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        found.append(CrdResource(resource, info, dict(manifest), schema))
     return found
 
 
@@ -310,6 +324,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     pruned: list[str] = attrs.field(factory=list, init=False)
     """`Kind/name: field` of every undeclared field a write carried and pruning dropped, in order
     (dropped nulls are not listed: a null in a merge patch means "remove")."""
+    warnings: list[str] = attrs.field(factory=list, init=False)
+    """Every `Warning` the server answered a write with (Pod Security's warn level), in order."""
+    _pending_warnings: dict[int, list[str]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -327,7 +344,30 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             self._schemas[crd.resource] = crd.schema
             key = (kmock.resource(CRD_RESOURCE), None, crd.manifest["metadata"]["name"])
             if key not in self.objects:
-                self.seed(CRD_RESOURCE, crd.manifest)
+                self.seed(CRD_RESOURCE, {**crd.manifest, "status": kube_admission.crd_status(crd.manifest)})
+
+    def _serve_crd(self, manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+        """Serve what a CRD written through the API declares (and stop serving what it no longer does)."""
+        served = {crd.resource: crd for crd in crd_resources(manifest)}
+        for gone in [] if old is None else [c.resource for c in crd_resources(old) if c.resource not in served]:
+            self.resources.pop(gone, None)
+            self._schemas.pop(gone, None)
+        for resource, crd in served.items():
+            self.resources[resource] = crd.info
+            self._schemas[resource] = crd.schema
+
+    async def _unserve_crd(self, manifest: Mapping[str, Any]) -> None:
+        """A deleted CRD: its resources are no longer served and its objects are gone."""
+        for crd in crd_resources(manifest):
+            self.resources.pop(crd.resource, None)
+            self._schemas.pop(crd.resource, None)
+            for key, obj in list(self.objects._objects.items()):
+                if key[0] == crd.resource and not obj.deleted:
+                    last = copy.deepcopy(obj.raw)
+                    last["metadata"]["resourceVersion"] = self._next_revision()
+                    obj.history.append(last)
+                    obj.delete()
+                    await self._buses[crd.resource].put({"type": "DELETED", "object": copy.deepcopy(last)})
 
     def seed(self, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Store an object before any client connects, stamped like a create (no event is sent)."""
@@ -395,9 +435,15 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 async with self._lock:
                     await write(request)
             except kmock.KubernetesError as exc:
+                self._pending_warnings.pop(id(request), None)
                 return await self._render_error(exc)
         # Skip kmock.KubernetesEmulator._handle: its own state changes are replaced by the writers.
-        return await super(kmock.KubernetesEmulator, self)._handle(request)
+        response = await super(kmock.KubernetesEmulator, self)._handle(request)
+        for text in self._pending_warnings.pop(id(request), []):
+            if not response.prepared:
+                escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+                response.headers.add("Warning", f'299 - "{escaped}"')
+        return response
 
     def _writer(self, request: kmock.Request) -> Callable[[kmock.Request], Awaitable[None]] | None:
         """The state change a request asks for; None for reads and non-Kubernetes paths."""
@@ -439,13 +485,19 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             namespace = meta.get("namespace")
             meta["name"] = self._generate_name(request.resource, namespace, meta["generateName"])
         key: ObjectKey = (request.resource, meta.get("namespace"), meta["name"])
-        if key in self.objects and not self.objects[key].deleted:
-            message = f"{request.resource.plural} {meta['name']!r} already exists"
-            raise _error(409, "AlreadyExists", message)
         if "status" in info.subresources:
             body.pop("status", None)
         self._admit(request, body)
+        # Admission (Pod Security among it) decides before storage finds a name taken.
+        warnings = self._builtin_checks(request, body, None)
+        if key in self.objects and not self.objects[key].deleted:
+            message = f"{request.resource.plural} {meta['name']!r} already exists"
+            raise _error(409, "AlreadyExists", message)
         self._stamp_new(meta)
+        if request.resource == kmock.resource(CRD_RESOURCE):
+            body["status"] = kube_admission.crd_status(body)
+            self._serve_crd(body)
+        self._warn(request, warnings)
         if key in self.objects:
             self.objects[key].create(body)
         else:
@@ -507,16 +559,23 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 meta.pop(field, None)
         meta["resourceVersion"] = old_meta["resourceVersion"]
         self._admit(request, new)
+        warnings = self._builtin_checks(request, new, current) if request.subresource is None else []
         meta["generation"] = old_meta.get("generation", 1) + (_content(new) != _content(current))
         if new == current:
             return  # a no-op write changes nothing, not even the resourceVersion, and sends no event
+        self._warn(request, warnings)
         meta["resourceVersion"] = self._next_revision()
         obj = self.objects[key]
         obj.history.append(new)
+        is_crd = request.resource == kmock.resource(CRD_RESOURCE)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             obj.delete()
             await self._buses[request.resource].put({"type": "DELETED", "object": copy.deepcopy(new)})
+            if is_crd:
+                await self._unserve_crd(new)
         else:
+            if is_crd and request.subresource is None:
+                self._serve_crd(new, current)
             await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
 
     async def _delete(self, request: kmock.Request) -> None:
@@ -537,6 +596,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             obj.history.append(current)
             obj.delete()
             await self._buses[request.resource].put({"type": "DELETED", "object": copy.deepcopy(current)})
+            if request.resource == kmock.resource(CRD_RESOURCE):
+                await self._unserve_crd(current)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -555,17 +616,19 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         assert request.resource is not None  # only list requests are routed here
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
+        fields = self._field_selector(request)
         listing = await super()._serve_list(request)
         assert isinstance(listing, dict)  # kmock lists as a dict; for type checkers
         return {
             "apiVersion": _api_version(request.resource),
             "kind": f"{self._info(request.resource).kind}List",
             "metadata": {"resourceVersion": str(self._revision)},
-            "items": [item for item in listing["items"] if selector.matches(item)],
+            "items": [item for item in listing["items"] if selector.matches(item) and fields.matches(item)],
         }
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
-        selector = LabelSelector.parse(request.params.get("labelSelector", ""))
+        labels = LabelSelector.parse(request.params.get("labelSelector", ""))
+        fields = self._field_selector(request)
         timeout = request.params.get("timeoutSeconds")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(timeout) if timeout else None
@@ -577,7 +640,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                         event = await anext(stream)
                 except (TimeoutError, StopAsyncIteration):
                     return  # the server closes the stream when the client's timeout is up
-                if not isinstance(event, dict) or selector.matches(event.get("object") or {}):
+                selected = event.get("object") or {} if isinstance(event, dict) else None
+                if selected is None or (labels.matches(selected) and fields.matches(selected)):
                     yield event
         finally:
             await stream.aclose()
@@ -594,6 +658,32 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return listing
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _field_selector(self, request: kmock.Request) -> FieldSelector:
+        assert request.resource is not None
+        try:
+            return FieldSelector.parse(request.params.get("fieldSelector", ""), request.resource.group or "", request.resource.plural or "")
+        except FieldSelectorError as exc:
+            raise _error(400, "BadRequest", str(exc)) from None
+
+    def _builtin_checks(self, request: kmock.Request, obj: dict[str, Any], old: Mapping[str, Any] | None) -> list[str]:
+        """Admission and validation of a built-in object (`kube_admission`): the warnings, or the refusal."""
+        assert request.resource is not None
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        found = self.objects._objects.get((kmock.resource(NAMESPACE_RESOURCE), None, namespace)) if namespace else None
+        labels = None if found is None or found.deleted else (found.raw.get("metadata") or {}).get("labels")
+        group, plural = request.resource.group or "", request.resource.plural or ""
+        try:
+            if old is None:
+                return kube_admission.check_create(group, plural, obj, labels)
+            return kube_admission.check_update(group, plural, obj, old, labels)
+        except kube_admission.Refusal as refusal:
+            raise _error(refusal.status, refusal.reason, refusal.message) from None
+
+    def _warn(self, request: kmock.Request, warnings: list[str]) -> None:
+        if warnings:
+            self.warnings += warnings
+            self._pending_warnings[id(request)] = warnings
 
     def _info(self, resource: kmock.resource) -> kmock.ResourceInfo:
         """Discovery data of a resource; an undeclared one is a 404, as on a real server."""

@@ -8,12 +8,21 @@ One thread plays, every SYNC_PERIOD seconds, the parts of Kubernetes that act on
   (`Ignore` on a pod condition, `FailJob` on an exit code), `backoffLimit`, `activeDeadlineSeconds`,
   `suspend` (active pods deleted, not counted), and the Job's status as the controller writes it
   (`active`/`ready`/`succeeded`/`failed`, `FailureTarget` then `Failed`, `SuccessCriteriaMet` then
-  `Complete`, `Suspended`); a pod is created only if its ServiceAccount exists (admission);
+  `Complete`, `Suspended`); a pod is created only if its ServiceAccount exists (admission); a
+  refused create (that, Pod Security admission in the API server, ...) is a Warning Event
+  `FailedCreate` "Error creating: <the server's message>" on the Job, and is retried with the
+  controller's back-off (1 s doubling to 60 s) and slow start (1, 2, 4, ... pods per attempt,
+  stopping at a failure);
 - a **Deployment controller** (one pod per replica, replaced when the template changes);
 - the **scheduler** (node selector, tolerations and resource requests against the node);
 - the **kubelet**: each container a process tree in its own mount, UTS and PID namespaces
   (`support.pod_sandbox`): the host's files as the image, the image's user, environment, working
-  directory and entrypoint read from the repository's Dockerfile, volumes (configMap, secret,
+  directory and entrypoint read from the repository's Dockerfile; the security context as a real
+  kubelet and runtime apply it (`kubelet_security`: runAsUser/runAsGroup over the image's user,
+  supplementalGroups and fsGroup, volumes group-owned by fsGroup, runAsNonRoot refused with
+  CreateContainerConfigError, readOnlyRootFilesystem, capabilities as the runtime's bounding set,
+  allowPrivilegeEscalation: false as no_new_privs; no service-account token is ever mounted, so
+  automountServiceAccountToken: false changes nothing); volumes (configMap, secret,
   emptyDir, memory-backed emptyDir), env from values with `$(VAR)` expansion, Secrets, ConfigMaps
   and the downward API, `$(VAR)` in command and args, /etc/hosts with the names a headless Service
   gives its pods, a termination message read from /dev/termination-log or, with
@@ -22,9 +31,12 @@ One thread plays, every SYNC_PERIOD seconds, the parts of Kubernetes that act on
   image it does not know, `ContainerCreating` for a missing ConfigMap volume);
 - the **garbage collector**: an object whose owner is gone is deleted, its processes killed.
 
+Events are recorded as client-go's recorder does (`event_recorder`: counted, combined when similar).
+
 What a real cluster has and this does not: network namespaces (pods share the host's loopback,
 each with an address of its own in 127.0.0.0/8, so two pods cannot listen on one port), resource
-limits, probes, init containers, image pulls, graceful deletion and watches (everything is polled).
+limits, probes, init containers, image pulls, seccomp and AppArmor profiles, service-account token
+volumes, graceful deletion and watches (everything is polled).
 Faults are injected as a cluster would cause them: `crash` kills a container, `evict` marks a pod
 with the DisruptionTarget condition and stops it.
 
@@ -54,8 +66,10 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from dpe_testkit.event_recorder import EventRecorder
 from dpe_testkit.images import stages
 from dpe_testkit.kube_emulator import EmulatedCluster
+from dpe_testkit.kubelet_security import ContainerConfigError, container_security, own_volume
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = Path(__file__).resolve().parent / "pod_sandbox.py"
@@ -64,6 +78,9 @@ SYNC_PERIOD = 0.1
 USER_AGENT = "dpe-e2e-node-agent"
 CONFIG_RETRY_SECONDS = 0.5
 """How often a pod waiting on a missing Secret, ConfigMap or image is tried again."""
+CREATE_BACKOFF = (1.0, 60.0)
+"""First and longest delay before a controller tries again to create the pods the API server refused
+(the Job controller's DefaultJobApiBackOff and MaxJobApiBackOff)."""
 TERMINATION_GRACE_CAP = 2.0
 """Longest wait between SIGTERM and SIGKILL here (a pod's own terminationGracePeriodSeconds is 30 s)."""
 RESTART_BACKOFF = (0.5, 4.0)
@@ -420,6 +437,11 @@ class NodeAgent:
         self.counted: dict[str, dict[str, set[Any]]] = {}
         """Job uid -> pod uids the Job controller has accounted, by outcome."""
         self.addresses: dict[str, str] = {}
+        self.create_failures: dict[str, tuple[int, float]] = {}
+        """Owner uid -> (pod creates refused in a row, monotonic time of the next try)."""
+        self.job_events = EventRecorder(self.rest, "job-controller")
+        self.replica_events = EventRecorder(self.rest, "replicaset-controller")
+        self.kubelet_events = EventRecorder(self.rest, "kubelet", self.node.name)
         self.errors: list[str] = []
         self.lock = threading.RLock()
         self.stopping = threading.Event()
@@ -599,13 +621,15 @@ class NodeAgent:
     def _create_job_pods(self, job: dict[str, Any], active: list[dict[str, Any]], completed: set[int],
                          objects: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         spec, meta = job["spec"], job["metadata"]
+        if time.monotonic() < self.create_failures.get(meta["uid"], (0, 0.0))[1]:
+            return []  # backing off after a refused create
         completions, parallelism = spec.get("completions", 1), spec.get("parallelism", 1)
         if spec.get("completionMode") == "Indexed":
             running = {int((p["metadata"].get("annotations") or {}).get(INDEX_KEY, -1)) for p in active}
             wanted = [i for i in range(completions) if i not in completed and i not in running][: max(parallelism - len(active), 0)]
         else:
             wanted = [None] * max(min(parallelism, completions - len(completed)) - len(active), 0)
-        created = []
+        pods = []
         for index in wanted:
             template = copy.deepcopy(spec["template"])
             labels = {**(template.get("metadata") or {}).get("labels", {}), JOB_NAME_LABEL: meta["name"], "job-name": meta["name"],
@@ -617,28 +641,51 @@ class NodeAgent:
                 labels[INDEX_KEY] = annotations[INDEX_KEY] = str(index)
                 pod_spec["hostname"] = f"{meta['name']}-{index}"
                 prefix = f"{meta['name']}-{index}-"
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"generateName": prefix, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
-                                "ownerReferences": [_controller_ref(job)]},
-                   "spec": pod_spec}
-            made = self._admit_pod(job, pod, objects)
-            if made is not None:
-                created.append(made)
+            pods.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"generateName": prefix, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
+                                      "ownerReferences": [_controller_ref(job)]},
+                         "spec": pod_spec})
+        return self._create_pods(job, pods, objects, self.job_events)
+
+    def _create_pods(self, owner: Mapping[str, Any], pods: list[dict[str, Any]], objects: Mapping[str, list[dict[str, Any]]],
+                     recorder: EventRecorder) -> list[dict[str, Any]]:
+        """Create an owner's pods as the controllers do: in slow-start batches of 1, 2, 4, ... that stop at
+        a batch with a refusal (a FailedCreate Event each); then the owner backs off before it tries again."""
+        created: list[dict[str, Any]] = []
+        refused = False
+        batch, start = 1, 0
+        while start < len(pods) and not refused:
+            for pod in pods[start:start + batch]:
+                made = self._admit_pod(owner, pod, objects, recorder)
+                refused |= made is None
+                if made is not None:
+                    created.append(made)
+            start += batch
+            batch *= 2
+        uid = owner["metadata"]["uid"]
+        if refused:
+            failures = self.create_failures.get(uid, (0, 0.0))[0] + 1
+            delay = min(CREATE_BACKOFF[0] * 2 ** (failures - 1), CREATE_BACKOFF[1])
+            self.create_failures[uid] = (failures, time.monotonic() + delay)
+        elif pods:
+            self.create_failures.pop(uid, None)
         return created
 
-    def _admit_pod(self, owner: Mapping[str, Any], pod: dict[str, Any], objects: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-        """Create a pod through the API, as the ServiceAccount admission plugin lets it: only if its account exists."""
+    def _admit_pod(self, owner: Mapping[str, Any], pod: dict[str, Any], objects: Mapping[str, list[dict[str, Any]]],
+                   recorder: EventRecorder) -> dict[str, Any] | None:
+        """Create a pod through the API, as the ServiceAccount admission plugin lets it: only if its account exists.
+        A refusal (that one, or the API server's: Pod Security, ...) is a FailedCreate Event on the owner."""
         namespace = owner["metadata"]["namespace"]
         account = pod["spec"].get("serviceAccountName") or "default"
         known = {(a["metadata"]["namespace"], a["metadata"]["name"]) for a in objects[ACCOUNTS]}
         if account != "default" and (namespace, account) not in known:
             message = (f'pods "{pod["metadata"]["generateName"]}" is forbidden: error looking up service account '
                        f'{namespace}/{account}: serviceaccount "{account}" not found')
-            self.rest.event(owner, "FailedCreate", f"Error creating: {message}", "Warning")
+            recorder.record(owner, "Warning", "FailedCreate", f"Error creating: {message}")
             return None
         status, made = self.rest.create(PODS, namespace, pod)
         if status != 201:
-            self.rest.event(owner, "FailedCreate", f"Error creating: {made.get('message')}", "Warning")
+            recorder.record(owner, "Warning", "FailedCreate", f"Error creating: {(made or {}).get('message')}")
             return None
         return made
 
@@ -651,15 +698,18 @@ class NodeAgent:
         for pod in pods:
             if pod not in current:
                 self.rest.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if time.monotonic() < self.create_failures.get(deployment["metadata"]["uid"], (0, 0.0))[1]:
+            return
+        wanted = []
         for _ in range(deployment["spec"].get("replicas", 1) - len(current)):
             pod_template = copy.deepcopy(template)
             labels = {**(pod_template.get("metadata") or {}).get("labels", {}), "pod-template-hash": digest}
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"generateName": f"{deployment['metadata']['name']}-{digest}-", "namespace": deployment["metadata"]["namespace"],
-                                "labels": labels, "annotations": (pod_template.get("metadata") or {}).get("annotations") or {},
-                                "ownerReferences": [_controller_ref(deployment)]},
-                   "spec": pod_template["spec"]}
-            self._admit_pod(deployment, pod, objects)
+            wanted.append({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"generateName": f"{deployment['metadata']['name']}-{digest}-", "namespace": deployment["metadata"]["namespace"],
+                                        "labels": labels, "annotations": (pod_template.get("metadata") or {}).get("annotations") or {},
+                                        "ownerReferences": [_controller_ref(deployment)]},
+                           "spec": pod_template["spec"]})
+        self._create_pods(deployment, wanted, objects, self.replica_events)
 
     # -- the scheduler and the kubelet --------------------------------------------------------------
 
@@ -732,6 +782,8 @@ class NodeAgent:
             if runtime.waiting != (problem.reason, problem.message):
                 runtime.waiting = (problem.reason, problem.message)
                 self._report(pod, runtime, waiting=problem)
+                if problem.reason == "CreateContainerConfigError":
+                    self.kubelet_events.record(pod, "Warning", "Failed", f"Error: {problem.message}")
             return
         runtime.waiting = None
         runtime.started_at = now_iso()
@@ -828,11 +880,11 @@ class NodeAgent:
         image = self.images.get(repository(container["image"]))
         if image is None:
             raise ConfigProblem("ErrImagePull", f'Failed to pull image "{container["image"]}": pull access denied, repository does not exist')
-        security = {**(pod["spec"].get("securityContext") or {}), **(container.get("securityContext") or {})}
-        uid = security.get("runAsUser", image.uid)
-        gid = security.get("runAsGroup", image.gid)
-        if security.get("runAsNonRoot") and uid == 0:
-            raise ConfigProblem("CreateContainerConfigError", "container has runAsNonRoot and image will run as root")
+        passwd_line = f"dpe:x:{image.uid}:{image.gid}::{image.home}:/usr/sbin/nologin"
+        try:
+            security = container_security(pod, container, image.uid, [*host_passwd(), passwd_line])
+        except ContainerConfigError as error:
+            raise ConfigProblem("CreateContainerConfigError", str(error)) from None
         env = self._environment(pod, runtime, container, image, objects)
         command = container.get("command") or image.entrypoint
         args = container.get("args") if container.get("command") or container.get("args") else image.cmd
@@ -851,15 +903,12 @@ class NodeAgent:
             "imagePaths": {"/opt/dpe": sys.prefix},
             "traversable": sorted({sys.prefix, sys.base_prefix, str(ROOT)}),
             "ownedDirs": [{"path": d, "uid": image.uid, "gid": image.gid} for d in image.owned_dirs],
-            "passwd": f"dpe:x:{image.uid}:{image.gid}::{image.home}:/usr/sbin/nologin", "group": f"dpe:x:{image.gid}:",
+            "passwd": passwd_line, "group": f"dpe:x:{image.gid}:",
             "files": [{"target": "/etc/hosts", "source": str(hosts)}],
             "mounts": self._volumes(pod, runtime, container, objects),
             "terminationLog": str(termination),
-            "readOnlyRoot": bool(security.get("readOnlyRootFilesystem")),
             "hostname": pod["spec"].get("hostname") or pod["metadata"]["name"],
-            "uid": uid, "gid": gid,
-            "groups": sorted({*(pod["spec"].get("securityContext") or {}).get("supplementalGroups", []),
-                              *([security["fsGroup"]] if "fsGroup" in security else [])}),
+            **security,
             "workingDir": container.get("workingDir") or image.working_dir,
             "argv": argv, "env": env,
         }
@@ -934,6 +983,7 @@ class NodeAgent:
                  objects: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         namespace = pod["metadata"]["namespace"]
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
         mounts = []
         for mount in container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
@@ -942,10 +992,12 @@ class NodeAgent:
             if "emptyDir" in volume:
                 if volume["emptyDir"].get("medium") == "Memory":
                     limit = volume["emptyDir"].get("sizeLimit")
-                    mounts.append({"target": mount["mountPath"], "type": "tmpfs", "size": None if limit is None else int(quantity(limit))})
+                    mounts.append({"target": mount["mountPath"], "type": "tmpfs", "size": None if limit is None else int(quantity(limit)),
+                                   "gid": fs_group})
                     continue
                 source.mkdir(parents=True, exist_ok=True)
                 source.chmod(0o777)
+                own_volume(source, fs_group, read_only=False)
             elif "configMap" in volume or "secret" in volume:
                 kind = "configMap" if "configMap" in volume else "secret"
                 ref = volume[kind]
@@ -960,7 +1012,8 @@ class NodeAgent:
                     target = source / item["path"]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(data[item["key"]])
-                    target.chmod(ref.get("defaultMode", 0o644))
+                    target.chmod(item.get("mode", ref.get("defaultMode", 0o644)))
+                own_volume(source, fs_group, read_only=True)
                 read_only = True
             else:
                 raise ConfigProblem("CreateContainerConfigError", f"volume {mount['name']}: only emptyDir, configMap and secret volumes are emulated")
@@ -995,6 +1048,14 @@ class NodeAgent:
                     if peer != hostname:
                         lines.append(f"{address}\t{peer}.{subdomain}.{namespace}.svc.cluster.local\t{peer}.{subdomain}")
         return "\n".join(lines) + "\n"
+
+
+def host_passwd() -> list[str]:
+    """The host's /etc/passwd, which the container's (the host's files under an overlay) begins with."""
+    try:
+        return Path("/etc/passwd").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _controller_ref(owner: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,12 @@ end to end rather than through patched internals. It answers `GET /v1/models` an
 `POST /v1/chat/completions` in the standard response shape, usage included. Tests steer it with:
 
 - `responder`: a callable receiving the parsed request body and returning the reply text, so a reply
-  can depend on the model, the messages or the image parts;
+  can depend on the model, the messages or the image parts; it may return an `Outcome` instead
+  (with its `content` or `raw_body`), to single out one request by what it asks;
 - `latency`: seconds to wait before answering, fixed or computed per request;
 - outcome schedules: `fail_next(n, outcome)` for the next n requests, `fail_every(k, outcome)` for
   every k-th request, with outcomes built by `rate_limited`, `server_error`, `error`,
-  `reply_content` and `malformed_body`;
+  `reply_content`, `malformed_body`, `dripping` (a body sent a byte at a time) and `huge_reply`;
 - `limits`: server-side enforcement of a request rate and of concurrency, answered with 429 and
   Retry-After like a real API.
 
@@ -40,10 +41,26 @@ CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 85
 # How often the serving loop checks for shutdown; short, so closing the server is quick.
 POLL_INTERVAL = 0.02
+CHUNK_BYTES = 64 * 1024
 
-Responder = Callable[[dict[str, Any]], str]
+Responder = Callable[[dict[str, Any]], "str | Outcome"]
 Latency = float | Callable[[dict[str, Any]], float]
 UsageRule = Callable[[dict[str, Any], str], tuple[int, int]]
+
+
+class PacedBody(bytes):
+    """A response body the handler sends in chunks without a Content-Length (`chunked`) or one
+    byte every `byte_interval` seconds, rather than in one write. It stays `bytes`, so subclasses
+    of the server that read the body they are about to send keep working."""
+
+    chunked: bool
+    byte_interval: float
+
+    def __new__(cls, data: bytes, *, chunked: bool, byte_interval: float) -> PacedBody:
+        body = super().__new__(cls, data)
+        body.chunked = chunked
+        body.byte_interval = byte_interval
+        return body
 
 
 @dataclass(frozen=True)
@@ -51,13 +68,17 @@ class Outcome:
     """What the server does with one request instead of answering normally.
 
     `status` other than 200 sends an error body; `content` replaces the responder's text;
-    `raw_body` is sent verbatim as the response body (for malformed responses).
+    `raw_body` is sent verbatim as the response body (for malformed responses). `chunked` sends the
+    body in chunks without a Content-Length; `byte_interval` sends it one byte at a time, that many
+    seconds apart.
     """
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     content: str | None = None
     raw_body: bytes | None = None
+    chunked: bool = False
+    byte_interval: float = 0.0
 
 
 def rate_limited(retry_after: float | None = None, *, in_ms: bool = False) -> Outcome:
@@ -89,6 +110,20 @@ def reply_content(content: str) -> Outcome:
 def malformed_body() -> Outcome:
     """A 200 answer whose body is not JSON at all (a proxy's error page, say)."""
     return Outcome(raw_body=b"<html>upstream hiccup</html>")
+
+
+def dripping(byte_interval: float, content: str | None = None) -> Outcome:
+    """A 200 answer (the responder's text, unless `content` is given) whose body arrives one byte
+    every `byte_interval` seconds: each read is quick, the whole body is not."""
+    return Outcome(content=content, byte_interval=byte_interval)
+
+
+def huge_reply(size: int, *, chunked: bool) -> Outcome:
+    """A well-formed 200 answer whose text is `size` bytes of letters, with its Content-Length or
+    (`chunked`) without one, as a proxy streaming a runaway generation would send it."""
+    head = b'{"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "length", '
+    body = head + b'"message": {"role": "assistant", "content": "' + b"a" * size + b'"}}]}'
+    return Outcome(raw_body=body, chunked=chunked)
 
 
 def count_tokens(text: str) -> int:
@@ -318,13 +353,22 @@ class FakeOpenAIServer:
                 self._leave()
 
     def _render(self, body: dict[str, Any], forced: Outcome | None) -> tuple[int, dict[str, str], bytes]:
-        if forced is not None and forced.raw_body is not None:
-            return forced.status, dict(forced.headers), forced.raw_body
-        if forced is not None and forced.status != 200:
+        if forced is None:
+            answer = self.responder(body)
+            forced = answer if isinstance(answer, Outcome) else Outcome(content=answer)
+        status, headers, payload = forced.status, dict(forced.headers), self._payload(body, forced)
+        if forced.chunked or forced.byte_interval > 0:
+            payload = PacedBody(payload, chunked=forced.chunked, byte_interval=forced.byte_interval)
+        return status, headers, payload
+
+    def _payload(self, body: dict[str, Any], forced: Outcome) -> bytes:
+        if forced.raw_body is not None:
+            return forced.raw_body
+        if forced.status != 200:
             message = forced.content or f"fake failure with status {forced.status}"
             failure = {"error": {"message": message, "type": "fake_error", "code": forced.status}}
-            return forced.status, dict(forced.headers), json.dumps(failure).encode()
-        content = forced.content if forced is not None and forced.content is not None else self.responder(body)
+            return json.dumps(failure).encode()
+        content = forced.content if forced.content is not None else self.responder(body)
         prompt_tokens, completion_tokens = self.usage(body, content)
         payload: dict[str, Any] = {
             "id": f"chatcmpl-fake-{len(self.requests)}",
@@ -345,7 +389,7 @@ class FakeOpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return 200, {}, json.dumps(payload).encode()
+        return json.dumps(payload).encode()
 
     def _models(self) -> bytes:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
@@ -387,16 +431,38 @@ class FakeOpenAIServer:
                 self, record: RecordedRequest, status: int, headers: dict[str, str], payload: bytes
             ) -> None:
                 record.status = status
+                chunked = isinstance(payload, PacedBody) and payload.chunked
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    if chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        self.send_header("Content-Length", str(len(payload)))
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if chunked:
+                        self._write_chunks(payload)
+                    elif isinstance(payload, PacedBody) and payload.byte_interval > 0:
+                        self._drip(payload, payload.byte_interval)
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
+
+            def _write_chunks(self, payload: bytes) -> None:
+                for start in range(0, len(payload), CHUNK_BYTES):
+                    chunk = payload[start : start + CHUNK_BYTES]
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _drip(self, payload: bytes, interval: float) -> None:
+                for index in range(len(payload)):
+                    if server._closing.wait(interval):
+                        self.close_connection = True
+                        return
+                    self.wfile.write(payload[index : index + 1])
 
         return Handler
 

@@ -11,13 +11,15 @@ It builds the container's root filesystem the way a container runtime does, from
   its user is added to /etc/passwd and /etc/group as its `useradd` step would;
 - the pod's volumes at their mount paths, a private /dev (null, zero, random, a per-container
   /dev/termination-log, a memory-backed /dev/shm), a fresh /proc, the pod's /etc/hosts;
-- the pod's hostname, then the container's user and groups, working directory, environment, argv.
+- the pod's hostname; the container's capability bounding set and no_new_privs, as the runtime
+  sets them (`kubelet_security`); then its user and groups, working directory, environment, argv.
 
 It only ever runs inside its own namespaces, so nothing it mounts is visible outside.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
@@ -31,6 +33,7 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
 OLD_ROOT = ".oldroot"
 EXEC_FAILURE = 128
 """Exit status of a container whose command could not be started (the runtime's StartError)."""
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 
 
 def mount(*args: str) -> None:
@@ -95,7 +98,9 @@ def build_root(spec: dict[str, Any]) -> Path:
         target = inside(root, volume["target"])
         if volume["type"] == "tmpfs":
             target.mkdir(parents=True, exist_ok=True)
-            options = "mode=1777" + (f",size={volume['size']}" if volume.get("size") else "")
+            # With an fsGroup the kubelet makes the volume the group's, group-writable and setgid.
+            options = "mode=1777" if volume.get("gid") is None else f"mode=3777,gid={volume['gid']}"
+            options += f",size={volume['size']}" if volume.get("size") else ""
             mount("-t", "tmpfs", "-o", options, "tmpfs", str(target))
         else:
             bind(volume["source"], target, read_only=volume["readOnly"])
@@ -116,11 +121,27 @@ def enter(root: Path) -> None:
     subprocess.run(["umount", "-l", f"/{OLD_ROOT}"], check=True)
 
 
+def restrict(spec: dict[str, Any]) -> None:
+    """The runtime's capability bounding set ({name: number}; None: all of them) and no_new_privs, before
+    the user changes (a non-root user then has no capabilities; root keeps those of the bounding set)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    kept = spec.get("capabilities")
+    if kept is not None:
+        allowed = set(kept.values())
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        for number in range(last + 1):
+            if number not in allowed and libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), f"PR_CAPBSET_DROP {number}")
+    if spec.get("noNewPrivs") and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+
+
 def main(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     root = build_root(spec)
     enter(root)
     socket.sethostname(spec["hostname"])
+    restrict(spec)
     os.setgroups(spec["groups"])
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])

@@ -57,7 +57,8 @@ class Guard:
             return None  # trusted clients, and discovery (open to every account)
         verb, group = verb_of(request), request.resource.group or ""
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        problem = None if self.authorizer.allows(group, resource, verb, request.namespace) else f"{verb} {group}/{resource}"
+        name = request.name if verb != "create" else None
+        problem = None if self.authorizer.allows(group, resource, verb, request.namespace, name) else f"{verb} {group}/{resource}"
         if problem is None and verb == "create":
             problem = self._owner_problem(request)
         with self.lock:

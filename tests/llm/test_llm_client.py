@@ -20,6 +20,7 @@ from PIL import Image
 
 from dpe.llm import (
     CHAT_RETRY,
+    MAX_REPLY_BYTES,
     BudgetExceeded,
     ChatClient,
     ChatReply,
@@ -36,8 +37,11 @@ from dpe.llm import (
 from dpe.spec import ModelEndpoint
 from dpe_testkit.openai_server import (
     FakeOpenAIServer,
+    Outcome,
     ServerLimits,
+    dripping,
     error,
+    huge_reply,
     image_parts,
     malformed_body,
     rate_limited,
@@ -281,6 +285,51 @@ def test_connection_failures_are_retried_then_reported() -> None:
 
 def test_malformed_response_body_is_retried(openai_server: FakeOpenAIServer) -> None:
     openai_server.fail_next(1, malformed_body())
+    client, _ = fake_time_client(openai_server)
+    assert asyncio.run(ask(client)).attempts == 2
+    assert client.ledger.role("planner").failures == {"invalid_reply": 1}
+
+
+# -- hostile and runaway servers ------------------------------------------------------------------
+
+
+def test_a_dripping_server_is_abandoned_at_the_deadline(openai_server: FakeOpenAIServer) -> None:
+    """Each byte comes well within the timeout, the whole reply would take a minute: one deadline
+    bounds the exchange, and the call is retried as a timeout."""
+    openai_server.fail_next(1, dripping(0.2))
+    client = ChatClient(
+        endpoint(openai_server, timeout_seconds=0.5), KEY, role="planner", retry=replace(CHAT_RETRY, base_delay=0.01)
+    )
+    started = time.monotonic()
+    reply = asyncio.run(ask(client))
+    assert reply.attempts == 2 and reply.text == "hello"
+    assert 0.5 <= time.monotonic() - started < 2.0
+    assert client.ledger.role("planner").failures == {"timeout": 1}
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["streamed", "with Content-Length"])
+def test_a_huge_reply_is_refused_at_the_cap(openai_server: FakeOpenAIServer, chunked: bool) -> None:
+    openai_server.fail_next(1, huge_reply(60 * 1024 * 1024, chunked=chunked))
+    client, fake = fake_time_client(openai_server)
+    started = time.monotonic()
+    with pytest.raises(PermanentLLMError) as raised:
+        asyncio.run(ask(client))
+    assert time.monotonic() - started < 2.0
+    assert f"over the cap of {MAX_REPLY_BYTES} bytes" in str(raised.value) and raised.value.status == 200
+    assert len(openai_server.chat_requests) == 1 and fake.sleeps == [], "never retried"
+    assert client.ledger.role("planner").failures == {"oversized": 1}
+
+
+def test_a_reply_just_under_the_cap_is_read(openai_server: FakeOpenAIServer) -> None:
+    outcome = huge_reply(MAX_REPLY_BYTES - 200, chunked=True)
+    openai_server.fail_next(1, outcome)
+    client = ChatClient(endpoint(openai_server), KEY, role="planner")
+    assert outcome.raw_body is not None and len(outcome.raw_body) <= MAX_REPLY_BYTES
+    assert asyncio.run(ask(client)).text == "a" * (MAX_REPLY_BYTES - 200)
+
+
+def test_a_deeply_nested_response_body_is_an_invalid_reply_retried(openai_server: FakeOpenAIServer) -> None:
+    openai_server.fail_next(1, Outcome(raw_body=b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"))
     client, _ = fake_time_client(openai_server)
     assert asyncio.run(ask(client)).attempts == 2
     assert client.ledger.role("planner").failures == {"invalid_reply": 1}

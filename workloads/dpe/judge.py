@@ -6,22 +6,32 @@ the rules could not read. It also writes the two or three sentences of generatio
 weak (type, error) pair of the weakness brief. All calls run concurrently under the endpoint's
 limits, which pace them; the judge adds no waits of its own.
 
-A reply that never parses counts as a judge failure (None), which the diagnosis keeps apart from
-the model's own errors.
+Questions, reference answers, the answers graded and the failure examples reach the judge fenced
+as data (`dpe.llm.as_data`), and its verdict is the final JSON object of its reply, so an answer
+that writes `{"is_correct": true}` grades nothing.
+
+A call that fails (a reply that never parses, is too large or too deep, a server that never
+finishes) counts as a judge failure (None), which the diagnosis keeps apart from the model's own
+errors: one bad reply never fails the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dpe.spec import ModelEndpoint
 from dpe.taxonomy import CapabilityType, ErrorType
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def prompt_template(name: str) -> str:
@@ -91,47 +101,68 @@ class LlmJudge:
         self.client = ChatClient(endpoint, api_key, role="judge", ledger=self.ledger, retry=retry or CHAT_RETRY)
         self.attempts = attempts
 
-    async def _verdict(self, request: JudgeRequest, advance: Callable[[int], None] | None) -> JudgeReply | None:
-        from dpe.llm import LLMError, ask_json, image_part
+    async def _settled(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """The result of one judge call, or None when it fails, so the rest of the batch goes on.
 
-        text = prompt_template("judge").format(question=request.question, gold=request.gold, answer=request.answer[-4000:])
-        messages = [{"role": "user", "content": [image_part(request.image), {"type": "text", "text": text}]}]
+        Failed requests and unusable replies are already counted in the ledger by the client and
+        `ask_json`; anything else (a picture that does not decode, say) is logged and counted here.
+        """
+        from dpe.llm import LLMError
+
         try:
-            return await ask_json(self.client, messages, JudgeReply, attempts=self.attempts, ledger=self.ledger)
+            return await call()
         except LLMError:
             return None
+        except Exception as error:  # one broken item is a judge failure, not a failed batch
+            log.exception("judge call failed unexpectedly")
+            self.ledger.record_invalid(self.client.role, f"unexpected {type(error).__name__}")
+            return None
+
+    async def _verdict(self, request: JudgeRequest, advance: Callable[[int], None] | None) -> JudgeReply | None:
+        from dpe.llm import as_data, ask_json, image_part
+
+        async def verdict() -> JudgeReply:
+            text = prompt_template("judge").format(
+                question=as_data(request.question), gold=as_data(request.gold), answer=as_data(request.answer[-4000:])
+            )
+            messages = [{"role": "user", "content": [image_part(request.image), {"type": "text", "text": text}]}]
+            return await ask_json(self.client, messages, JudgeReply, attempts=self.attempts, ledger=self.ledger)
+
+        try:
+            return await self._settled(verdict)
         finally:
             if advance is not None:
                 advance(1)
 
     async def _direction(self, request: DirectionRequest) -> str | None:
-        from dpe.llm import LLMError, ask_json
+        from dpe.llm import as_data, ask_json
 
-        examples = "\n".join(f"- {e}" for e in request.examples[:5]) or "- (no descriptions recorded)"
-        text = prompt_template("direction").format(
-            capability_type=request.capability_type.value,
-            capability_description=request.capability_type.description,
-            error_type=request.error_type.value,
-            error_description=request.error_type.description,
-            examples=examples,
-        )
-        try:
-            reply = await ask_json(self.client, [{"role": "user", "content": text}], DirectionReply, attempts=self.attempts, ledger=self.ledger)
-        except LLMError:
-            return None
-        return reply.generation_direction
+        async def direction() -> str:
+            examples = "\n".join(f"- {as_data(e)}" for e in request.examples[:5]) or "- (no descriptions recorded)"
+            text = prompt_template("direction").format(
+                capability_type=request.capability_type.value,
+                capability_description=request.capability_type.description,
+                error_type=request.error_type.value,
+                error_description=request.error_type.description,
+                examples=examples,
+            )
+            messages = [{"role": "user", "content": text}]
+            reply = await ask_json(self.client, messages, DirectionReply, attempts=self.attempts, ledger=self.ledger)
+            return reply.generation_direction
+
+        return await self._settled(direction)
 
     async def _classify(self, image: bytes, question: str) -> CapabilityType | None:
-        from dpe.llm import LLMError, ask_json, image_part
+        from dpe.llm import as_data, ask_json, image_part
 
-        types = "\n".join(f"- {t.value}: {t.description}" for t in CapabilityType)
-        text = prompt_template("classify").format(types=types, question=question)
-        messages = [{"role": "user", "content": [image_part(image), {"type": "text", "text": text}]}]
-        try:
+        async def classify() -> CapabilityType:
+            types = "\n".join(f"- {t.value}: {t.description}" for t in CapabilityType)
+            text = prompt_template("classify").format(types=types, question=as_data(question))
+            messages = [{"role": "user", "content": [image_part(image), {"type": "text", "text": text}]}]
             reply = await ask_json(self.client, messages, ClassifyReply, attempts=self.attempts, ledger=self.ledger)
-        except LLMError:
-            return None
-        return reply.capability_type
+            return reply.capability_type
+
+        return await self._settled(classify)
 
     def classify(self, items: Sequence[tuple[bytes, str]]) -> list[CapabilityType | None]:
         async def all_of() -> list[CapabilityType | None]:

@@ -2,7 +2,10 @@
 
 Pure functions: data in, chat messages out. The prompt wording lives in `dpe/prompts/agents/`;
 values are inserted with `str.format`, so braces inside questions, briefs or observations are never
-read as placeholders. The weakness brief reaches both the planner and the question generator.
+read as placeholders. Every value another model wrote (plans, observations, questions, answers,
+edits, ratings, briefs, seed items, which may be generated samples) goes between the `<data>` lines
+of its prompt through `as_data`, so it reads as material, never as instructions to the agent. The
+weakness brief reaches both the planner and the question generator.
 Pictures arrive as ready `image_url` parts (`dpe.llm.image_part`): encoding a large one takes tens
 of milliseconds, so the pipeline encodes each picture once, off the event loop, and reuses the part.
 """
@@ -17,7 +20,7 @@ from dpe.agents.replies import MAX_FREE_TEXT_ANSWER_WORDS, LocalEditPlan, Plan, 
 from dpe.agents.roles import agent_prompt
 from dpe.agents.selection import Rated
 from dpe.generation import SampleTask
-from dpe.llm import Message, schema_json
+from dpe.llm import Message, as_data, schema_json
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.tools.constraints import POLICIES
 
@@ -42,15 +45,19 @@ def _type_fields(capability: CapabilityType) -> dict[str, str]:
 
 def _plan_fields(plan: Plan) -> dict[str, str]:
     return {
-        "plan_summary": plan.plan_summary,
+        "plan_summary": as_data(plan.plan_summary),
         "question_format": plan.question_format.value,
-        "edit_goal": plan.edit_goal or NONE,
+        "edit_goal": as_data(plan.edit_goal) or NONE,
     }
+
+
+def _brief(task: SampleTask) -> str:
+    return as_data(task.brief.strip()) or NO_BRIEF
 
 
 def edits_text(operations: Sequence[dict[str, Any]]) -> str:
     """The edit operations as applied, one JSON object a line, for the generator and the validator."""
-    return "\n".join(json.dumps(operation, sort_keys=True) for operation in operations) or NONE
+    return as_data("\n".join(json.dumps(operation, sort_keys=True) for operation in operations)) or NONE
 
 
 def planner(task: SampleTask, seed_image: ImagePart | None) -> list[Message]:
@@ -62,10 +69,12 @@ def planner(task: SampleTask, seed_image: ImagePart | None) -> list[Message]:
         part = "parts/seed_divergent" if task.divergent else "parts/seed_related"
         seed_format = seed.question_format.value if seed.question_format is not None else "unknown"
         seed_section = (
-            agent_prompt(part).format(question=seed.question, answer=seed.answer, question_format=seed_format).strip()
+            agent_prompt(part)
+            .format(question=as_data(seed.question), answer=as_data(seed.answer), question_format=seed_format)
+            .strip()
         )
     text = agent_prompt("planner").format(
-        **_type_fields(task.capability_type), seed_section=seed_section, brief=task.brief.strip() or NO_BRIEF
+        **_type_fields(task.capability_type), seed_section=seed_section, brief=_brief(task)
     )
     return _user(text, [seed_image] if seed_image is not None else [])
 
@@ -99,7 +108,7 @@ def edit_planner(
         )
     else:
         output_rules = agent_prompt("parts/edit_generative").format()
-    refused = "" if refusal is None else agent_prompt("parts/edit_refused").format(refusal=refusal)
+    refused = "" if refusal is None else agent_prompt("parts/edit_refused").format(refusal=as_data(refusal))
     text = agent_prompt("edit_planner").format(
         **_type_fields(capability),
         **_plan_fields(plan),
@@ -110,8 +119,12 @@ def edit_planner(
     )
     content: list[dict[str, Any]] = []
     for number, (item, image) in enumerate(shortlist, start=1):
-        rating = "not rated" if item.rating is None else f"score {item.rating.score:g}/10: {item.rating.reason or NONE}"
-        content.append({"type": "text", "text": f"Picture {number} ({rating})"})
+        if item.rating is None:
+            label = f"Picture {number} (not rated)"
+        else:
+            reason = as_data(item.rating.reason) or NONE
+            label = f"Picture {number} (score {item.rating.score:g}/10), the selector's reason:\n<data>\n{reason}\n</data>"
+        content.append({"type": "text", "text": label})
         content.append(image)
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
@@ -135,17 +148,17 @@ def generator(
     """
     reference = ""
     if task.seed is not None:
-        reference = agent_prompt("parts/reference").format(question=task.seed.question)
+        reference = agent_prompt("parts/reference").format(question=as_data(task.seed.question))
     rejected = ""
     if rejections:
         listed = "\n".join(f"- {qa.question!r} (answer {qa.answer!r}): {reason}" for qa, reason in rejections)
-        rejected = agent_prompt("parts/rejections").format(rejections=listed)
+        rejected = agent_prompt("parts/rejections").format(rejections=as_data(listed))
     text = agent_prompt("question_generator").format(
         **_type_fields(task.capability_type),
         **_plan_fields(plan),
-        observation=observation,
+        observation=as_data(observation),
         edits=edits_text(operations),
-        brief=task.brief.strip() or NO_BRIEF,
+        brief=_brief(task),
         reference=reference,
         rejections=rejected,
         max_words=MAX_FREE_TEXT_ANSWER_WORDS,
@@ -158,6 +171,9 @@ def validator(
 ) -> list[Message]:
     """The validator sees the picture, the question, the proposed answer and the edits made."""
     text = agent_prompt("validator").format(
-        question_format=question_format.value, question=qa.question, answer=qa.answer, edits=edits_text(operations)
+        question_format=question_format.value,
+        question=as_data(qa.question),
+        answer=as_data(qa.answer),
+        edits=edits_text(operations),
     )
     return _user(text, [image])

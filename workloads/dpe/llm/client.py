@@ -8,7 +8,11 @@ accounted for:
   timeouts and dropped connections back off with full jitter (`dpe.retry`), and a request the
   server refuses (400, 401, 404, ...) fails at once with `PermanentLLMError`, since repeating it
   cannot help;
-- each request may take `endpoint.timeout_seconds` (minutes, for reasoning models);
+- each request may take `endpoint.timeout_seconds` (minutes, for reasoning models) from connecting
+  to its last byte: one deadline for the whole exchange, so a server that sends its reply a byte at a
+  time is abandoned at the deadline (and retried as a timeout) instead of being waited on forever;
+- a response body is read up to `MAX_REPLY_BYTES` and no further: a longer one fails the call for
+  good (`FailureKind.oversized`) instead of holding and scanning tens of megabytes;
 - the `UsageLedger` and the `SpendLimit` are charged with each reply's tokens and cost.
 
 The retries of the `openai` client itself are off (`max_retries=0`): the policy here decides.
@@ -27,7 +31,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +62,9 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 IMAGE_TOKEN_ESTIMATE = 1000
 ERROR_TEXT_LIMIT = 300
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""Largest response body read, in bytes: a million tokens of plain text, above any model's output
+limit (reasoning included), and small enough to hold and scan in a few seconds at worst."""
 
 CHAT_RETRY = Backoff(max_attempts=6, base_delay=1.0, max_delay=60.0, max_elapsed=900.0)
 """Remote models are slow and their rate limits last minutes: retry for up to a quarter of an hour."""
@@ -87,8 +94,12 @@ class _Failed(Exception):
         self.detail = detail
 
 
+_NEVER_RETRIED = frozenset({FailureKind.permanent, FailureKind.oversized})
+"""A refused request would be refused again; an oversized reply would cost as much again."""
+
+
 def _is_transient(error: Exception) -> bool:
-    return isinstance(error, _Failed) and error.kind is not FailureKind.permanent
+    return isinstance(error, _Failed) and error.kind not in _NEVER_RETRIED
 
 
 def _server_message(error: openai.APIStatusError) -> str:
@@ -100,6 +111,61 @@ def _server_message(error: openai.APIStatusError) -> str:
             return inner["message"]
         return json.dumps(body)[:ERROR_TEXT_LIMIT]
     return "" if body is None else str(body)
+
+
+async def _capped_body(chunks: AsyncIterator[bytes]) -> bytes:
+    """The body of a response, refused (`FailureKind.oversized`) as soon as it passes `MAX_REPLY_BYTES`."""
+    body = bytearray()
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                break
+    # Errors of a streamed body come unwrapped from the SDK's HTTP library (httpx, or httpx2 in
+    # recent SDKs): whatever breaks the body mid-way is a broken connection, retried as one.
+    except Exception:
+        raise _Failed(FailureKind.connection) from None
+    if len(body) > MAX_REPLY_BYTES:
+        raise _Failed(FailureKind.oversized, status=200, detail=f"stopped reading after {len(body)} bytes")
+    return bytes(body)
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """What a successful response body says, checked field by field."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    model: str | None
+
+
+def _completion(body: bytes, estimate: int) -> _Completion:
+    """The reply in a response body; usage is estimated when missing. Raises `_Failed` (invalid_reply)."""
+    try:
+        data = json.loads(body)
+    # RecursionError: a body of arrays nested thousands deep, which no completion is.
+    except (ValueError, RecursionError):
+        raise _Failed(FailureKind.invalid_reply, status=200, detail="response body is not JSON") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _Failed(FailureKind.invalid_reply, status=200, detail="response has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    text = content if isinstance(content, str) else ""
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    finish_reason, model = choice.get("finish_reason"), data.get("model")
+    return _Completion(
+        text=text,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else estimate,
+        completion_tokens=completion_tokens if isinstance(completion_tokens, int) else len(text) // CHARS_PER_TOKEN,
+        model=model if isinstance(model, str) else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +299,8 @@ class ChatClient:
         `max_tokens` and `temperature` default to the endpoint's. `json_mode` asks the server for a
         JSON object (`response_format`); servers without that option refuse it with a 400.
         Raises `BudgetExceeded` before calling once the budget is spent, `PermanentLLMError` for a
-        refused request and `RetriesExhausted` when transient failures outlast the policy.
+        refused request or a reply over `MAX_REPLY_BYTES`, and `RetriesExhausted` when transient
+        failures outlast the policy.
         """
         if self.budget is not None:
             self.budget.check()
@@ -264,7 +331,7 @@ class ChatClient:
         except _Failed as caught:
             failure = caught
         # Raised outside the handler, so no exception chain carries the server's raw text along.
-        if failure.kind is FailureKind.permanent:
+        if failure.kind in _NEVER_RETRIED:
             raise self._refused(failure)
         raise self._exhausted(failure, last[0])
 
@@ -295,31 +362,22 @@ class ChatClient:
         async with self.limiter.slot(estimate) as permit:
             started = self._clock()
             try:
-                completion = await self._sdk().chat.completions.create(**request)
-            except openai.APITimeoutError:
+                # The SDK's own timeout bounds each read; this one bounds the whole exchange.
+                async with asyncio.timeout(self.endpoint.timeout_seconds):
+                    body = await self._exchange(request)
+            except TimeoutError:
                 raise _Failed(FailureKind.timeout) from None
-            except openai.APIConnectionError:
-                raise _Failed(FailureKind.connection) from None
-            except openai.APIStatusError as error:
-                raise _Failed(
-                    classify_status(error.status_code),
-                    status=error.status_code,
-                    retry_after=retry_after_seconds(error.response.headers),
-                    detail=_server_message(error),
-                ) from None
-            except ValueError:
-                raise _Failed(FailureKind.invalid_reply, status=200, detail="response body is not JSON") from None
             latency = self._clock() - started
-            text, finish_reason, prompt_tokens, completion_tokens = self._read(completion, estimate)
-            permit.used_tokens = prompt_tokens + completion_tokens
+            completion = _completion(body, estimate)
+            permit.used_tokens = completion.prompt_tokens + completion.completion_tokens
         cost = (
-            prompt_tokens * self.endpoint.input_usd_per_million_tokens
-            + completion_tokens * self.endpoint.output_usd_per_million_tokens
+            completion.prompt_tokens * self.endpoint.input_usd_per_million_tokens
+            + completion.completion_tokens * self.endpoint.output_usd_per_million_tokens
         ) / TOKENS_PER_MILLION
         self.ledger.record_call(
             self.role,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
             cost_usd=cost,
             latency_seconds=latency,
         )
@@ -333,46 +391,58 @@ class ChatClient:
             status=200,
             attempt=attempt,
             latency_s=latency,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
         )
         return ChatReply(
-            text=text,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            text=completion.text,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
             cost_usd=cost,
             latency_seconds=latency,
             attempts=attempt,
-            finish_reason=finish_reason,
-            model=getattr(completion, "model", None),
+            finish_reason=completion.finish_reason,
+            model=completion.model,
         )
 
-    @staticmethod
-    def _read(completion: Any, estimate: int) -> tuple[str, str | None, int, int]:
-        """Text, finish reason and token counts of a completion; usage is estimated when missing."""
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            raise _Failed(FailureKind.invalid_reply, status=200, detail="response has no choices")
-        message = getattr(choices[0], "message", None)
-        text = getattr(message, "content", None) or ""
-        usage = getattr(completion, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
-        return (
-            text,
-            getattr(choices[0], "finish_reason", None),
-            prompt_tokens if isinstance(prompt_tokens, int) else estimate,
-            completion_tokens if isinstance(completion_tokens, int) else len(text) // CHARS_PER_TOKEN,
-        )
+    async def _exchange(self, request: dict[str, Any]) -> bytes:
+        """One HTTP exchange: the body of a successful response, read up to `MAX_REPLY_BYTES`.
+
+        The body is streamed rather than left to the SDK, which would hold all of it before parsing.
+        """
+        try:
+            async with self._sdk().chat.completions.with_streaming_response.create(**request) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                    raise _Failed(FailureKind.oversized, status=200, detail=f"the reply declares {declared} bytes")
+                return await _capped_body(response.iter_bytes())
+        except openai.APITimeoutError:
+            raise _Failed(FailureKind.timeout) from None
+        except openai.APIConnectionError:
+            raise _Failed(FailureKind.connection) from None
+        except openai.APIStatusError as error:
+            raise _Failed(
+                classify_status(error.status_code),
+                status=error.status_code,
+                retry_after=retry_after_seconds(error.response.headers),
+                detail=_server_message(error),
+            ) from None
 
     def _refused(self, failure: _Failed) -> PermanentLLMError:
         detail = redact(failure.detail, [self._api_key])[:ERROR_TEXT_LIMIT]
-        log_event(logging.WARNING, "chat refused", role=self.role, model=self.endpoint.model, status=failure.status)
-        return PermanentLLMError(
-            f"{self._where()} refused the request with HTTP {failure.status}"
-            + (f": {detail}" if detail else ""),
-            status=failure.status or 0,
+        log_event(
+            logging.WARNING,
+            "chat refused",
+            role=self.role,
+            model=self.endpoint.model,
+            status=failure.status,
+            kind=failure.kind.value,
         )
+        if failure.kind is FailureKind.oversized:
+            what = f"sent a reply over the cap of {MAX_REPLY_BYTES} bytes"
+        else:
+            what = f"refused the request with HTTP {failure.status}"
+        return PermanentLLMError(f"{self._where()} {what}" + (f": {detail}" if detail else ""), status=failure.status or 0)
 
     def _exhausted(self, failure: _Failed, last: FailedAttempt) -> RetriesExhausted:
         status = f" (HTTP {failure.status})" if failure.status is not None else ""

@@ -15,6 +15,8 @@ class FailureKind(StrEnum):
     connection = "connection"
     permanent = "permanent"
     invalid_reply = "invalid_reply"
+    oversized = "oversized"
+    """The response body passed `dpe.llm.client.MAX_REPLY_BYTES`; reading stopped there."""
 
 
 class LLMError(Exception):
@@ -22,7 +24,8 @@ class LLMError(Exception):
 
 
 class PermanentLLMError(LLMError):
-    """The server refused the request itself (4xx other than 408/409/429); repeating it cannot help."""
+    """The server refused the request itself (4xx other than 408/409/429), or answered with a reply
+    over the size cap (`status` 200); repeating the request cannot help."""
 
     def __init__(self, message: str, *, status: int):
         super().__init__(message)

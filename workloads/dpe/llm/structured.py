@@ -1,15 +1,23 @@
 """Typed replies: the JSON object in a model's reply, validated as a pydantic model.
 
+A reply is read in time linear in its length and without recursion, so a hostile or runaway reply
+(megabytes of text, objects nested 100,000 deep) is refused as unreadable instead of stalling the
+event loop or raising RecursionError. The answer is the reply's final object: a model that quotes
+JSON from its prompt (a question that contains `{"valid": true}`, say) writes its own verdict last.
+
 `ask_json` re-asks with the validation error when a reply does not parse, and counts each unusable
 reply in the ledger by reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,10 +29,22 @@ from dpe.llm.usage import UsageLedger
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
+MAX_JSON_DEPTH = 64
+"""Objects and arrays nested deeper than this make a reply unreadable. Reply schemas nest four
+levels at most; `json.loads` recurses once per level and raises RecursionError near a thousand."""
+
 REPAIR_REQUEST = (
     "Your previous reply could not be used: {problem}\n"
     "Reply again with one JSON object and nothing else. It must match this JSON schema:\n{schema}"
 )
+
+# The rest of a JSON string after its opening quote, up to and including the closing quote. The
+# quantifiers are possessive: an unterminated string fails in one pass, without backtracking.
+_STRING_REST = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_STRUCTURE = re.compile(r'[{}\[\]"]')
+# A whole string (kept as it is, closed or not) or a comma that only whitespace separates from a
+# closing bracket (dropped). Each character is looked at a bounded number of times.
+_STRING_OR_TRAILING_COMMA = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|,(?=\s*+[}\]])', re.DOTALL)
 
 
 class ReplyFormatError(ValueError):
@@ -36,81 +56,109 @@ class ReplyFormatError(ValueError):
         self.problem = problem
 
 
-def _objects(text: str) -> Iterable[str]:
-    """Every top-level `{...}` span of `text`, braces inside double-quoted strings ignored."""
+def _object_end(text: str, start: int) -> int | None:
+    """The index just past the `}` that closes the `{` at `start`; None if the text ends first.
+
+    Braces and brackets inside double-quoted strings are skipped. Raises `ReplyFormatError`
+    (too_deep) once objects and arrays nest deeper than `MAX_JSON_DEPTH`.
+    """
+    braces = 0
     depth = 0
-    start = 0
-    in_string = False
-    escaped = False
-    for index, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"' and depth > 0:
-            in_string = True
-        elif char == "{":
-            if depth == 0:
-                start = index
+    index = start
+    while (found := _STRUCTURE.search(text, index)) is not None:
+        char = found.group()
+        index = found.end()
+        if char == '"':
+            string = _STRING_REST.match(text, index)
+            if string is None:
+                return None
+            index = string.end()
+        elif char in "{[":
             depth += 1
-        elif char == "}" and depth > 0:
-            depth -= 1
-            if depth == 0:
-                yield text[start : index + 1]
+            if depth > MAX_JSON_DEPTH:
+                raise ReplyFormatError("too_deep", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            if char == "{":
+                braces += 1
+        else:
+            depth = max(0, depth - 1)
+            if char == "}":
+                braces -= 1
+                if braces == 0:
+                    return index
+    return None
+
+
+def _spans(text: str) -> Iterator[str]:
+    """Every top-level `{...}` span of `text`, in order; quotes outside a span are prose.
+
+    Raises `ReplyFormatError` (bad_json) at an object that is never closed.
+    """
+    position = 0
+    while (start := text.find("{", position)) != -1:
+        end = _object_end(text, start)
+        if end is None:
+            raise ReplyFormatError("bad_json", "the JSON object is not closed (was the reply cut off?)")
+        yield text[start:end]
+        position = end
 
 
 def _without_trailing_commas(span: str) -> str:
     """`span` minus commas directly before a closing bracket: the one repair that cannot change meaning."""
-    out: list[str] = []
-    in_string = False
-    escaped = False
-    for index, char in enumerate(span):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == "," and span[index + 1 :].lstrip()[:1] in {"}", "]"}:
-            continue
-        out.append(char)
-    return "".join(out)
+    return _STRING_OR_TRAILING_COMMA.sub(lambda match: "" if match.group() == "," else match.group(), span)
+
+
+def _load(span: str) -> dict[str, Any]:
+    """The object a balanced `{...}` span holds, trailing commas repaired; `ReplyFormatError` otherwise."""
+    try:
+        return json.loads(span)
+    except ValueError as error:
+        problem = f"the JSON object does not parse ({error})"
+    try:
+        return json.loads(_without_trailing_commas(span))
+    except ValueError:
+        raise ReplyFormatError("bad_json", problem) from None
 
 
 def extract_json_object(text: str) -> dict[str, Any]:
-    """The first JSON object in a reply, wherever it sits (code fence, prose around it).
+    """The first JSON object in a reply, wherever it sits (code fence, prose around it). Replies are
+    answers only in their final object (`final_json_object`, which `parse_reply` reads).
 
     Trailing commas are repaired; anything else that is not JSON (single quotes, comments, Python
-    literals) is refused rather than guessed at. Raises `ReplyFormatError` with reason `no_json`
-    or `bad_json`.
+    literals) is refused rather than guessed at. Raises `ReplyFormatError` with reason `no_json`,
+    `bad_json` or `too_deep`.
     """
-    spans = list(_objects(text))
-    if not spans:
-        if "{" in text:
-            raise ReplyFormatError("bad_json", "the JSON object is not closed (was the reply cut off?)")
-        raise ReplyFormatError("no_json", "the reply contains no JSON object")
-    problem = ""
-    for span in spans:
-        for candidate in (span, _without_trailing_commas(span)):
+    failure: ReplyFormatError | None = None
+    try:
+        for span in _spans(text):
             try:
-                value = json.loads(candidate)
-            except ValueError as error:
-                problem = f"the JSON object does not parse ({error})"
-                continue
-            if isinstance(value, dict):
-                return value
-    raise ReplyFormatError("bad_json", problem)
+                return _load(span)
+            except ReplyFormatError as error:
+                failure = error
+    except ReplyFormatError as error:
+        failure = error
+    if failure is None:
+        raise ReplyFormatError("no_json", "the reply contains no JSON object")
+    raise failure
+
+
+def final_json_object(text: str) -> dict[str, Any]:
+    """The last JSON object in a reply: the model's own answer, after anything it quoted or drafted.
+
+    The final `{...}` span must parse (trailing commas repaired): an earlier object never stands in
+    for it, since that may be JSON the model copied from its prompt. An object left open after it
+    means the reply was cut off. Raises `ReplyFormatError` with reason `no_json`, `bad_json` or
+    `too_deep`.
+    """
+    final = deque(_spans(text), maxlen=1)
+    if not final:
+        raise ReplyFormatError("no_json", "the reply contains no JSON object")
+    return _load(final[0])
 
 
 def parse_reply(text: str, schema: type[SchemaT]) -> SchemaT:
-    """A reply as an instance of `schema`; `ReplyFormatError` with reason `schema: <field>` if invalid."""
-    data = extract_json_object(text)
+    """The reply's final object as an instance of `schema`; `ReplyFormatError` with reason
+    `schema: <field>` if it does not match."""
+    data = final_json_object(text)
     try:
         return schema.model_validate(data)
     except ValidationError as error:
@@ -150,7 +198,9 @@ async def ask_json(
     for _ in range(attempts):
         reply = await client.complete(conversation, json_mode=json_mode, max_tokens=max_tokens)
         try:
-            return parse_reply(reply.text, schema)
+            # In a worker thread: a reply of megabytes can take seconds to scan, which would
+            # hold up every other call in flight if done on the event loop.
+            return await asyncio.to_thread(parse_reply, reply.text, schema)
         except ReplyFormatError as error:
             ledger.record_invalid(client.role, error.reason)
             reasons.append(error.reason)
