@@ -230,9 +230,13 @@ def main(argv: list[str]) -> int:
     from dpe_operator.cluster import api_client
 
     identity = os.environ.get(IDENTITY_ENV) or socket.gethostname()
-    timing = Timing(**{field: float(os.environ[variable]) for field, variable in
-                       (("lease_seconds", "DPE_LEASE_SECONDS"), ("renew_seconds", "DPE_LEASE_RENEW_SECONDS"),
-                        ("deadline_seconds", "DPE_LEASE_DEADLINE_SECONDS")) if os.environ.get(variable)})
+    try:
+        timing = Timing(**{field: float(os.environ[variable]) for field, variable in
+                           (("lease_seconds", "DPE_LEASE_SECONDS"), ("renew_seconds", "DPE_LEASE_RENEW_SECONDS"),
+                            ("deadline_seconds", "DPE_LEASE_DEADLINE_SECONDS")) if os.environ.get(variable)})
+    except ValueError as error:
+        print(f"DPE_LEASE_*: {error}", file=sys.stderr)
+        return 2
     elector = Elector(KubernetesLeases(api_client(os.environ.get("DPE_KUBE_URL") or None), namespace, name), identity, timing)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -144,8 +144,6 @@ class E2ECluster:
             # Pods here share the host's network, so two replicas would both bind the liveness port:
             # one replica, still behind the Lease (tests/operator/test_operator_ha.py runs two).
             "replicas=1",
-            "operator.extraEnv[1].name=DPE_LEASE_SECONDS",
-            "operator.extraEnv[1].value=4",
             *settings,
         ])
 

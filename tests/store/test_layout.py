@@ -216,3 +216,31 @@ def test_uri_round_trips_for_any_key(key: str) -> None:
     assert layout.key_from_uri(S3, layout.store_uri(S3, key)) == key
     local = _local("/srv/dpe store")
     assert layout.key_from_uri(local, layout.store_uri(local, key)) == key
+
+
+def test_results_name_local_objects_by_key_and_s3_objects_by_uri(tmp_path: Path) -> None:
+    key = layout.stage_key(NS, RUN, 1, "train", "model")
+    assert layout.store_reference(_local(tmp_path / "store"), key) == f"store:{key}"
+    assert layout.store_reference(S3, key) == layout.store_uri(S3, key)
+    for storage in (_local(tmp_path / "store"), _local(tmp_path / "a copy"), S3):
+        assert layout.key_from_uri(storage, f"store:{key}") == key
+
+
+@pytest.mark.parametrize("reference", ["store:", "store:/abs/x", "store:runs/../x", "store:.dpe/sha256/x"])
+def test_store_references_to_anything_but_a_key_are_refused(tmp_path: Path, reference: str) -> None:
+    with pytest.raises(ValueError):
+        layout.key_from_uri(_local(tmp_path / "store"), reference)
+
+
+def test_dpe_store_reads_a_store_reference_in_the_runs_store(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dpe.store import LocalStore
+    from dpe.store.command import store
+    from dpe_testkit.runs import write_run
+
+    run_file = write_run(tmp_path)
+    LocalStore(tmp_path / "store").put_bytes("runs/default/stage-test/iterations/1/train/model/config.json", b"{}")
+    listed = CliRunner().invoke(store, ["ls", "store:runs/default/stage-test/iterations/1/train/model", "--run", str(run_file)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == ["store:runs/default/stage-test/iterations/1/train/model/config.json"]

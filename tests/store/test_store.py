@@ -448,3 +448,13 @@ def test_open_store_s3_keeps_secrets_out_of_its_repr() -> None:
     assert (store.endpoint, store.bucket, store.prefix) == ("minio.storage:9000", "dpe-artifacts", "t/")
     for text in (repr(store), str(store)):
         assert "key-id-123" not in text and "hush-456" not in text
+
+
+def test_the_checksum_of_an_object_another_client_wrote_is_read_once_and_adopted(backend: Backend) -> None:
+    store, key, data = backend.store, "models/foreign/model.safetensors", bytes(range(256)) * 4096
+    backend.outside(key, data)
+
+    assert store.checksum(key) == _sha(data)
+    record = store._adoption(key)  # type: ignore[attr-defined]
+    assert record is not None and record.sha256 == _sha(data)
+    assert store.get_bytes(key) == data

@@ -93,3 +93,77 @@ def test_stages_run_side_by_side_by_default_only_where_the_cores_allow(cores: in
     from dpe.executor import default_parallel_stages
 
     assert default_parallel_stages(cores) == expected
+
+
+def _recorded_run(root: Path) -> LocalStore:
+    """A local store holding one run's records as `dpe run` leaves them: statuses, an iteration, a result, a weakness table."""
+    store = LocalStore(root)
+    store.put_json(layout.run_status_key("default", "stage-test"), {"phase": "Running", "iterations": [{"index": 0, "phase": "Running"}]})
+    store.put_json(layout.iteration_key("default", "stage-test", 0), {"index": 0, "input_model_uri": "builtin:tiny-qwen2.5-vl"})
+    store.put_json(layout.iteration_status_key("default", "stage-test", 0), {"phase": "Running", "stages": []})
+    store.put_json(layout.result_key("default", "stage-test", 0, "evaluate"), {"stage": "evaluate", "iteration": 0, "scores": {"overall": 0.5}})
+    store.put_json(layout.weakness_table_key("default", "stage-test"), {"iterations": {}})
+    return store
+
+
+def _damage(path: Path, how: str) -> None:
+    """Cut the file in half, or flip one bit in its middle."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+RECORDS = {
+    "run status": layout.run_status_key("default", "stage-test"),
+    "iteration status": layout.iteration_status_key("default", "stage-test", 0),
+    "weakness table": layout.weakness_table_key("default", "stage-test"),
+}
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("record", sorted(RECORDS))
+def test_dpe_status_names_a_damaged_file_in_one_line_and_still_shows_the_other_runs(tmp_path: Path, record: str, how: str) -> None:
+    from click.testing import CliRunner
+
+    from dpe.cli import main
+
+    store = _recorded_run(tmp_path / "store")
+    store.put_json(layout.run_status_key("default", "other"), {"phase": "Succeeded"})
+    _damage(tmp_path / "store" / RECORDS[record], how)
+
+    result = CliRunner().invoke(main, ["status", str(tmp_path / "store")])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [result.stderr.strip()] and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and str(tmp_path / "store" / RECORDS[record]) in result.stderr
+    assert "default/other" in result.stdout and "Succeeded" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        layout.run_status_key("default", "stage-test"),
+        layout.iteration_key("default", "stage-test", 0),
+        layout.iteration_status_key("default", "stage-test", 0),
+        layout.result_key("default", "stage-test", 0, "evaluate"),
+        layout.executor_lease_key("default", "stage-test"),
+    ],
+    ids=["run status", "iteration", "iteration status", "result", "lease"],
+)
+def test_dpe_run_names_a_damaged_file_in_one_line(tmp_path: Path, key: str) -> None:
+    from click.testing import CliRunner
+
+    from dpe.cli import main
+
+    run_file = write_run(tmp_path)
+    store = _recorded_run(tmp_path / "store")
+    if not store.exists(key):
+        store.put_json(key, {"owner": "elsewhere", "host": "h", "pid": 1, "renewed": 0.0})
+    _damage(tmp_path / "store" / key, "truncated")
+
+    result = CliRunner().invoke(main, ["run", str(run_file)])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 5, result.output
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and f"'{key}' is corrupt" in result.stderr and str(tmp_path / "store" / key) in result.stderr

@@ -47,7 +47,11 @@ def crds(out: Path, check: bool) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check EvolutionRun YAML files; print one line per problem naming the field."""
+    """Check EvolutionRun YAML files; print one line per problem naming the field.
+
+    Exit status: 0 when every file is a valid run, 1 otherwise. Files of any content get a verdict:
+    oversized, malformed or hostile YAML is refused with a message, never a traceback.
+    """
     failed = False
     for path in files:
         try:
@@ -85,9 +89,14 @@ def model_tiny(arch: str, out: Path, seed: int) -> None:
               help="Most stages running at once, sharing the cores (1: one after another with every core, evaluations last). "
                    "Default: 2 on 4 cores or more, else 1.")
 def run(run_file: Path, store: Path | None, parallel_stages: int | None) -> None:
-    """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped."""
+    """Run the whole spiral on this machine; Ctrl-C and rerun continue where it stopped.
+
+    Exit status: 0 succeeded or suspended, 1 failed, 3 invalid run file, 4 another executor runs it,
+    5 the store cannot be read (a file in it truncated or corrupt, or the store unreachable).
+    """
     from dpe.executor import LocalExecutor
     from dpe.lease import RunBusy
+    from dpe.store import StoreError
 
     try:
         status = LocalExecutor(run_file, store, parallel_stages=parallel_stages).execute()
@@ -98,6 +107,9 @@ def run(run_file: Path, store: Path | None, parallel_stages: int | None) -> None
     except RunBusy as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(4)
+    except StoreError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(5)
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to continue", err=True)
         sys.exit(130)
@@ -124,7 +136,10 @@ def ablate(run_file: Path, seeds: int, out: Path) -> None:
 @main.command()
 @click.argument("store_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def status(store_dir: Path) -> None:
-    """Print the table of the runs in a local store: iterations, stages, scores, weaknesses."""
+    """Print the table of the runs in a local store: iterations, stages, scores, weaknesses.
+
+    A run whose files are truncated or corrupt gets one line on stderr naming the file, and the exit status is 1.
+    """
     from dpe.executor import print_status
 
     sys.exit(print_status(store_dir))

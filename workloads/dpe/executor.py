@@ -320,19 +320,48 @@ class LocalExecutor:
 
 
 def print_status(store_dir: Path, console: Console | None = None) -> int:
-    """`dpe status DIR`: every run under a local store directory, from the same status an EvolutionRun shows."""
+    """`dpe status DIR`: every run under a local store directory, from the same status an EvolutionRun shows.
+
+    Every file is read through the store, so its SHA-256 is checked. A run whose status, iteration
+    status or weakness table is truncated, corrupt or not what it should hold gets one line on stderr
+    naming the file instead of its table; the other runs are still shown, and the exit status is 1.
+    """
+    from pydantic import ValidationError
     from rich.table import Table
 
+    from dpe.manifest import problems_of
     from dpe.spec import IterationStatus
+    from dpe.store import LocalStore, StoreError
+    from dpe.weakness import WeaknessTable, rows
 
     console = console or Console()
+    store = LocalStore(store_dir)
+
+    def read(key: str, model: type[Any]) -> Any:
+        try:
+            return model.model_validate(store.get_json(key))
+        except ValidationError as error:
+            raise StoreError(f"object '{key}' is not a valid {model.__name__} ({store.location(key)}): {'; '.join(problems_of(error))}") from None
+
     runs = sorted(store_dir.glob(f"{layout.RUNS_DIR}/*/*/{layout.RUN_STATUS_FILE}"))
     if not runs:
         console.print(f"no runs under {store_dir}")
         return 1
+    failed = False
     for path in runs:
-        run = EvolutionRunStatus.model_validate_json(path.read_text())
         namespace, name = path.parent.parent.name, path.parent.name
+        try:
+            run: EvolutionRunStatus = read(layout.run_status_key(namespace, name), EvolutionRunStatus)
+            records: dict[int, list[StageRecord]] = {}
+            for summary in run.iterations:
+                key = layout.iteration_status_key(namespace, name, summary.index)
+                records[summary.index] = read(key, IterationStatus).stages if store.exists(key) else []
+            table_key = layout.weakness_table_key(namespace, name)
+            weakness: WeaknessTable | None = read(table_key, WeaknessTable) if store.exists(table_key) else None
+        except StoreError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+            continue
         console.print(
             f"[bold]{namespace}/{name}[/bold]: {run.phase.value} {run.stop_reason or ''} "
             f"(iteration {run.current_iteration}, baseline {run.baseline_score}, best {run.best_score} at iteration {run.best_iteration})"
@@ -342,18 +371,13 @@ def print_status(store_dir: Path, console: Console | None = None) -> int:
         stages = ("diagnose", "generate", "score", "train", "evaluate")
         table = Table("iteration", *stages, "score")
         for summary in run.iterations:
-            status_path = path.parent / layout.ITERATIONS_DIR / str(summary.index) / layout.ITERATION_STATUS_FILE
-            records = IterationStatus.model_validate_json(status_path.read_text()).stages if status_path.is_file() else []
-            outcomes = {record.name.value: record.outcome.value for record in records}
+            outcomes = {record.name.value: record.outcome.value for record in records[summary.index]}
             table.add_row(str(summary.index), *(outcomes.get(stage, "-") for stage in stages), "-" if summary.score is None else f"{summary.score:.3f}")
         console.print(table)
-        table_path = path.parent / layout.WEAKNESS_TABLE_FILE
-        if table_path.is_file():
-            from dpe.weakness import WeaknessTable, rows
-
+        if weakness is not None:
             weak = Table("type", "iteration", "accuracy", "delta", "fixed", "regressed")
-            for row in rows(WeaknessTable.model_validate_json(table_path.read_text())):
+            for row in rows(weakness):
                 weak.add_row(row.capability_type.value, str(row.iteration), f"{row.accuracy:.2f}",
                              "-" if row.delta is None else f"{row.delta:+.2f}", "yes" if row.fixed else "", "yes" if row.regressed else "")
             console.print(weak)
-    return 0
+    return 1 if failed else 0

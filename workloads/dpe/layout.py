@@ -14,7 +14,9 @@ executor and the stage containers agree on paths without sharing any other state
     runs/<namespace>/<run>/iterations/<k>/<stage>/shards/<i>-of-<n>/ one shard of a sharded stage
 
 Keys are relative, '/'-separated and never contain '.' or '..' segments, so a key means the same
-object in a bucket and under a local directory. Prefixes end with '/'; keys never do.
+object in a bucket and under a local directory. Prefixes end with '/'; keys never do. Results and
+statuses name objects with `store_reference`: `store:<key>` in a local store, so a store directory
+copied elsewhere names its own objects, and the s3:// URI in S3.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ WEAKNESS_TABLE_FILE = "weakness_table.json"
 RUN_STATUS_FILE = "status.json"
 ITERATION_FILE = "iteration.json"
 ITERATION_STATUS_FILE = "status.json"
+
+STORE_SCHEME = "store:"
+"""`store:<key>`: the object under `key` of whichever store the reader opened (see `store_reference`)."""
 
 RESERVED_TOP_LEVEL = ".dpe"
 """First key segment kept for the store's own bookkeeping (the local backend's checksums)."""
@@ -247,8 +252,19 @@ def store_uri(storage: Storage, key: str) -> str:
     return (_local_root(storage) / key).as_uri()
 
 
+def store_reference(storage: Storage, key: str) -> str:
+    """How results and statuses name `key`: its s3:// URI in S3 (any S3 client reaches it), but
+    `store:<key>` in a local store, so that a store directory copied or moved elsewhere still names
+    its own objects rather than the original's files."""
+    if storage.s3 is not None:
+        return store_uri(storage, key)
+    return STORE_SCHEME + check_key(key)
+
+
 def key_from_uri(storage: Storage, uri: str) -> str:
-    """The key that `store_uri(storage, key)` turned into `uri`; ValueError if `uri` is elsewhere."""
+    """The key that `store_uri` or `store_reference` turned into `uri`; ValueError if `uri` is elsewhere."""
+    if uri.startswith(STORE_SCHEME):
+        return check_key(uri.removeprefix(STORE_SCHEME))
     parsed = urlsplit(uri)
     if storage.s3 is not None:
         expected = f"s3://{storage.s3.bucket}/{storage.s3.prefix}"

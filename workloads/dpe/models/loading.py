@@ -1,9 +1,11 @@
 """Turning a model reference into a local Hugging Face directory.
 
 References are what `spec.baseModel` and status fields hold: `builtin:tiny-qwen2.5-vl` (built on
-first use, once per run, and shared through the run's store), a store URI (`file:///...` inside the run's store, or `s3://...` in
-any bucket of the run's S3 endpoint, downloaded once into the cache and checked), a local path, or
-a hub id (where the network allows it).
+first use, once per run, and shared through the run's store), a store reference (`store:<key>` in
+the run's store, `file:///...` inside the run's local store, or `s3://...` in any bucket of the run's
+S3 endpoint), a local path, or a hub id (where the network allows it). A model in the store has every
+file checked against the SHA-256 the store recorded before it is used: read in place from a local
+store, downloaded once into the cache from S3, and fetched again where the cache no longer matches.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from dpe import layout
 from dpe.spec import BUILTIN_SCHEME, Storage
-from dpe.store import ArtifactStore, locate
+from dpe.store import ArtifactStore, LocalStore, locate, tree
 
 BUILTIN_PREFIX = f"{BUILTIN_SCHEME}tiny-"
 WARM_SUFFIX = "-warm"
@@ -42,24 +44,18 @@ def _publish(staging: Path, target: Path) -> Path:
     return target
 
 
-def _from_store(holder: ArtifactStore, key: str, storage: Storage, cache_dir: Path, reference: str) -> Path:
-    """The model under `key` of `holder` as a local directory: in place in a local store, otherwise
-    downloaded once into the cache (each file checked against its SHA-256)."""
+def _from_store(holder: ArtifactStore, key: str, cache_dir: Path, reference: str) -> Path:
+    """The model under `key` of `holder` as a local directory whose every file matches the SHA-256 the
+    store recorded: in place in a local store, otherwise downloaded into the cache (dpe.store.tree)."""
     prefix = key + "/"
-    if storage.local is not None:
-        return Path(storage.local.path).absolute() / prefix
-    target = cache_dir / "store" / hashlib.sha256(reference.encode()).hexdigest()[:16]
-    if not (target / "config.json").is_file():
-        keys = holder.list(prefix)
-        if not keys:
-            raise FileNotFoundError(f"no model files under {reference}")
-        staging = _fresh_dir(target)
-        for found in keys:
-            destination = staging / found[len(prefix) :]
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            holder.get_file(found, destination)
-        _publish(staging, target)
-    return target
+    names = [found[len(prefix) :] for found in holder.list(prefix)]
+    if not names:
+        raise FileNotFoundError(f"no model files under {reference}")
+    name = hashlib.sha256(holder.location(key).encode()).hexdigest()[:16]
+    record = cache_dir / "store" / f"{name}.checked.json"
+    if isinstance(holder, LocalStore):
+        return tree.in_place(holder, prefix, names, record)
+    return tree.mirror(holder, prefix, dict.fromkeys(names), cache_dir / "store" / name, record)
 
 
 def _built(name: str, cache_dir: Path) -> Path:
@@ -94,7 +90,7 @@ def _builtin(reference: str, storage: Storage, store: ArtifactStore, cache_dir: 
     if store.exists(marker):
         uri = layout.store_uri(storage, prefix.rstrip("/"))
         log.info(json.dumps({"event": "builtin_model_shared", "model": reference, "from": uri}))
-        return _from_store(store, prefix.rstrip("/"), storage, cache_dir, uri)
+        return _from_store(store, prefix.rstrip("/"), cache_dir, uri)
     local = _built(name, cache_dir)
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         store.put_file(prefix + path.relative_to(local).as_posix(), path)
@@ -111,14 +107,14 @@ def resolve_model(reference: str, storage: Storage, store: ArtifactStore, cache_
     """
     if reference.startswith(BUILTIN_PREFIX):
         return _builtin(reference, storage, store, cache_dir, run)
-    if reference.startswith(("s3://", "file://")):
+    if reference.startswith(("s3://", "file://", layout.STORE_SCHEME)):
         try:
             holder, key = locate(storage, store, reference)
         except ValueError:
             if reference.startswith("file://"):
                 return Path(reference.removeprefix("file://"))
             raise
-        return _from_store(holder, key, storage, cache_dir, reference)
+        return _from_store(holder, key, cache_dir, reference)
     path = Path(reference)
     if reference.startswith(("/", "./", "../")):
         if not (path / "config.json").is_file():

@@ -84,7 +84,9 @@ class StageContext:
         return layout.run_key(self.namespace, self.name, *parts)
 
     def uri(self, key: str) -> str:
-        return layout.store_uri(self.storage, key)
+        """How results name `key`: `store:<key>` in a local store (a copied store names its own
+        objects), its s3:// URI in S3 (layout.store_reference)."""
+        return layout.store_reference(self.storage, key)
 
     @property
     def result_key(self) -> str:
@@ -98,7 +100,7 @@ class StageContext:
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write result.json, the last write of the stage, once its stage's model accepts it."""
         body = {"stage": self.stage.value, "iteration": self.iteration, "model": self.model_uri, **summary}
-        written = parse_result(body).model_dump(mode="json")
+        written = parse_result(body).model_dump(mode="json", exclude_unset=True)
         self.store.put_json(self.result_key, written)
         return written
 

@@ -12,8 +12,10 @@ token-mean loss is TRL's `loss_type="dapo"` default, kept as is.
 
 The reward reads the same grading module and the same answer format the prompt asks for, so the
 format term rewards only what the prompt asks for and every completion can earn it. Checkpoints go to
-the store every `checkpoint_every_steps`; a crashed stage resumes from the newest complete one and
-continues the step counter. The final model is an ordinary Hugging Face directory in the store.
+the store every `checkpoint_every_steps`, each marked complete by a list of its files and their
+SHA-256; a crashed stage resumes from the newest complete one whose files all verify (an earlier one
+when the newest lost or damaged a file) and continues the step counter. The final model is an
+ordinary Hugging Face directory in the store.
 
 Under torchrun (several GPUs or nodes) rank 0 alone writes the result, the metrics and the exported
 model; at every checkpoint each node uploads the files its ranks wrote (each rank's RNG state and
@@ -23,14 +25,12 @@ stage downloads the checkpoint once per node.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from dpe.grading import format_score, grade, solver_prompt
 from dpe.records import SampleRecord, read_records
 from dpe.spec import RolloutBackend, StageName, TrainSettings
 from dpe.stages.context import StageContext
+from dpe.store import IntegrityError, NotFound, tree
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 COMPLETE_MARKER = "complete.json"
@@ -134,13 +135,26 @@ def _upload_dir(ctx: StageContext, local: Path, prefix: str) -> None:
             ctx.store.put_file(ctx.key(prefix, path.relative_to(local).as_posix()), path)
 
 
-def _latest_checkpoint(ctx: StageContext) -> str | None:
+def _checkpoints(ctx: StageContext) -> list[str]:
+    """The checkpoints marked complete in the store, newest first."""
     steps = []
     for key in ctx.store.list(ctx.key("checkpoints") + "/"):
         if key.endswith("/" + COMPLETE_MARKER):
             name = key.rsplit("/", 2)[-2]
             steps.append((int(name.removeprefix("checkpoint-")), name))
-    return max(steps)[1] if steps else None
+    return [name for _, name in sorted(steps, reverse=True)]
+
+
+def _listed_files(ctx: StageContext, prefix: str) -> dict[str, str]:
+    """The files a checkpoint's marker lists, with their SHA-256; ValueError for a marker that lists none."""
+    try:
+        marker = json.loads(ctx.store.get_bytes(prefix + COMPLETE_MARKER))
+        files = marker["files"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"its {COMPLETE_MARKER} does not list the checkpoint's files") from None
+    if not isinstance(files, dict) or not files or not all(isinstance(n, str) and isinstance(s, str) for n, s in files.items()):
+        raise ValueError(f"its {COMPLETE_MARKER} does not list the checkpoint's files as name: SHA-256")
+    return files
 
 
 @dataclass(frozen=True)
@@ -177,35 +191,22 @@ def _barrier() -> None:
         dist.barrier()
 
 
-@contextmanager
-def _node_lock(path: Path) -> Iterator[None]:
-    """One process of a node at a time (the ranks of a pod share its scratch directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _download_checkpoint(ctx: StageContext, name: str, output_dir: Path) -> Path:
-    """The checkpoint in `output_dir`, downloaded once per node whichever rank asks first.
+def _resume_checkpoint(ctx: StageContext, output_dir: Path) -> tuple[str, Path] | None:
+    """The newest checkpoint whose files are all in the store and match their SHA-256, downloaded into
+    `output_dir` once per node (dpe.store.tree); one with a file missing, truncated or corrupt is
+    logged and the one before it tried. Every rank comes to the same checkpoint.
 
     It holds the files of every rank (model and optimizer from rank 0, each rank's RNG state, each
     rank's ZeRO shards), so each rank resumes from its own state.
     """
-    target = output_dir / name
-    done = output_dir / f".{name}.downloaded"
-    with _node_lock(output_dir / ".download.lock"):
-        if not done.exists():
-            prefix = ctx.key("checkpoints", name) + "/"
-            for key in ctx.store.list(prefix):
-                destination = target / key[len(prefix) :]
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                ctx.store.get_file(key, destination)
-            done.touch()
-    return target
+    for name in _checkpoints(ctx):
+        prefix = ctx.key("checkpoints", name) + "/"
+        try:
+            files = _listed_files(ctx, prefix)
+            return name, tree.mirror(ctx.store, prefix, files, output_dir / name, output_dir / f".{name}.checked.json")
+        except (IntegrityError, NotFound, ValueError) as error:
+            ctx.log.warning(json.dumps({"event": "checkpoint_skipped", "checkpoint": name, "reason": str(error)}))
+    return None
 
 
 def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -> list[Any]:
@@ -232,9 +233,14 @@ def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -
             ctx.log.info(json.dumps({"event": "train_step", **entry}))
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            """Every node uploads what its ranks wrote, then rank 0 marks the checkpoint complete."""
+            """Every node uploads what its ranks wrote, then rank 0 marks the checkpoint complete,
+            listing its files and their SHA-256 (a step saved again, after a resume from an earlier
+            checkpoint, first loses what an earlier attempt stored under it)."""
             name = f"checkpoint-{state.global_step}"
             local = Path(args.output_dir) / name
+            prefix = ctx.key("checkpoints", name) + "/"
+            if ranks.is_main:
+                ctx.store.delete_prefix(prefix)
             _barrier()
             if ranks.is_node_main and local.is_dir():
                 _upload_dir(ctx, local, f"checkpoints/{name}")
@@ -242,7 +248,8 @@ def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -
             if ranks.is_main:
                 # The metrics up to this step first: a resume from this checkpoint continues them.
                 ctx.store.put_bytes(ctx.key("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in metrics).encode())
-                ctx.store.put_json(ctx.key("checkpoints", name, COMPLETE_MARKER), {"step": state.global_step})
+                files = {key[len(prefix) :]: ctx.store.checksum(key) for key in ctx.store.list(prefix)}
+                ctx.store.put_json(prefix + COMPLETE_MARKER, {"step": state.global_step, "files": files})
 
     return [StoreCallback()]
 
@@ -288,8 +295,8 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     cpu = not torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
-    resume = _latest_checkpoint(ctx)
-    resume_path = str(_download_checkpoint(ctx, resume, work / "checkpoints")) if resume else None
+    found = _resume_checkpoint(ctx, work / "checkpoints")
+    resume, resume_path = (found[0], str(found[1])) if found else (None, None)
     metrics: list[dict[str, Any]] = []
     if resume:
         key = ctx.key("metrics.jsonl")

@@ -3,7 +3,8 @@
 Stages and executors call `open_store(spec.storage)` and then use only the ArtifactStore methods,
 so the same code runs against a directory on a laptop and a MinIO bucket in a cluster. Keys come
 from dpe.layout. `locate` finds what a URI in a spec names: the run's own store, or another bucket
-of the same S3 endpoint (models and datasets uploaded with any S3 client).
+of the same S3 endpoint (models and datasets uploaded with any S3 client). `dpe.store.tree` turns a
+folder of objects (a model, a checkpoint) into a local directory whose every file is checked.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def open_store(storage: Storage, env: Mapping[str, str] = os.environ) -> Artifac
 def locate(storage: Storage, store: ArtifactStore, uri: str) -> tuple[ArtifactStore, str]:
     """The store holding what `uri` names, and its key there ('' for the whole store; no '/' at either end).
 
-    A URI inside the run's store (`store`, opened from `storage`) is found there. An `s3://` URI in
-    another bucket of the run's S3 endpoint, or outside the run's key prefix, is found in that bucket
-    through the same client and credentials. ValueError for anything else (a file:// path outside a
-    local store is a plain local path, which the caller reads itself).
+    A URI inside the run's store (`store`, opened from `storage`), or a `store:<key>` reference
+    (`layout.store_reference`), is found there. An `s3://` URI in another bucket of the run's S3
+    endpoint, or outside the run's key prefix, is found in that bucket through the same client and
+    credentials. ValueError for anything else (a file:// path outside a local store is a plain local
+    path, which the caller reads itself).
     """
     try:
         return store, layout.key_from_uri(storage, uri.rstrip("/"))

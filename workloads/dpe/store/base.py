@@ -106,23 +106,23 @@ class Adoption:
             return None
 
 
-def verify(key: str, actual: str, expected: str) -> None:
-    """Raise IntegrityError unless `actual` is the checksum recorded for `key`."""
+def verify(key: str, where: str, actual: str, expected: str) -> None:
+    """Raise IntegrityError unless `actual` is the checksum recorded for `key` (at `where`)."""
     if actual != expected:
         raise IntegrityError(
             f"object '{key}' is corrupt: its SHA-256 is {actual}, but {expected} was recorded when it "
-            "was written"
+            f"was written ({where})"
         )
 
 
-def check_read(key: str, actual: str, recorded: str | None, adopted: Adoption | None, version: str) -> Adoption | None:
-    """Check the SHA-256 of bytes just read from `key`; return the adoption to record when there is
-    nothing to check them against (a new object, or a new version, from another client)."""
+def check_read(key: str, where: str, actual: str, recorded: str | None, adopted: Adoption | None, version: str) -> Adoption | None:
+    """Check the SHA-256 of bytes just read from `key` (at `where`); return the adoption to record when
+    there is nothing to check them against (a new object, or a new version, from another client)."""
     if recorded is not None:
-        verify(key, actual, recorded)
+        verify(key, where, actual, recorded)
         return None
     if adopted is not None and adopted.version == version:
-        verify(key, actual, adopted.sha256)
+        verify(key, where, actual, adopted.sha256)
         return None
     return Adoption(actual, version)
 
@@ -173,6 +173,11 @@ class ArtifactStore(ABC):
     @abstractmethod
     def _checksum(self, key: str) -> str: ...
 
+    @abstractmethod
+    def location(self, key: str) -> str:
+        """Where `key` ('' for the whole store) is, naming this store and no other: a local store's file
+        path, or s3://bucket/name at the endpoint. For messages, and for naming local copies."""
+
     def put_bytes(self, key: str, data: bytes) -> str:
         """Store `data` under `key`, replacing any object there."""
         return self._put_bytes(layout.check_key(key), bytes(data))
@@ -203,7 +208,7 @@ class ArtifactStore(ABC):
         try:
             return json.loads(data)
         except ValueError as error:
-            raise StoreError(f"object '{key}' is not valid JSON: {error}") from None
+            raise StoreError(f"object '{key}' is not valid JSON ({self.location(key)}): {error}") from None
 
     def put_parquet(self, key: str, table: pa.Table) -> str:
         """Store a table as one Parquet file."""
@@ -217,7 +222,7 @@ class ArtifactStore(ABC):
         try:
             return pq.read_table(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as error:
-            raise StoreError(f"object '{key}' is not a readable Parquet file: {error}") from None
+            raise StoreError(f"object '{key}' is not a readable Parquet file ({self.location(key)}): {error}") from None
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under `key`."""
@@ -250,7 +255,7 @@ class ArtifactStore(ABC):
         key = layout.result_key(namespace, run, k, stage)
         result = self.get_json(key)
         if not isinstance(result, dict):
-            raise StoreError(f"object '{key}' is not a JSON object, so it is not a stage result")
+            raise StoreError(f"object '{key}' is not a JSON object, so it is not a stage result ({self.location(key)})")
         return result
 
     def stage_complete(self, namespace: str, run: str, k: int, stage: StageName | str) -> bool:

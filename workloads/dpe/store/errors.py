@@ -15,12 +15,13 @@ class NotFound(StoreError):
     """The key holds no object."""
 
 
-class IntegrityError(StoreError):
-    """An object's bytes do not match the checksum recorded when it was written, or none was recorded."""
-
-
 class PermanentStoreError(StoreError):
     """A failure that retrying cannot fix: bad credentials, a missing bucket, a refused request."""
+
+
+class IntegrityError(PermanentStoreError):
+    """An object's bytes do not match the checksum recorded when it was written: reading it again reads
+    the same bytes, so only writing it again (or falling back to another copy) helps."""
 
 
 class TransientStoreError(StoreError):

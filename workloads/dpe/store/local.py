@@ -74,6 +74,9 @@ class LocalStore(ArtifactStore):
     def _object(self, key: str) -> Path:
         return self.root / key
 
+    def location(self, key: str) -> str:
+        return str(self.root / key)
+
     def _sidecar(self, key: str) -> Path:
         return self._sums / key
 
@@ -147,7 +150,7 @@ class LocalStore(ArtifactStore):
             adopted = None if expected is not None else self._adoption(key)
 
             def check(actual: str) -> None:
-                adoption = check_read(key, actual, expected, adopted, version)
+                adoption = check_read(key, self.location(key), actual, expected, adopted, version)
                 if adoption is not None:
                     self._adopt(key, adoption)
 

@@ -255,6 +255,9 @@ class S3Store(ArtifactStore):
     def _name(self, key: str) -> str:
         return self.prefix + key
 
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._name(key)} at {self.endpoint}"
+
     def _run(self, key: str | None, operation: Callable[[], T]) -> T:
         """Run one S3 operation under the retry policy, with failures classified."""
 
@@ -323,7 +326,7 @@ class S3Store(ArtifactStore):
         adopted = None if expected else self._adoption(key)
 
         def check(actual: str) -> None:
-            adoption = check_read(key, actual, expected, adopted, headers.get("ETag", ""))
+            adoption = check_read(key, self.location(key), actual, expected, adopted, headers.get("ETag", ""))
             if adoption is not None:
                 self._adopt(key, adoption)
 
@@ -368,7 +371,21 @@ class S3Store(ArtifactStore):
         adopted = self._adoption(key)
         if adopted is not None and adopted.version == stat.etag:
             return adopted.sha256
-        return hashlib.sha256(self._get_bytes(key)).hexdigest()
+
+        def operation() -> str:
+            # Streamed: the object may be a model file of many gigabytes.
+            response = self._client.get_object(self.bucket, self._name(key))
+            try:
+                digest = hashlib.sha256()
+                for chunk in response.stream(CHUNK_SIZE):
+                    digest.update(chunk)
+                self._checker(key, response.headers)(digest.hexdigest())
+                return digest.hexdigest()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._run(key, operation)
 
     def _list(self, prefix: str) -> list[str]:
         def operation() -> list[str]:
