@@ -167,3 +167,19 @@ def test_dpe_run_names_a_damaged_file_in_one_line(tmp_path: Path, key: str) -> N
     assert isinstance(result.exception, SystemExit) and result.exit_code == 5, result.output
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and f"'{key}' is corrupt" in result.stderr and str(tmp_path / "store" / key) in result.stderr
+
+
+@pytest.mark.parametrize("record", ["status.json", "iterations/1/status.json", "iterations/1/iteration.json"])
+def test_dpe_run_names_a_record_of_the_wrong_shape(tmp_path: Path, record: str) -> None:
+    """Valid JSON that is not the record it should be: one line naming the file, no traceback."""
+    import json
+
+    run_file = write_run(tmp_path)
+    run_dir = tmp_path / "store" / "runs" / "default" / "stage-test"
+    LocalStore(tmp_path / "store").put_json(f"runs/default/stage-test/{record}", {"phase": 42, "index": "x", "stages": "no"})
+    if record != "iterations/1/iteration.json":
+        LocalStore(tmp_path / "store").put_json("runs/default/stage-test/iterations/1/iteration.json", {"index": 1, "input_model_uri": "m"})
+    done = subprocess.run([sys.executable, "-m", "dpe", "run", str(run_file)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 5, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and str(run_dir / record) in done.stderr
+    assert json.loads((run_dir / record).read_text())["phase"] == 42, "left for the user to look at"

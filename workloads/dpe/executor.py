@@ -25,15 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 from rich.console import Console
 
 from dpe import layout, status
 from dpe.lease import Lease, RunBusy
-from dpe.manifest import load_run
-from dpe.spec import EvolutionRun, EvolutionRunStatus, LocalStorage, RunPhase, StageName, StageRecord, Storage
+from dpe.manifest import load_run, problems_of
+from dpe.spec import EvolutionRun, EvolutionRunStatus, IterationStatus, LocalStorage, RunPhase, StageName, StageRecord, Storage
 from dpe.spiral import CancelStage, Decision, Finished, FinishRun, JobState, Requeue, RunObservation, StartIteration, StartStage, advance
 from dpe.contract import PERMANENT_EXIT, stage_argv
-from dpe.store import ArtifactStore, open_store
+from dpe.store import ArtifactStore, PermanentStoreError, open_store
 
 MAX_WAIT_SECONDS = 300.0
 """Longest sleep for a retry's backoff before the executor looks again."""
@@ -77,6 +78,15 @@ class RunningStage:
             self.process.wait()
 
 
+class StartedIteration(BaseModel):
+    """`iteration.json`: an iteration the local executor started, as an Iteration's spec says it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: NonNegativeInt
+    input_model_uri: str
+
+
 def attempt_label(action: StartStage) -> str:
     """The name an attempt is recorded under (a Job's name, in the operator)."""
     return f"local-i{action.iteration}-{action.stage.value}-a{action.attempt}"
@@ -110,18 +120,28 @@ class LocalExecutor:
 
     # -- records ---------------------------------------------------------------------------------
 
+    def _record(self, key: str, model: type[BaseModel]) -> dict[str, Any]:
+        """A record the executor keeps in the store, checked against its model; {} when absent."""
+        if not self.store.exists(key):
+            return {}
+        body = self.store.get_json(key)
+        try:
+            model.model_validate(body)
+        except ValidationError as error:
+            raise PermanentStoreError(f"{self.store.location(key)} is not a valid {model.__name__}: {'; '.join(problems_of(error))}") from None
+        return dict(body)
+
     def _iterations(self) -> dict[int, str]:
         """Index -> input model of every iteration started."""
         found = {}
         for key in self.store.list(layout.run_prefix(self.namespace, self.name) + layout.ITERATIONS_DIR + "/"):
             if key.endswith("/" + layout.ITERATION_FILE):
-                body = self.store.get_json(key)
+                body = self._record(key, StartedIteration)
                 found[int(body["index"])] = str(body["input_model_uri"])
         return found
 
     def _iteration_status(self, k: int) -> dict[str, Any]:
-        key = layout.iteration_status_key(self.namespace, self.name, k)
-        return dict(self.store.get_json(key)) if self.store.exists(key) else {}
+        return self._record(layout.iteration_status_key(self.namespace, self.name, k), IterationStatus)
 
     def _records(self, k: int) -> dict[StageName, StageRecord]:
         """Iteration k's stage records, each complete stage with the summary of its result.json."""
@@ -183,8 +203,7 @@ class LocalExecutor:
             self._write_iteration(k, self._records(k))  # the stages just started show as running
 
     def _run_status(self) -> dict[str, Any]:
-        key = layout.run_status_key(self.namespace, self.name)
-        return dict(self.store.get_json(key)) if self.store.exists(key) else {}
+        return self._record(layout.run_status_key(self.namespace, self.name), EvolutionRunStatus)
 
     def recover(self) -> None:
         """Attempts a dead executor left running were interrupted, not failed."""
