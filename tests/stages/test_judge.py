@@ -185,7 +185,8 @@ def test_one_poisoned_reply_never_fails_the_judge_batch(poison: str) -> None:
     requests = [JudgeRequest(image, f"question {n}?", "7", "\\boxed{8}") for n in range(5)]
     requests.insert(2, JudgeRequest(image, f"{POISON}?", "7", "\\boxed{8}"))
     with FakeOpenAIServer(responder) as server:
-        endpoint = ModelEndpoint(base_url=server.base_url, model="fake-model", max_concurrency=8, timeout_seconds=0.5)
+        # The dripping reply needs about 5 s; the others must not time out on a loaded machine.
+        endpoint = ModelEndpoint(base_url=server.base_url, model="fake-model", max_concurrency=8, timeout_seconds=1.5)
         judge = LlmJudge(endpoint, None, retry=FAST_RETRY)
         replies = judge.verdicts(requests)
     assert replies[2] is None, "the poisoned item is a judge failure"
