@@ -115,14 +115,18 @@ spec:
     beta: 0.01
     epsilonLow: 0.2
     epsilonHigh: 0.3
+    dualClip: 3.0
     maxGradNorm: 1.0
     maxSteps: 10
     promptsPerStep: 512
     promptsPerUpdate: 128
+    microBatchSize: 4
     maxCompletionLength: 4096
     temperature: 1.0
     topP: 0.99
     rewardWeights: {accuracy: 0.9, format: 0.1}
+    minPixels: 262144
+    maxPixels: 4194304
     checkpointEverySteps: 5
     seed: 0
     nodes: 2
@@ -133,7 +137,7 @@ spec:
       resources: {requests: {cpu: 64, memory: 900Gi, nvidia.com/gpu: 8}, limits: {nvidia.com/gpu: 8}}
   evaluate:
     benchmarks:
-      - {name: mmstar, uri: s3://datasets/benchmarks/mmstar, limit: 500}
+      - {name: mmstar, uri: s3://datasets/benchmarks/mmstar, limit: 500, family: mmstar}
       - {name: world, uri: "builtin:world"}
     sampling: {temperature: 0.0, topP: 1.0, topK: -1, maxTokens: 4096}
     judge: *endpoint
@@ -662,6 +666,7 @@ def _reachable(document: Any, path: tuple[str | int, ...]) -> bool:
     return True
 
 
+@pytest.mark.slow
 @SLOW_EXAMPLES
 @given(document=mutated_runs())
 def test_mutated_runs_get_a_clean_verdict(document: dict[str, Any], tmp_path: Path) -> None:
@@ -691,6 +696,7 @@ def edited_texts(draw: st.DrawFn) -> str:
     return "".join(lines)
 
 
+@pytest.mark.slow
 @SLOW_EXAMPLES
 @given(text=edited_texts())
 def test_edited_texts_get_a_clean_verdict(text: str, tmp_path: Path) -> None:
@@ -700,6 +706,7 @@ def test_edited_texts_get_a_clean_verdict(text: str, tmp_path: Path) -> None:
 YAML_SYNTAX = st.sampled_from(list("[]{}:,-?&*!|>'\"%@`#\n\t \\") + ["---", "...", "<<", "!!", "0x", "\ud800", "\x00", "\ufeff"])
 
 
+@pytest.mark.slow
 @SLOW_EXAMPLES
 @given(content=st.lists(YAML_SYNTAX | st.text(max_size=6), max_size=60).map("".join) | st.binary(max_size=200))
 def test_random_yaml_syntax_gets_a_clean_verdict(content: str | bytes, tmp_path: Path) -> None:
@@ -746,6 +753,7 @@ def worst_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_worst_documents_are_refused_in_time(worst_files: list[Path]) -> None:
     for path in worst_files:
         assert validate(path).exit_code == 1, path.name

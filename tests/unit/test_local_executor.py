@@ -141,6 +141,7 @@ def test_dpe_status_names_a_damaged_file_in_one_line_and_still_shows_the_other_r
     assert "default/other" in result.stdout and "Succeeded" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key",
     [
@@ -169,6 +170,7 @@ def test_dpe_run_names_a_damaged_file_in_one_line(tmp_path: Path, key: str) -> N
     assert result.stderr.startswith("error: ") and f"'{key}' is corrupt" in result.stderr and str(tmp_path / "store" / key) in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ["status.json", "iterations/1/status.json", "iterations/1/iteration.json"])
 def test_dpe_run_names_a_record_of_the_wrong_shape(tmp_path: Path, record: str) -> None:
     """Valid JSON that is not the record it should be: one line naming the file, no traceback."""

@@ -1,26 +1,27 @@
 """Loading probe pools, seed pools and benchmarks as sample records, whatever their layout.
 
 `builtin:world` draws from the capability world. Files (Parquet or TSV, a file or a folder, local or
-in the store) are read either as DPE records or through the benchmark adapter, which understands
-the columns public benchmarks ship: a question (`question`/`problem`/`query`), options as a list
-column (`options`/`choices`) or as letter columns (`A`..`J`), an `answer` (letter or option text),
-and one image (`image`, `decoded_image`, `images` with one entry, or `image_1`) as bytes, an HF
-image struct or base64. Every row is validated; bad rows are counted with their reason. Benchmark
-files come from anywhere, so a row is also refused, not crashed on, when it nests or weighs more than
-any benchmark layout needs, or when its image declares more pixels than `MAX_IMAGE_PIXELS`.
+in the store) are read either as DPE records or through a benchmark adapter (`dpe.benchmarks`): the
+family a benchmark declares, or the one its columns show (MMStar, MathVista, MMMU, HallusionBench,
+ChartQA, else the generic layout of a question, options as a list, letter columns or inline, an
+answer and one or several images as bytes, an HF image struct or base64). In a TSV, VLMEvalKit's
+image references to another row are resolved first. Several images of one item are shown as one
+picture of labelled panels. Every row is validated; bad rows are counted with their reason.
+Benchmark files come from anywhere, so a row is also refused, not crashed on, when it nests or
+weighs more than any benchmark layout needs, or when an image declares more pixels than
+`MAX_IMAGE_PIXELS`.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import csv
 import io
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +29,28 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from dpe.grading import parse_options
-from dpe.records import OPTION_LETTERS, ReadResult, Rejection, SampleRecord, png_bytes, read_records
+from dpe import benchmarks
+from dpe.benchmarks.common import MAX_TEXT_CHARS, Item, is_number
+from dpe.benchmarks.images import compose
+from dpe.benchmarks.vlmevalkit import resolve_image_references
+from dpe.records import ReadResult, Rejection, SampleRecord, png_bytes, read_records
 from dpe.spec import Storage
 from dpe.store import ArtifactStore, locate
-from dpe.taxonomy import CapabilityType, QuestionFormat, parse_capability_type
+from dpe.taxonomy import CapabilityType, QuestionFormat
 
 WORLD = "builtin:world"
-_QUESTION_COLUMNS = ("question", "problem", "query")
-_OPTION_COLUMNS = ("options", "choices")
-_IMAGE_COLUMNS = ("image", "decoded_image", "images", "image_1")
-_CATEGORY_COLUMNS = ("capability_type", "category", "l2_category", "problem_type")
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Pixels an image may declare: the 8K sets of high-resolution benchmarks fit; decoded as RGB this is
 200 MB. Checked from the header, before decoding, so a small file declaring a huge canvas (a
-decompression bomb) costs nothing; Pillow's own, higher limit is only a backstop."""
+decompression bomb) costs nothing; Pillow's own, higher limit is only a backstop. Several images of
+one item are shown in one picture of at most this many pixels."""
 MAX_NESTING = 8
 """Levels of lists and structs a row may hold; the deepest layout read here, an HF image struct in
 an `images` list, is 2."""
 MAX_ROW_BYTES = 256 * 1024 * 1024
 """Text and bytes one row may hold in all: a few images and their texts, with room to spare."""
-MAX_TEXT_CHARS = 100_000
-"""Characters of a question, an answer or an option column; more is not a benchmark item, and option
-text is parsed, which must stay cheap."""
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_NESTING", "MAX_ROW_BYTES", "MAX_TEXT_CHARS", "WORLD", "Loaded", "adapt_row", "load_records"]
 
 
 @dataclass
@@ -97,7 +96,8 @@ def _rows(name: str, data: bytes) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def _image(value: Any) -> bytes:
+def _open_image(value: Any) -> Image.Image:
+    """An image cell (bytes, an HF image struct, base64) decoded as RGB, within the pixel limit."""
     if isinstance(value, list):
         if len(value) != 1:
             raise ValueError(f"expected one image, found {len(value)}")
@@ -118,12 +118,29 @@ def _image(value: Any) -> bytes:
                     f"image declares {image.width}x{image.height} pixels, over the limit of {MAX_IMAGE_PIXELS}"
                 )
             image.load()
-            return png_bytes(image.convert("RGB"))
+            return image.convert("RGB")
     except Image.DecompressionBombError as error:
         # Pillow refuses the very largest canvases while opening, before the check above can run.
         raise ValueError(f"image is a decompression bomb: {error}") from None
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image does not decode: {error}") from None
+
+
+def _image(value: Any) -> bytes:
+    return png_bytes(_open_image(value))
+
+
+def _picture(item: Item) -> bytes:
+    """The record's image: the one picture, or every picture in labelled panels."""
+    if len(item.images) == 1:
+        return _image(item.images[0])
+    pictures = []
+    for label, value in zip(item.labels, item.images, strict=True):
+        try:
+            pictures.append(_open_image(value))
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from None
+    return png_bytes(compose(pictures, item.labels, MAX_IMAGE_PIXELS))
 
 
 def _check_shape(row: dict[str, Any]) -> None:
@@ -147,112 +164,33 @@ def _check_shape(row: dict[str, Any]) -> None:
                 raise ValueError(f"row holds over {MAX_ROW_BYTES} bytes")
 
 
-def _parse_list(text: str) -> Any:
-    """A list written as JSON, or as a Python literal (how some benchmarks store option columns)."""
-    if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"options column holds over {MAX_TEXT_CHARS} characters")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    except RecursionError:
-        raise ValueError("options nest too deeply") from None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError) as error:
-        raise ValueError(f"options are neither JSON nor a Python literal: {error}") from None
-    except (RecursionError, MemoryError):
-        # How Python's parser gives up on deeply nested input; the text is short, so not a real lack of memory.
-        raise ValueError("options nest too deeply") from None
-
-
-def _options(row: dict[str, Any]) -> list[str]:
-    for column in _OPTION_COLUMNS:
-        value = row.get(column)
-        if value in (None, "", "None", "[]"):
-            continue
-        if isinstance(value, str):
-            value = _parse_list(value)
-        if not isinstance(value, list | tuple) or any(isinstance(v, list | tuple | dict | set) for v in value):
-            raise ValueError(f"{column} is not a flat list of options")
-        return [str(v) for v in value]
-    letters = [row.get(letter) for letter in OPTION_LETTERS]
-    options = []
-    for value in letters:
-        if value in (None, "") or (isinstance(value, float) and value != value):
-            break
-        options.append(str(value))
-    return options
-
-
-def _capability(row: dict[str, Any]) -> tuple[CapabilityType, str | None]:
-    for column in _CATEGORY_COLUMNS:
-        value = row.get(column)
-        if isinstance(value, str) and value:
-            try:
-                return parse_capability_type(value), value
-            except ValueError:
-                if column == "capability_type":
-                    raise
-                return CapabilityType.mixed, value
-    return CapabilityType.mixed, None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def adapt_row(row: dict[str, Any], *, source: str, row_id: str) -> SampleRecord:
+def adapt_row(row: dict[str, Any], *, source: str, row_id: str, family: str = benchmarks.AUTO) -> SampleRecord:
     """A benchmark-style row as a sample record (raises ValueError naming what is wrong)."""
-    question = next((str(row[c]) for c in _QUESTION_COLUMNS if row.get(c)), None)
-    if not question:
-        raise ValueError(f"no question column ({', '.join(_QUESTION_COLUMNS)})")
-    answer = row.get("answer")
-    if answer in (None, ""):
-        raise ValueError("no answer")
-    answer = str(answer).strip()
-    if max(len(question), len(answer)) > MAX_TEXT_CHARS:
-        raise ValueError(f"question or answer holds over {MAX_TEXT_CHARS} characters")
-    image_column = next((c for c in _IMAGE_COLUMNS if row.get(c) not in (None, "")), None)
-    if image_column is None:
-        raise ValueError(f"no image column ({', '.join(_IMAGE_COLUMNS)})")
-    if image_column == "image_1" and row.get("image_2") not in (None, ""):
-        raise ValueError("several images per question are not supported")
-    image = _image(row[image_column])
-    options = _options(row)
-    if len(options) > len(OPTION_LETTERS):
-        raise ValueError(f"{len(options)} options, more than the {len(OPTION_LETTERS)} letters to name them")
-    if not options and answer in OPTION_LETTERS:
-        inline = parse_options(question)
-        if answer in inline:
-            options = [inline[letter] for letter in sorted(inline)]
-    capability, category = _capability(row)
-    if options:
-        if answer not in OPTION_LETTERS[: len(options)]:
-            if answer not in options:
-                raise ValueError(f"answer {answer!r} is neither an option letter nor an option")
-            answer = OPTION_LETTERS[options.index(answer)]
-        listed = "\n".join(f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options))
-        if any(f"{OPTION_LETTERS[i]}. {o}" not in question for i, o in enumerate(options)):
-            question = f"{question}\n{listed}"
+    item = benchmarks.adapt(row, family)
+    image = _picture(item)
+    if item.question_format is not None:
+        question_format = item.question_format
+    elif item.options:
         question_format = QuestionFormat.multiple_choice
     else:
-        question_format = QuestionFormat.numerical if _is_number(answer) else QuestionFormat.free_text
+        question_format = QuestionFormat.numerical if is_number(item.answer) else QuestionFormat.free_text
+    capability = item.capability or CapabilityType.mixed
+    provenance: dict[str, Any] = {"category": item.category, "row": row_id, "capability_labelled": item.category is not None}
+    if item.facts:
+        provenance["benchmark"] = item.facts
+    if len(item.images) > 1:
+        provenance["images"] = item.labels
     return SampleRecord(
         id=row_id,
         image=image,
-        question=question,
-        answer=answer,
+        question=item.question,
+        answer=item.answer,
         capability_type=capability,
         question_format=question_format,
-        options=options,
+        options=item.options,
         difficulty=0,
         source=source,
-        provenance={"category": category, "row": row_id, "capability_labelled": category is not None},
+        provenance=provenance,
     )
 
 
@@ -266,8 +204,12 @@ def load_records(
     world_seed: int = 0,
     world_image_size: int = 448,
     world_difficulties: Sequence[int] | None = None,
+    family: str = benchmarks.AUTO,
 ) -> Loaded:
-    """Every record a reference holds (or `world_count` drawn from the capability world)."""
+    """Every record a reference holds (or `world_count` drawn from the capability world).
+
+    Benchmark rows are read as `family` declares, or, for `auto`, as each file's columns show.
+    """
     if reference == WORLD:
         from dpe.world import generate
 
@@ -281,12 +223,20 @@ def load_records(
             loaded.records += result.records
             loaded.rejected += [Rejection(r.row_index, f"{stem}: {r.reason}") for r in result.rejected]
             continue
-        for index, row in enumerate(_rows(name, data)):
+        tsv = name.endswith(".tsv")
+        rows = iter(resolve_image_references(list(_rows(name, data)))) if tsv else _rows(name, data)
+        first = next(rows, None)
+        if first is None:
+            continue
+        chosen = family
+        if chosen == benchmarks.AUTO:
+            chosen = benchmarks.detect_family(schema_names or first.keys(), stem if tsv else "", first)
+        for index, row in enumerate(chain([first], rows)):
             try:
                 _check_shape(row)
                 given = next((row[c] for c in ("index", "id", "pid") if row.get(c) not in (None, "")), None)
                 row_id = f"{stem}-{index}" if given is None else str(given)
-                loaded.records.append(adapt_row(row, source=source, row_id=row_id))
+                loaded.records.append(adapt_row(row, source=source, row_id=row_id, family=chosen))
             except (ValueError, SyntaxError, ValidationError) as error:
                 reason = str(error).splitlines()[0]
                 loaded.rejected.append(Rejection(index, f"{stem}: {reason}"))

@@ -5,12 +5,17 @@ it is None; that check needs torchvision, which does not install beside the CPU 
 image-only subclass below drops the video argument (transformers derives a processor's parts from
 its `__init__` signature). Saved directories still name the standard class, so a machine with
 torchvision loads them with `AutoProcessor` unchanged.
+
+`bound_pixels` keeps an image's area within the training stage's pixel bounds before any processor
+sees it, as the paper's trainer (EasyR1) does with its `min_pixels`/`max_pixels`; `pixel_bounds`
+caps those bounds at what a Qwen processor keeps.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -79,3 +84,49 @@ def load_processor(directory: Path) -> Any:
     if torchvision_available() or base_name is None or not hasattr(transformers, base_name):
         return transformers.AutoProcessor.from_pretrained(directory)
     return image_only_processor_class(base_name).from_pretrained(directory)
+
+
+def pixel_bounds(processor: Any, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(min_pixels, max_pixels) capped at the most pixels `processor` keeps of an image.
+
+    A Qwen-VL image processor scales every image into its own pixel range (`size`'s shortest_edge
+    and longest_edge are pixel counts there) after these bounds; more pixels than it keeps are only
+    work thrown away. For the real Qwen-VL processors (up to 12.8 M pixels) the paper's bounds
+    stand as they are; the built-in tiny models' processors keep 56^2 or 64^2 pixels, so their
+    images are not blown up to 512^2 first. Other processors leave the bounds unchanged.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if not type(image_processor).__name__.startswith("Qwen2VLImageProcessor"):
+        return min_pixels, max_pixels
+    size = image_processor.size
+    kept = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    if not kept:
+        return min_pixels, max_pixels
+    high = min(max_pixels, int(kept))
+    return min(min_pixels, high), high
+
+
+def bound_pixels(image: Any, min_pixels: int, max_pixels: int) -> Any:
+    """`image` (a PIL image) scaled, aspect ratio kept, so that its area lies within
+    [min_pixels, max_pixels]; an image already inside is returned as it is.
+
+    The bounds act on the image itself, not on one processor's settings, so every consumer sees the
+    same pixels: the trainer's processor, a vLLM rollout engine (which reads the model directory's
+    processor config) and a built-in tiny model's fixed-size processor alike. A Qwen processor then
+    only rounds the sides to its patch grid.
+    """
+    from PIL import Image
+
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
+    width, height = image.size
+    area = width * height
+    if min_pixels <= area <= max_pixels:
+        return image
+    scale = math.sqrt((max_pixels if area > max_pixels else min_pixels) / area)
+    size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
+    if area < min_pixels:
+        larger = (math.ceil(width * scale), math.ceil(height * scale))
+        if larger[0] * larger[1] <= max_pixels:
+            size = larger
+    return image.resize(size, Image.Resampling.BICUBIC)

@@ -247,6 +247,8 @@ class TrainSettings(SpecModel):
     """Lower clip range of the policy ratio (at most 1: the ratio is clipped at 1 - epsilonLow)."""
     epsilon_high: Annotated[PositiveFloat, Field(le=MAX_CLIP_EPSILON)] = 0.3
     """Upper clip range of the policy ratio (clip-higher)."""
+    dual_clip: Annotated[PositiveFloat, Field(gt=1.0, le=MAX_CLIP_EPSILON)] = 3.0
+    """Dual-clip ratio: with a negative advantage the policy ratio is capped here (TRL's delta); above 1 + epsilonHigh."""
     max_grad_norm: Annotated[PositiveFloat, Field(le=MAX_GRAD_NORM)] = 1.0
     """Gradient clipping norm."""
     max_steps: Annotated[Count, Field(le=MAX_STEPS)] = 10
@@ -255,6 +257,8 @@ class TrainSettings(SpecModel):
     """Prompts sampled per GRPO step (rollout batch)."""
     prompts_per_update: Items = 128
     """Prompts per optimiser update (global batch, before multiplying by the group size)."""
+    micro_batch_size: Items = 4
+    """Most sequences per GPU in one forward and backward pass; gradients of several are accumulated into an update."""
     max_completion_length: Tokens = 4096
     """Maximum tokens per completion."""
     temperature: Annotated[PositiveFloat, Field(le=MAX_TEMPERATURE)] = 1.0
@@ -268,7 +272,11 @@ class TrainSettings(SpecModel):
     gradient_checkpointing: Bool = True
     """Recompute activations to save memory."""
     freeze_vision_tower: Bool = False
-    """Keep the vision encoder fixed."""
+    """Keep the vision encoder (with its patch merger) fixed: no gradients, not in the optimiser."""
+    min_pixels: Annotated[Count, Field(le=MAX_IMAGE_SIDE**2)] = 512 * 512
+    """Training images with fewer pixels are scaled up to this many (at most what the model's processor keeps; paper: 512^2)."""
+    max_pixels: Annotated[Count, Field(le=MAX_IMAGE_SIDE**2)] = 2048 * 2048
+    """Training images with more pixels are scaled down to this many, aspect ratio kept (paper: 2048^2)."""
     checkpoint_every_steps: Annotated[Count, Field(le=MAX_STEPS)] = 5
     """Steps between checkpoints written to the store (resume points)."""
     seed: Seed = 0
@@ -284,6 +292,14 @@ class TrainSettings(SpecModel):
     execution: Execution | None = None
     """Overrides of spec.execution for this stage's Job."""
 
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Self:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"minPixels ({self.min_pixels}) must not exceed maxPixels ({self.max_pixels})")
+        if self.dual_clip <= 1.0 + self.epsilon_high:
+            raise ValueError(f"dualClip ({self.dual_clip}) must exceed 1 + epsilonHigh ({1.0 + self.epsilon_high})")
+        return self
+
 
 class Benchmark(SpecModel):
     """One benchmark of the evaluation suite."""
@@ -291,9 +307,11 @@ class Benchmark(SpecModel):
     name: DnsLabel
     """Short name used in scores and metrics."""
     uri: ArtifactRef
-    """builtin:world, or a Parquet/TSV file or folder in the MMStar/MathVista layout."""
+    """builtin:world, or a Parquet/TSV file or folder in a public benchmark's layout (HF or VLMEvalKit)."""
     limit: Items | None = None
     """Evaluate only the first N items (after a seeded shuffle)."""
+    family: Literal["auto", "generic", "mmstar", "mathvista", "mmmu", "hallusionbench", "chartqa"] = "auto"
+    """The public benchmark the files hold (column layout, official metric); auto: told from the columns."""
 
 
 class EvaluateSettings(SpecModel):

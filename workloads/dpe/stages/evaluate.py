@@ -3,7 +3,10 @@
 Unsharded, one invocation answers every benchmark item and writes `result.json`. Sharded
 (`--shard i/n`), each shard answers the items at positions i, i+n, ... of every benchmark and writes
 its own partial result; `--merge` then combines the shards' answers and writes the stage's
-`result.json`. The suite's score is the mean of its benchmarks' accuracies.
+`result.json`. Items of a public benchmark are scored by its official rule and the benchmark by its
+official metric (`dpe.benchmarks.metrics`: MathVista's and MMMU's answer extraction, HallusionBench's
+aAcc/fAcc/qAcc, ChartQA's relaxed accuracy); other items by the rule grading, as plain accuracy.
+The suite's score is the mean of its benchmarks' scores.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dpe.diagnosis import ItemVerdict, Settled, merge_judgement, rule_verdict
+from dpe.benchmarks.metrics import item_verdict, summary
+from dpe.diagnosis import ItemVerdict, Settled, merge_judgement
 from dpe.judge import Judge, JudgeReply, JudgeRequest
 from dpe.models.inference import Answerer
 from dpe.records import SampleRecord, read_records, records_to_parquet
@@ -57,6 +61,7 @@ def load_benchmark(ctx: StageContext, benchmark: Benchmark) -> BenchmarkItems:
         world_seed=BENCHMARK_SEED,
         world_image_size=ctx.run.spec.data.world_image_size,
         world_difficulties=ctx.run.spec.data.world_difficulties,
+        family=benchmark.family,
     )
     records = loaded.records
     if benchmark.limit is not None and len(records) > benchmark.limit:
@@ -88,7 +93,7 @@ def _answer(ctx: StageContext, items: Sequence[BenchmarkItems], answerer: Answer
 
 
 def _verdicts(records: Sequence[SampleRecord], answers: dict[str, str], judge: Judge | None) -> list[ItemVerdict]:
-    verdicts = [rule_verdict(r, answers[r.id])[0] for r in records]
+    verdicts = [item_verdict(r, answers[r.id]) for r in records]
     unsettled = [i for i, v in enumerate(verdicts) if v.settled is Settled.unsettled]
     if judge is None or not unsettled:
         return verdicts
@@ -101,7 +106,8 @@ def _verdicts(records: Sequence[SampleRecord], answers: dict[str, str], judge: J
 
 
 def score(items: Sequence[BenchmarkItems], answers: dict[str, dict[str, str]], judge: Judge | None) -> dict[str, Any]:
-    """Per-benchmark accuracy, per capability type and per category, and the suite's mean."""
+    """Per-benchmark official score (with its sub-metrics), accuracy per capability type and per
+    category, and the suite's mean score."""
     benchmarks: dict[str, Any] = {}
     for entry in items:
         by_id = {r.id: r for r in entry.records}
@@ -127,8 +133,9 @@ def score(items: Sequence[BenchmarkItems], answers: dict[str, dict[str, str]], j
             "rejected_rows": entry.rejected,
             "by_capability_type": {t: round(sum(v) / len(v), 6) for t, v in sorted(by_type.items())},
             "by_category": {c: round(sum(v) / len(v), 6) for c, v in sorted(by_category.items())},
+            **summary(records, verdicts),
         }
-    scores = {name: b["accuracy"] for name, b in benchmarks.items()}
+    scores = {name: b["score"] for name, b in benchmarks.items()}
     scores[OVERALL] = round(sum(scores.values()) / len(scores), 6) if scores else 0.0
     return {"scores": scores, "benchmarks": benchmarks}
 

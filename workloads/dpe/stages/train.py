@@ -1,21 +1,22 @@
 """The train stage: GRPO (TRL's GRPOTrainer) on the kept samples, from M(k-1) to M(k).
 
-Mapping of the paper's settings onto GRPOConfig (TRL 1.16): `num_generations` (group size),
-`learning_rate`, `weight_decay`, `beta` (KL to the frozen reference; TRL's estimator is the
-low-variance k3 one), `epsilon`/`epsilon_high` (clip 0.2/0.3), `max_grad_norm`, `temperature`,
-`top_p`, `max_completion_length`, `bf16`, `gradient_checkpointing`, `reward_weights`
-(accuracy 0.9, format 0.1). One GRPO step of the paper samples `prompts_per_step` prompts and makes
-`prompts_per_step / prompts_per_update` optimiser updates from them: that is TRL's
-`steps_per_generation`, and TRL's `max_steps` counts updates, so it is `max_steps x
-steps_per_generation`. Not mapped: the dual-clip ratio 3.0 (TRL has no dual clip) and EasyR1's
-token-mean loss is TRL's `loss_type="dapo"` default, kept as is.
+How the spec's settings become a GRPOConfig (micro-batches with gradient accumulation, the dual
+clip, the order prompts are drawn in) is `dpe.stages.grpo_config`. Before training, every image is
+scaled into the spec's pixel bounds (the paper's 512^2 to 2048^2, capped at what the model's Qwen
+processor keeps: `dpe.models.processor.pixel_bounds`, `bound_pixels`), and with
+`freeze_vision_tower` the vision encoder is frozen before the optimiser is built.
 
-The reward reads the same grading module and the same answer format the prompt asks for, so the
-format term rewards only what the prompt asks for and every completion can earn it. Checkpoints go to
-the store every `checkpoint_every_steps`, each marked complete by a list of its files and their
-SHA-256; a crashed stage resumes from the newest complete one whose files all verify (an earlier one
-when the newest lost or damaged a file) and continues the step counter. The final model is an
-ordinary Hugging Face directory in the store.
+The rewards read the same grading module and the same answer format the prompt asks for. The
+accuracy term reads the answer only where the prompt says it goes: the last `\\boxed{}` after the
+reasoning (after the last `</think>`; anywhere when the completion has no think tags; nowhere when a
+`<think>` is never closed). A bare "B", "The answer is B" or an option's text in the box, where the
+prompt asked for the letter, earns no accuracy. The format term rewards only the shape the prompt
+asks for, so every completion can earn it.
+
+Checkpoints go to the store every `checkpoint_every_steps`, each marked complete by a list of its
+files and their SHA-256; a crashed stage resumes from the newest complete one whose files all verify
+(an earlier one when the newest lost or damaged a file) and continues the step counter. The final
+model is an ordinary Hugging Face directory in the store.
 
 Under torchrun (several GPUs or nodes) rank 0 alone writes the result, the metrics and the exported
 model; at every checkpoint each node uploads the files its ranks wrote (each rank's RNG state and
@@ -28,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -35,24 +37,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpe.grading import format_score, grade, solver_prompt
+from dpe.grading import GradeMethod, format_score, grade_extracted, solver_prompt
+from dpe.grading.cleaning import last_boxed
 from dpe.records import SampleRecord, read_records
-from dpe.spec import RolloutBackend, StageName, TrainSettings
+from dpe.spec import StageName
 from dpe.stages.context import StageContext
+from dpe.stages.grpo_config import batching, freeze_vision_tower, grpo_config
 from dpe.store import IntegrityError, NotFound, tree
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+__all__ = ["accuracy_reward", "boxed_answer", "format_reward", "grpo_config", "run", "training_dataset", "training_rows"]
+
 COMPLETE_MARKER = "complete.json"
+_THINK_OPEN = re.compile(r"<\s*think\s*>")
+_THINK_CLOSE = re.compile(r"<\s*/\s*think\s*>")
+
+
+def boxed_answer(completion: str) -> str | None:
+    """The answer where the solver instruction puts it: the content of the last `\\boxed{}` after the
+    last `</think>` (anywhere when there are no think tags), or None.
+
+    A box inside the reasoning is a draft, and a completion whose `<think>` is never closed has not
+    given its answer. Answer lines ("The answer is B") and a bare letter are not read at all.
+    """
+    closes = list(_THINK_CLOSE.finditer(completion))
+    if closes:
+        return last_boxed(completion[closes[-1].end() :])
+    if _THINK_OPEN.search(completion):
+        return None
+    return last_boxed(completion)
 
 
 def accuracy_reward(completions: list[Any], answer: list[str], question_format: list[str], options: list[list[str]], **_: Any) -> list[float]:
-    """1 for a correct final answer (graded by the rules), else 0."""
+    """1 for a correct final answer in the place and form the prompt asks for, else 0.
+
+    The answer is read only from the box (`boxed_answer`) and graded by the rules; for a
+    multiple-choice question the box must name the option's letter, as the prompt asks: an option's
+    text that grading would map to its letter earns 0.
+    """
     from dpe.taxonomy import QuestionFormat
 
     rewards = []
     for completion, gold, fmt, opts in zip(completions, answer, question_format, options, strict=True):
         text = completion[0]["content"] if isinstance(completion, list) else str(completion)
-        rewards.append(1.0 if grade(text, gold, QuestionFormat(fmt), opts or None).correct else 0.0)
+        boxed = boxed_answer(text)
+        verdict = grade_extracted(boxed, gold, QuestionFormat(fmt), opts or None) if boxed is not None else None
+        asked = verdict is not None and verdict.correct and verdict.method is not GradeMethod.choice_text
+        rewards.append(1.0 if asked else 0.0)
     return rewards
 
 
@@ -61,16 +91,20 @@ def format_reward(completions: list[Any], **_: Any) -> list[float]:
     return [format_score(c[0]["content"] if isinstance(c, list) else str(c)) for c in completions]
 
 
-def training_rows(records: list[SampleRecord]) -> list[dict[str, Any]]:
-    """TRL rows: a conversational prompt, the image, and the columns the rewards read."""
+def training_rows(records: list[SampleRecord], *, pixel_bounds: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """TRL rows: a conversational prompt, the image (scaled into `pixel_bounds`, min and max pixels,
+    when given), and the columns the rewards read."""
     from PIL import Image
+
+    from dpe.models.processor import bound_pixels
 
     rows = []
     for record in records:
+        image = Image.open(io.BytesIO(record.image)).convert("RGB")
         rows.append(
             {
                 "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": solver_prompt(record.question, record.question_format)}]}],
-                "image": Image.open(io.BytesIO(record.image)).convert("RGB"),
+                "image": bound_pixels(image, *pixel_bounds) if pixel_bounds else image,
                 "answer": record.answer,
                 "question_format": record.question_format.value,
                 "options": list(record.options),
@@ -80,53 +114,24 @@ def training_rows(records: list[SampleRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def deepspeed_config(stage: int) -> str | None:
-    """Path of the shipped ZeRO config for `stage`, or None (no DeepSpeed)."""
-    return None if stage == 0 else str(CONFIG_DIR / f"zero{stage}.json")
+def training_dataset(rows: list[dict[str, Any]]) -> Any:
+    """A datasets.Dataset of `rows` whose images stay decoded in memory.
 
+    TRL's sampler hands every micro-batch the whole rollout's rows again (it generates on the first
+    and reuses the completions), so with many micro-batches per rollout the rows are read many
+    times: an image column stored as PNG would be decoded on every read. The stored column is an
+    index into the decoded images instead, and a transform puts the image back on each read.
+    """
+    from datasets import Dataset
 
-def grpo_config(settings: TrainSettings, output_dir: Path, *, cpu: bool, world_size: int) -> Any:
-    """GRPOConfig from the spec's train settings (see the module docstring for the mapping)."""
-    from trl import GRPOConfig
+    images = [row["image"] for row in rows]
+    dataset = Dataset.from_list([{**{k: v for k, v in row.items() if k != "image"}, "image_index": i} for i, row in enumerate(rows)])
 
-    steps_per_generation = max(settings.prompts_per_step // settings.prompts_per_update, 1)
-    completions_per_update = settings.prompts_per_update * settings.num_generations
-    per_device = max(completions_per_update // max(world_size, 1), settings.num_generations)
-    options: dict[str, Any] = {}
-    if settings.rollout_backend is not RolloutBackend.transformers:
-        options.update(use_vllm=True, vllm_mode="colocate" if settings.rollout_backend is RolloutBackend.vllm_colocate else "server")
-    if not cpu and settings.deepspeed_stage:
-        options["deepspeed"] = deepspeed_config(settings.deepspeed_stage)
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        num_generations=settings.num_generations,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant",
-        weight_decay=settings.weight_decay,
-        beta=settings.beta,
-        epsilon=settings.epsilon_low,
-        epsilon_high=settings.epsilon_high,
-        max_grad_norm=settings.max_grad_norm,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        max_completion_length=settings.max_completion_length,
-        reward_weights=[settings.reward_weights.accuracy, settings.reward_weights.format],
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=1,
-        steps_per_generation=steps_per_generation,
-        max_steps=settings.max_steps * steps_per_generation,
-        save_strategy="steps",
-        save_steps=settings.checkpoint_every_steps,
-        save_total_limit=2,
-        logging_steps=1,
-        report_to="none",
-        bf16=settings.bf16 and not cpu,
-        use_cpu=cpu,
-        gradient_checkpointing=settings.gradient_checkpointing and not cpu,
-        seed=settings.seed,
-        dataloader_num_workers=0,
-        **options,
-    )
+    def with_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {**batch, "image": [images[i] for i in batch["image_index"]]}
+
+    dataset.set_transform(with_images)
+    return dataset
 
 
 def _upload_dir(ctx: StageContext, local: Path, prefix: str) -> None:
@@ -228,7 +233,8 @@ def _callbacks(ctx: StageContext, metrics: list[dict[str, Any]], ranks: Ranks) -
             entry = {"step": state.global_step, "step_seconds": round(seconds, 4), **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
             tokens = logs.get("completions/mean_length")
             if tokens is not None and seconds > 0:
-                entry["completion_tokens_per_second"] = round(float(tokens) * args.per_device_train_batch_size / seconds, 2)
+                sequences = args.per_device_train_batch_size * args.gradient_accumulation_steps
+                entry["completion_tokens_per_second"] = round(float(tokens) * sequences / seconds, 2)
             metrics.append(entry)
             ctx.log.info(json.dumps({"event": "train_step", **entry}))
 
@@ -271,7 +277,7 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         return dict(ctx.store.get_json(ctx.result_key))
     import torch
 
-    from dpe.models.processor import load_processor
+    from dpe.models.processor import load_processor, pixel_bounds
 
     settings = ctx.run.spec.train
     records = read_records(ctx.store.get_bytes(ctx.stage_key(StageName.score, "train.parquet"))).records
@@ -286,7 +292,6 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         exported = _export(ctx, model_dir, _copy_model(model_dir, work / "final"), processor)
         return ctx.finish({"model_uri": exported, "skipped": "no training samples", "steps": 0, "gpu_hours": 0.0})
 
-    from datasets import Dataset
     from trl import GRPOTrainer
 
     # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
@@ -295,6 +300,12 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     cpu = not torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
+    plan = batching(settings, world_size)
+    bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
+    ctx.log.info(json.dumps({"event": "train_plan", "world_size": plan.world_size, "micro_batch": plan.micro_batch,
+                             "accumulation": plan.accumulation, "updates_per_step": plan.updates_per_step,
+                             "sequences_per_update": plan.sequences_per_update, "sequences_per_step": plan.sequences_per_step,
+                             "min_pixels": bounds[0], "max_pixels": bounds[1]}))
     found = _resume_checkpoint(ctx, work / "checkpoints")
     resume, resume_path = (found[0], str(found[1])) if found else (None, None)
     metrics: list[dict[str, Any]] = []
@@ -308,10 +319,13 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
         args=config,
-        train_dataset=Dataset.from_list(training_rows(records)),
+        train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
         processing_class=processor,
         callbacks=_callbacks(ctx, metrics, ranks),
     )
+    if settings.freeze_vision_tower:
+        frozen = freeze_vision_tower(trainer.model)
+        ctx.log.info(json.dumps({"event": "vision_tower_frozen", "parameters": frozen}))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
     seconds = time.monotonic() - started
