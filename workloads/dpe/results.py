@@ -56,24 +56,6 @@ class DiagnoseResult(StageResult):
         return super().summary().model_copy(update={"capability_accuracy": self.capability_accuracy, "mixture_weights": self.mixture_weights})
 
 
-class GenerateShardResult(StageResult):
-    """One shard of generation (the merge writes the stage's own result)."""
-
-    shard: str
-    accepted: NonNegativeInt | None = None
-    accepted_by_type: dict[str, NonNegativeInt] = Field(default_factory=dict)
-    shortfall: dict[str, NonNegativeInt] = Field(default_factory=dict)
-    rejected: dict[str, NonNegativeInt] = Field(default_factory=dict)
-    cancelled_spares: NonNegativeInt | None = None
-    spent_usd: NonNegativeFloat | None = None
-    cost_per_accepted_usd: NonNegativeFloat | None = None
-    stopped: str | None = None
-    seeds_used: NonNegativeInt | None = None
-    seconds: NonNegativeFloat | None = None
-    provider: str | None = None
-    usage: Details | None = None
-
-
 class GenerateResult(StageResult):
     accepted: NonNegativeInt | None = None
     accepted_by_type: dict[str, NonNegativeInt] = Field(default_factory=dict)
@@ -90,6 +72,12 @@ class GenerateResult(StageResult):
     cross_shard_duplicates: NonNegativeInt | None = None
     gap_filled: int | None = None
     shards: NonNegativeInt | None = None
+
+
+class GenerateShardResult(GenerateResult):
+    """One shard of generation (the merge writes the stage's own result)."""
+
+    shard: str
 
 
 class AnsweredShardResult(StageResult):
