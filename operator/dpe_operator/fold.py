@@ -146,9 +146,12 @@ def _fold_stage(
         merge = building(f"the merge Job of iteration {k} {stage.value} attempt {attempt}", lambda: builders.stage_job(
             run, k, stage, attempt, observe.model_of(main), owner=owner, merge=True,
             image_default=ctx.settings.workload_image, service_account_default=ctx.settings.workload_service_account))
+        announced = RunEvent("StageMerging", f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}")
         if ctx.cluster.create("Job", namespace, merge):
             metrics.progressed(namespace, name)
-            ctx.post(RunEvent("StageMerging", f"iteration {k} {stage.value} attempt {attempt}: shards done, Job {merge['metadata']['name']}"))
+            ctx.post(announced)
+        else:
+            ctx.post_once(announced)
     elif state in (JobState.pending, JobState.running) and not recorded:
         pods = ctx.cluster.pods(namespace, job_name)
         record = _note_disruptions(run, k, stage, attempt, record, pods, announce)
@@ -159,7 +162,7 @@ def _fold_stage(
         if problem is None and missing is not None and age >= ctx.settings.missing_reference_grace_seconds:
             problem = f"{missing.kind} {missing.name} still missing after {int(age)} s: {missing.message}"
         if problem is None and not pods and state is JobState.pending and age >= ctx.settings.admission_grace_seconds:
-            refusal = observe.creation_refusal(ctx.cluster.job_events(namespace, job_name))
+            refusal = observe.creation_refusal(ctx.cluster.events(namespace, "Job", job_name))
             if refusal is not None:
                 problem = f"no pod of Job {job_name} could be created in {int(age)} s: {refusal}"
         if problem is not None:

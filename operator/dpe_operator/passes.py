@@ -56,6 +56,8 @@ class PassContext:
     """Posts an Event about the run at once."""
     published: dict[str, int] = field(default_factory=dict)
     """Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
+    post_once: Callable[[RunEvent], None] = lambda event: None
+    """Posts an Event about the run unless it was posted already (by this process or an earlier one)."""
 
     def now_iso(self) -> str:
         return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

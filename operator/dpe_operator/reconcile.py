@@ -138,9 +138,12 @@ def apply(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any], decision
     for action in decision.actions:
         if isinstance(action, StartIteration):
             iteration = building(f"iteration {action.index}", lambda: builders.iteration(run, action.index, action.input_model_uri, owner=owner))
+            announced = RunEvent("IterationStarted", f"iteration {action.index} from {action.input_model_uri}")
             if ctx.cluster.create("Iteration", namespace, iteration):
                 metrics.progressed(namespace, name)
-                ctx.post(RunEvent("IterationStarted", f"iteration {action.index} from {action.input_model_uri}"))
+                ctx.post(announced)
+            else:
+                ctx.post_once(announced)
         elif isinstance(action, StartStage):
             what = f"the Job of iteration {action.iteration} {action.stage.value} attempt {action.attempt}"
             job = building(what, lambda: builders.stage_job(
@@ -149,12 +152,16 @@ def apply(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any], decision
             if action.stage is StageName.train and run.spec.train.nodes > 1:
                 service = building(what, lambda: builders.headless_service(run, action.iteration, action.attempt, owner=owner))
                 ctx.cluster.create("Service", namespace, service)
+            announced = RunEvent("StageStarted", f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
             if ctx.cluster.create("Job", namespace, job):
                 if action.attempt > 1:
                     previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
                     metrics.RETRIES.labels(previous.value).inc()
                 metrics.progressed(namespace, name)
-                ctx.post(RunEvent("StageStarted", f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}"))
+                ctx.post(announced)
+            else:
+                # It exists: this process made it a pass ago, or one that died before saying so.
+                ctx.post_once(announced)
         elif isinstance(action, (SuspendStage, ResumeStage)):
             current = newest[(action.iteration, action.stage)].current
             queued = builders.KUEUE_QUEUE_LABEL in (current["metadata"].get("labels") or {})

@@ -58,9 +58,26 @@ class Reconciler:
         self._stores_guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._posted: set[tuple[str, str, str]] = set()
+        """(run uid, reason, message) of the Events this process posted or found posted."""
         self.published: dict[str, int] = {}
         """Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
         self.wakeups = Wakeups(self.reconcile)
+
+    def _post(self, body: Mapping[str, Any], event: RunEvent) -> None:
+        self._posted.add((body["metadata"]["uid"], event.reason, event.message))
+        self.post(body, event)
+
+    def _post_once(self, body: Mapping[str, Any], event: RunEvent) -> None:
+        """An Event for a step found already done: a process that died between the step and its
+        Event never posted it, so it goes out unless this process or the API server has it."""
+        key = (body["metadata"]["uid"], event.reason, event.message)
+        if key in self._posted:
+            return
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if not any((e.get("reason"), e.get("message")) == key[1:] for e in self.cluster.events(namespace, "EvolutionRun", name)):
+            self._post(body, event)
+        self._posted.add(key)
 
     def _cached_store(self, run: EvolutionRun) -> ArtifactStore:
         """One store client per storage setting (a client holds a connection pool)."""
@@ -89,7 +106,8 @@ class Reconciler:
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return
                 posted = body
-                ctx = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda event: self.post(posted, event), self.published)
+                ctx = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda event: self._post(posted, event), self.published,
+                                  lambda event: self._post_once(posted, event))
                 result = reconcile_pass(ctx, body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
                 if result.patch and not self.cluster.patch_run_status(namespace, name, result.patch, body["metadata"]["resourceVersion"]):
                     log.debug("run %s/%s changed during the pass; the next pass writes its status", namespace, name)
@@ -184,6 +202,7 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
         self.published.pop(body["metadata"]["uid"], None)
+        self._posted = {key for key in self._posted if key[0] != body["metadata"]["uid"]}
         for job in self.cluster.jobs(namespace, name):
             self.cluster.delete_job(namespace, job["metadata"]["name"])
         for item in self.cluster.iterations(namespace, name):

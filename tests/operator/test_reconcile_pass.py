@@ -44,7 +44,7 @@ class FakeCluster:
         self.services: dict[str, dict[str, Any]] = {}
         self.configmaps: dict[str, dict[str, Any]] = {}
         self.pod_lists: dict[str, list[dict[str, Any]]] = {}
-        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.event_lists: dict[str, list[dict[str, Any]]] = {}
         self.suspended: dict[str, bool] = {}
         self.deleted: list[str] = []
         self.refuse: dict[str, ClusterError] = {}
@@ -94,9 +94,9 @@ class FakeCluster:
     def pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pod_lists.get(job, []))
 
-    def job_events(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        self._request(f"list Events of Job {job}")
-        return copy.deepcopy(self.events.get(job, []))
+    def events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        self._request(f"list Events of {kind} {name}")
+        return copy.deepcopy(self.event_lists.get(name, []))
 
     def create(self, kind: str, namespace: str, body: dict[str, Any]) -> bool:
         name = body["metadata"]["name"]
@@ -418,7 +418,7 @@ def test_a_job_whose_pods_are_refused_at_creation_fails_its_stage_after_the_grac
     name = job["metadata"]["name"]
     refusal = ('Error creating: pods "x" is forbidden: violates PodSecurity "restricted:latest": '
                'allowPrivilegeEscalation != false (container "stage" must set securityContext.allowPrivilegeEscalation=false)')
-    world.cluster.events[name] = [{"reason": "FailedCreate", "type": "Warning", "message": refusal, "lastTimestamp": iso(T0 + 5)}]
+    world.cluster.event_lists[name] = [{"reason": "FailedCreate", "type": "Warning", "message": refusal, "lastTimestamp": iso(T0 + 5)}]
     world.now = T0 + SETTINGS.admission_grace_seconds - 1
     world.step()
     assert name not in world.cluster.deleted and world.status["phase"] == "Running"
@@ -552,3 +552,24 @@ def test_an_invalid_spec_fails_the_run_once(tmp_path: Path) -> None:
     assert world.status["stopReason"] == "InvalidSpec" and world.condition("Failed")["status"] == "True"
     assert [event.reason for _, event in posted] == ["InvalidSpec"]
     assert not world.cluster.iteration_objects
+
+
+def test_a_step_found_done_is_announced_once_even_when_its_maker_died_before_announcing(tmp_path: Path) -> None:
+    """A Job created by an operator that was killed before it posted StageStarted: the next one's
+    create is answered 409, and it posts the Event it finds missing, once, and never a second copy."""
+    world, posted = World(tmp_path), Posted()
+    reconciler = _reconciler(world, posted)
+    reconciler.reconcile("default", "demo", {})
+    job = world.cluster.job_of(1, StageName.diagnose)
+    announced = [event for _, event in posted if event.reason == "StageStarted" and job["metadata"]["name"] in event.message]
+    assert len(announced) == 1
+    world.cluster.event_lists["demo"] = []  # the first operator's Event never reached the API server
+    successor = _reconciler(world, posted)
+    successor.reconcile("default", "demo", {})  # its watch has not shown it the Jobs yet: creates answer 409
+    again = [event for _, event in posted if event.reason == "StageStarted" and job["metadata"]["name"] in event.message]
+    assert len(again) == 2, "the successor posts what it cannot find"
+    world.cluster.event_lists["demo"] = [{"reason": again[0].reason, "message": again[0].message}]
+    third = _reconciler(world, posted)
+    third.reconcile("default", "demo", {})
+    successor.reconcile("default", "demo", {})
+    assert len([event for _, event in posted if event.reason == "StageStarted" and job["metadata"]["name"] in event.message]) == 2
