@@ -225,3 +225,36 @@ def test_merge_drops_cross_shard_copies_and_fills_the_gaps(tmp_path: Path) -> No
     assert result["accepted"] == 48 and result["shortfall"] == {}
     records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records
     assert len({(r.image, r.question) for r in records}) == 48
+
+
+def _named_run(tmp_path: Path, name: str, **spec: Any) -> Path:
+    import yaml
+
+    run_file = diagnosed(tmp_path / name, **spec)
+    document = yaml.safe_load(run_file.read_text())
+    document["metadata"]["name"] = name
+    run_file.write_text(yaml.safe_dump(document))
+    ctx = context(run_file, StageName.diagnose, 1)
+    diagnose.run(ctx, lambda: GroundTruthAnswerer(diagnose.load_probe(ctx), WEAK))
+    return run_file
+
+
+def _generated(run_file: Path) -> list[tuple[str, str, bytes]]:
+    ctx = context(run_file, StageName.generate, 1)
+    generate.run(ctx)
+    records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records
+    return sorted((r.question, r.answer, r.image) for r in records)
+
+
+def test_a_generation_seed_pairs_two_runs_and_the_world_formats_hold_everywhere(tmp_path: Path) -> None:
+    """Runs named differently draw the same samples under the same `generate.seed` (an ablation's
+    arms), and other samples without it; probes and samples keep to `data.worldFormats`."""
+    spec = {"data": {"worldImageSize": 56, "worldFormats": ["free_text", "numerical"]}, "generate": {"samplesPerIteration": 24, "seed": 5}}
+    first, second = (_named_run(tmp_path, name, **spec) for name in ("arm-a", "arm-b"))
+    unseeded = _named_run(tmp_path, "arm-c", data=spec["data"], generate={"samplesPerIteration": 24})
+    samples = [_generated(run_file) for run_file in (first, second, unseeded)]
+    assert samples[0] == samples[1] != samples[2]
+    ctx = context(first, StageName.generate, 1)
+    records = read_records(ctx.store.get_bytes(ctx.key("samples.parquet"))).records + diagnose.load_probe(ctx)
+    assert {r.question_format.value for r in records} <= {"free_text", "numerical"}
+    assert not any(r.options for r in records)

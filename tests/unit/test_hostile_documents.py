@@ -59,6 +59,7 @@ spec:
     seedPool: /data/seeds
     worldImageSize: 448
     worldDifficulties: [1, 2]
+    worldFormats: [free_text, numerical]
   diagnose:
     probeSize: 200
     probeSeed: 42
@@ -88,6 +89,7 @@ spec:
     samplesPerIteration: 1000
     shards: 4
     maxRegenerations: 3
+    seed: 11
     budgetUsd: 400
     agents:
       planner: *endpoint
@@ -411,6 +413,9 @@ NONSENSE = [
     refused("a million iterations", "spec.stop.maxIterations", 10**6),
     refused("a thousand attempts", "spec.retry.maxAttempts", 1000),
     refused("four world difficulties", "spec.data.worldDifficulties", [1, 1, 2, 3]),
+    refused("an unknown world format", "spec.data.worldFormats", ["essay"]),
+    refused("no world format", "spec.data.worldFormats", []),
+    refused("a negative generation seed", "spec.generate.seed", -1),
     refused("65 benchmarks", "spec.evaluate.benchmarks", [{"name": f"b{i}", "uri": "builtin:world"} for i in range(65)]),
     refused("metric with capitals", "spec.stop.plateau.metric", "MMStar"),
     refused("minimum image side of a million", "spec.diagnose.minImageSide", 10**6),

@@ -204,6 +204,7 @@ def load_records(
     world_seed: int = 0,
     world_image_size: int = 448,
     world_difficulties: Sequence[int] | None = None,
+    world_formats: Sequence[str] | None = None,
     family: str = benchmarks.AUTO,
 ) -> Loaded:
     """Every record a reference holds (or `world_count` drawn from the capability world).
@@ -213,7 +214,8 @@ def load_records(
     if reference == WORLD:
         from dpe.world import generate
 
-        return Loaded(generate(None, world_count, world_seed, image_size=world_image_size, difficulties=world_difficulties))
+        return Loaded(generate(None, world_count, world_seed, image_size=world_image_size, difficulties=world_difficulties,
+                                 formats=None if world_formats is None else [QuestionFormat(f) for f in world_formats]))
     loaded = Loaded()
     for name, data in _files(reference, storage, store):
         stem = Path(name).stem

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, Strict, model_validator
 
@@ -25,6 +25,10 @@ class DataSources(SpecModel):
     """Side in pixels of images drawn by the built-in capability world (builtin:world)."""
     world_difficulties: Annotated[list[Annotated[int, Strict(), Field(ge=1, le=3)]], Field(max_length=3)] | None = None
     """Difficulty levels (1-3) the built-in world draws probes, benchmarks and offline samples from; all by default."""
+    world_formats: Annotated[list[Literal["multiple_choice", "numerical", "free_text"]], Field(min_length=1, max_length=3)] | None = None
+    """Question formats the built-in world asks in (probes, benchmarks, offline samples); all by default. A tiny model
+    learns typed answers (free text, numbers) from coarse cues but not option letters, so the quickstart leaves
+    multiple choice out."""
 
 
 class Plateau(SpecModel):

@@ -167,6 +167,10 @@ class GenerateSettings(SpecModel):
     """Search and edit tools."""
     max_regenerations: Annotated[NonNegativeInt, Field(le=MAX_REGENERATIONS)] = 3
     """Question rewrites allowed after a validator rejection."""
+    seed: Seed | None = None
+    """Root of the generation's random streams (the seed pool's order, the offline provider's samples). Unset, it
+    comes from the run's name, so two runs draw different samples; two runs given the same seed draw the same ones
+    (an ablation's arms are paired this way)."""
     budget_usd: Annotated[PositiveFloat, Field(le=MAX_USD)] | None = None
     """Agent spend per iteration after which generation stops cleanly."""
     execution: Execution | None = None

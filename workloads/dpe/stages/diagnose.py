@@ -54,6 +54,7 @@ def load_probe(ctx: StageContext) -> list[SampleRecord]:
         world_seed=settings.probe_seed,
         world_image_size=data.world_image_size,
         world_difficulties=data.world_difficulties,
+        world_formats=data.world_formats,
     )
     if loaded.rejected:
         ctx.log.warning("probe pool: %d rows set aside: %s", len(loaded.rejected), loaded.rejected[:5])

@@ -61,6 +61,7 @@ def load_benchmark(ctx: StageContext, benchmark: Benchmark) -> BenchmarkItems:
         world_seed=BENCHMARK_SEED,
         world_image_size=ctx.run.spec.data.world_image_size,
         world_difficulties=ctx.run.spec.data.world_difficulties,
+        world_formats=ctx.run.spec.data.world_formats,
         family=benchmark.family,
     )
     records = loaded.records

@@ -66,6 +66,13 @@ def earlier_hashes(ctx: StageContext, fingerprint: Fingerprint) -> list[tuple[st
     return found
 
 
+def stream_root(ctx: StageContext) -> str:
+    """What the generation's random streams derive from: `generate.seed` when set, else the run's name
+    (a DNS label never contains ':', so the two cannot collide)."""
+    seed = ctx.run.spec.generate.seed
+    return ctx.name if seed is None else f"seed:{seed}"
+
+
 def _seed_pool(ctx: StageContext, count: int) -> list[SeedItem]:
     """This shard's seeds: a fresh stretch of the seed pool (none for the world provider)."""
     spec = ctx.run.spec
@@ -75,7 +82,8 @@ def _seed_pool(ctx: StageContext, count: int) -> list[SeedItem]:
 
     reference = spec.data.seed_pool or spec.data.probe_set
     pool = load_records(reference, storage=ctx.storage, store=ctx.store, source="seed", world_count=max(count, 1) * 4,
-                        world_seed=stable_seed(ctx.name, "seeds") % (2**31), world_image_size=spec.data.world_image_size).records
+                        world_seed=stable_seed(stream_root(ctx), "seeds") % (2**31), world_image_size=spec.data.world_image_size,
+                        world_difficulties=spec.data.world_difficulties, world_formats=spec.data.world_formats).records
     start = 0
     for k in range(1, ctx.iteration):
         key = ctx.stage_key(StageName.generate, "result.json", iteration=k)
@@ -83,7 +91,7 @@ def _seed_pool(ctx: StageContext, count: int) -> list[SeedItem]:
             start += int(ctx.store.get_json(key).get("seeds_used", 0))
     shards = 1 if ctx.shard is None else ctx.shard.count
     shard = 0 if ctx.shard is None else ctx.shard.index
-    positions = seed_positions(len(pool), start, count, shard, shards, stable_seed(ctx.name, "seed-order"))
+    positions = seed_positions(len(pool), start, count, shard, shards, stable_seed(stream_root(ctx), "seed-order"))
     return seeds_from([pool[p] for p in positions])
 
 
@@ -92,7 +100,7 @@ def _provider(ctx: StageContext) -> tuple[SampleProvider, int, Fingerprint]:
     if spec.generate.agents is None:
         from dpe.offline import WorldProvider
 
-        return WorldProvider(ctx.name, spec.data.world_image_size, spec.data.world_difficulties), DEFAULT_IN_FLIGHT, EXACT
+        return WorldProvider(stream_root(ctx), spec.data.world_image_size, spec.data.world_difficulties, spec.data.world_formats), DEFAULT_IN_FLIGHT, EXACT
     from dpe.agents import build_agent_provider
 
     provider, in_flight = build_agent_provider(ctx, spec.generate)
