@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpe.diagnosis import ItemVerdict, Settled, merge_judgement, mixture_plan, rule_verdict, summarize, wilson_interval
+from dpe.diagnosis import ItemVerdict, Settled, merge_judgement, mixture_plan, rule_verdict, summarize, type_groups, wilson_interval
 from dpe.grading import GradeStatus
 from dpe.judge import JudgeReply
 from dpe.spec import MixtureSettings
@@ -64,3 +64,10 @@ def test_mixture_plan_explores_unseen_types() -> None:
     assert weights[M] == pytest.approx(0.8) and weights[C] == pytest.approx(0.2)
     assert sum(quotas.values()) == 1000
     assert sum(q for t, q in quotas.items() if t not in (M, C)) == 100
+
+
+def test_type_groups_split_by_the_top_threshold_and_the_blind_floor() -> None:
+    accuracy = {"map": 0.9, "artistic": 0.55, "medical": 0.54, "geometric": 0.3, "text_dense": 0.14, "math_formula": 0.0}
+    groups = type_groups(accuracy, [0.25, 0.35, 0.45, 0.55])
+    assert groups == {"strong": ["artistic", "map"], "weak": ["geometric", "medical"], "blind": ["math_formula", "text_dense"]}
+    assert type_groups({"map": 0.2}, [0.5], blind_below=0.2) == {"strong": [], "weak": ["map"], "blind": []}

@@ -8,13 +8,13 @@ read) are counted apart and left out of accuracy: a judge outage must not look l
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from dpe.grading import Grade, GradeStatus, grade
+from dpe.intervals import wilson
 from dpe.judge import JudgeReply
 from dpe.mixture import TypeStats, allocate_quotas, mixture_weights
 from dpe.records import SampleRecord
@@ -22,8 +22,9 @@ from dpe.spec import MixtureSettings
 from dpe.taxonomy import CapabilityType, ErrorType
 from dpe.weakness import TypeDiagnosis
 
-Z_95 = 1.959963984540054
-"""Two-sided 95% normal quantile, for Wilson intervals on per-type accuracy."""
+BLIND_ACCURACY = 0.15
+"""Probe accuracy under which a type counts as blind: the model almost never solves its items, so its
+samples rarely land in the pass-rate window and training cannot reach it yet."""
 
 MAX_DESCRIPTION = 200
 """Error descriptions are cut to this many characters in reports and prompts."""
@@ -70,18 +71,10 @@ def rule_verdict(record: SampleRecord, response: str) -> tuple[ItemVerdict, Grad
     return verdict, result
 
 
-def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a proportion; honest for the small per-type counts of a probe."""
-    if total == 0:
-        return 0.0, 1.0
-    p = correct / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    # At p = 0 or 1 the bound is exactly 0 or 1; floating point would leave it a hair inside.
-    low = 0.0 if correct == 0 else max(0.0, centre - half)
-    high = 1.0 if correct == total else min(1.0, centre + half)
-    return low, high
+def wilson_interval(correct: int, total: int) -> tuple[float, float]:
+    """Wilson score interval of a type's probe accuracy; honest for the small per-type counts of a probe.
+    A type with no settled item could be anywhere: (0, 1)."""
+    return (0.0, 1.0) if total == 0 else wilson(correct / total, total)
 
 
 @dataclass
@@ -211,3 +204,17 @@ def accuracy_by_type(summary: DiagnosisSummary) -> dict[str, float]:
 
 def weights_as_strings(values: Mapping[CapabilityType, float | int]) -> dict[str, float | int]:
     return {t.value: (round(v, 6) if isinstance(v, float) else v) for t, v in values.items()}
+
+
+def type_groups(accuracy: Mapping[str, float], thresholds: Sequence[float], blind_below: float = BLIND_ACCURACY) -> dict[str, list[str]]:
+    """The diagnosed strong, weak and blind capability types, by per-type probe accuracy.
+
+    Strong: at or above the mixture's highest threshold (the step with the lowest weight). Blind:
+    below `blind_below`. Weak: the rest, the types the diagnosis aims the next iteration at and
+    that training can reach.
+    """
+    top = max(thresholds)
+    groups: dict[str, list[str]] = {"strong": [], "weak": [], "blind": []}
+    for kind, value in sorted(accuracy.items()):
+        groups["strong" if value >= top else "blind" if value < blind_below else "weak"].append(kind)
+    return groups

@@ -313,7 +313,7 @@ class LocalExecutor:
                 self.console.print(f"[bold]{finish.phase.value}[/bold]: {finish.reason.value}: {finish.message}")
                 from dpe.report import write_report
 
-                self.console.print(f"report: {write_report(self.store, self.storage, self.namespace, self.name)}")
+                self.console.print(f"report: {write_report(self.store, self.storage, self.namespace, self.name, self.run.spec.diagnose.mixture.thresholds)}")
                 return run_status
             if decision.phase in (RunPhase.succeeded, RunPhase.failed) and not self.running:
                 return run_status
