@@ -7,6 +7,7 @@ import pytest
 from dpe import layout
 from dpe.ablation import (
     arm_document,
+    final_scores,
     group_scores,
     interval,
     paired_differences,
@@ -87,3 +88,13 @@ def test_m0_answers_are_copied_once_and_never_overwrite(tmp_path) -> None:
     assert store.get_json(mine) == {"x": ["B"]}
     assert not store.exists(layout.stage_key("default", "b", 1, StageName.score, "answers", "chunk-00000.json"))
     assert share_m0_answers(store, "default", "a", "b") == 0
+
+
+def test_final_scores_are_the_last_evaluated_models(tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_json(layout.run_status_key("default", "a"), {"iterations": [{"index": 0}, {"index": 1}, {"index": 2}]})
+    for k, overall in ((1, 0.3), (2, 0.4)):
+        result = {"stage": "evaluate", "iteration": k, "scores": {"overall": overall, "world": overall},
+                  "benchmarks": {"world": {"by_capability_type": {"map": overall + 0.1}}}}
+        store.put_json(layout.stage_key("default", "a", k, StageName.evaluate, layout.RESULT_FILE), result)
+    assert final_scores(store, "default", "a") == {"overall": 0.4, "map": pytest.approx(0.5)}

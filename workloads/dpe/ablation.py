@@ -109,7 +109,7 @@ def final_scores(store: ArtifactStore, namespace: str, name: str) -> dict[str, f
     result = EvaluateResult.model_validate(_result(store, namespace, name, last, StageName.evaluate))
     scores = {"overall": float(result.scores["overall"])}
     for bench in result.benchmarks.values():
-        scores.update(bench.by_capability_type)
+        scores.update(bench["by_capability_type"])
     return scores
 
 

@@ -60,10 +60,10 @@ def _from_store(holder: ArtifactStore, key: str, cache_dir: Path, reference: str
 
 def _built(name: str, cache_dir: Path) -> Path:
     """A built-in model built on this machine (or taken from its cache)."""
-    from dpe.models.bootstrap import build_warm_model
+    from dpe.models.bootstrap import WARM_RECIPE, build_warm_model
     from dpe.models.tiny import build_tiny_model, world_corpus
 
-    target = cache_dir / "builtin" / name
+    target = cache_dir / "builtin" / (f"{name}-recipe{WARM_RECIPE}" if name.endswith(WARM_SUFFIX) else name)
     if not (target / "config.json").is_file():
         started = time.monotonic()
         staging = _fresh_dir(target)
