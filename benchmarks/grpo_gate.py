@@ -109,6 +109,7 @@ def train(model_dir: Path, records: list[Any], settings: Any, out: Path) -> tupl
 def run_gate(run_file: Path, repeats: int, items: int) -> dict[str, Any]:
     import torch
 
+    from dpe.contract import CACHE_ENV
     from dpe.diagnosis import type_groups
     from dpe.manifest import load_run
     from dpe.models.loading import resolve_model
@@ -125,7 +126,8 @@ def run_gate(run_file: Path, repeats: int, items: int) -> dict[str, Any]:
     level = data.world_difficulties[0] if data.world_difficulties and len(data.world_difficulties) == 1 else None
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        m0 = resolve_model(spec.base_model, spec.storage, LocalStore(work / "store"), Path(os.environ.get("DPE_CACHE_DIR", Path.home() / ".cache" / "dpe")))
+        cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dpe"))
+        m0 = resolve_model(spec.base_model, spec.storage, LocalStore(work / "store"), cache)
         probe = generate(None, spec.diagnose.probe_size, spec.diagnose.probe_seed, difficulties=data.world_difficulties, **world)
         diagnosis = accuracy_by_type(m0, probe, spec.diagnose.sampling, seed=spec.diagnose.probe_seed)
         diagnosis.pop("overall")

@@ -36,14 +36,14 @@ from dpe.manifest import load_run
 from dpe.mixture import DEFAULT_THRESHOLDS
 from dpe.results import DiagnoseResult, EvaluateResult
 from dpe.spec import StageName
+from dpe.spiral import BASELINE
 from dpe.store import ArtifactStore, LocalStore
 
 ARMS = ("diagnosis", "uniform")
 GROUPS = ("weak", "overall", "strong", "blind")
 """The primary group first, then the secondary ones."""
-BASELINE_ITERATION = 0
-FIRST_ITERATION = 1
-M0_ANSWERS = ((BASELINE_ITERATION, StageName.evaluate), (FIRST_ITERATION, StageName.diagnose))
+FIRST_ITERATION = BASELINE + 1
+M0_ANSWERS = ((BASELINE, StageName.evaluate), (FIRST_ITERATION, StageName.diagnose))
 """The stages whose answers are M0's: the baseline benchmark and the first diagnosis."""
 
 
