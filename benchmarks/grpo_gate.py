@@ -78,25 +78,15 @@ def training_quotas(groups: Mapping[str, Sequence[str]], prompts: int) -> dict[s
 
 def train(model_dir: Path, records: list[Any], settings: Any, out: Path) -> tuple[Path, float]:
     """GRPO as the train stage runs it; returns the trained model's directory and the seconds it took."""
-    from trl import GRPOTrainer
-
-    from dpe.models.processor import load_processor, pixel_bounds
+    from dpe.models.processor import load_processor
     from dpe.stages.grpo_config import grpo_config
-    from dpe.stages.train import accuracy_reward, format_reward, training_dataset, training_rows
+    from dpe.stages.train import grpo_trainer
 
     processor = load_processor(model_dir)
-    processor.tokenizer.padding_side = "left"
     config = grpo_config(settings, out / "checkpoints", cpu=True, world_size=1)
     config.disable_tqdm = True
     config.save_strategy = "no"
-    bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
-    trainer = GRPOTrainer(
-        model=str(model_dir),
-        reward_funcs=[accuracy_reward, format_reward],
-        args=config,
-        train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
-        processing_class=processor,
-    )
+    trainer, _ = grpo_trainer(model_dir, records, settings, processor, config)
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
@@ -109,10 +99,9 @@ def train(model_dir: Path, records: list[Any], settings: Any, out: Path) -> tupl
 def run_gate(run_file: Path, repeats: int, items: int) -> dict[str, Any]:
     import torch
 
-    from dpe.contract import CACHE_ENV
     from dpe.diagnosis import type_groups
     from dpe.manifest import load_run
-    from dpe.models.loading import resolve_model
+    from dpe.models.loading import default_cache_dir, resolve_model
     from dpe.spec import Sampling
     from dpe.store import LocalStore
     from dpe.taxonomy import CapabilityType
@@ -126,8 +115,7 @@ def run_gate(run_file: Path, repeats: int, items: int) -> dict[str, Any]:
     level = data.world_difficulties[0] if data.world_difficulties and len(data.world_difficulties) == 1 else None
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dpe"))
-        m0 = resolve_model(spec.base_model, spec.storage, LocalStore(work / "store"), cache)
+        m0 = resolve_model(spec.base_model, spec.storage, LocalStore(work / "store"), default_cache_dir())
         probe = generate(None, spec.diagnose.probe_size, spec.diagnose.probe_seed, difficulties=data.world_difficulties, **world)
         diagnosis = accuracy_by_type(m0, probe, spec.diagnose.sampling, seed=spec.diagnose.probe_seed)
         diagnosis.pop("overall")

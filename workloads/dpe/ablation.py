@@ -99,7 +99,7 @@ def share_m0_answers(store: ArtifactStore, namespace: str, source: str, target: 
 
 
 def _result(store: ArtifactStore, namespace: str, run: str, k: int, stage: StageName) -> Any:
-    return store.get_json(layout.stage_key(namespace, run, k, stage, layout.RESULT_FILE))
+    return store.get_json(layout.result_key(namespace, run, k, stage))
 
 
 def final_scores(store: ArtifactStore, namespace: str, name: str) -> dict[str, float]:

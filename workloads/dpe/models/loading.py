@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from dpe import layout
+from dpe.contract import CACHE_ENV
 from dpe.spec import BUILTIN_SCHEME, Storage
 from dpe.store import ArtifactStore, LocalStore, locate, tree
 
@@ -42,6 +43,11 @@ def _publish(staging: Path, target: Path) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def default_cache_dir() -> Path:
+    """Where this machine caches models: `DPE_CACHE_DIR`, else ~/.cache/dpe."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dpe"))
 
 
 def _from_store(holder: ArtifactStore, key: str, cache_dir: Path, reference: str) -> Path:

@@ -8,14 +8,12 @@ stage does nothing, rerunning a crashed one continues from the partial outputs i
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dpe import layout
 from dpe.results import RESULT_MODELS, StageResult, parse_result
-from dpe.contract import CACHE_ENV
 from dpe.manifest import load_run
 from dpe.spec import EvolutionRun, LocalStorage, StageName, Storage
 from dpe.store import ArtifactStore, open_store
@@ -112,7 +110,9 @@ class StageContext:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dpe"))
+        from dpe.models.loading import default_cache_dir
+
+        return default_cache_dir()
 
     def model_dir(self, reference: str) -> Path:
         """A local directory holding the referenced model (a built-in one as this run built it)."""

@@ -40,12 +40,12 @@ from typing import Any
 from dpe.grading import GradeMethod, format_score, grade_extracted, solver_prompt
 from dpe.grading.cleaning import last_boxed
 from dpe.records import SampleRecord, read_records
-from dpe.spec import StageName
+from dpe.spec import StageName, TrainSettings
 from dpe.stages.context import StageContext
 from dpe.stages.grpo_config import batching, freeze_vision_tower, grpo_config
 from dpe.store import IntegrityError, NotFound, tree
 
-__all__ = ["accuracy_reward", "boxed_answer", "format_reward", "grpo_config", "run", "training_dataset", "training_rows"]
+__all__ = ["accuracy_reward", "boxed_answer", "format_reward", "grpo_config", "grpo_trainer", "run", "training_dataset", "training_rows"]
 
 COMPLETE_MARKER = "complete.json"
 _THINK_OPEN = re.compile(r"<\s*think\s*>")
@@ -271,6 +271,32 @@ def _export(ctx: StageContext, model_dir: Path, target: Path, processor: Any) ->
     return ctx.uri(ctx.key("model"))
 
 
+def grpo_trainer(
+    model_dir: Path, records: list[SampleRecord], settings: TrainSettings, processor: Any, config: Any, callbacks: list[Any] | None = None
+) -> tuple[Any, int | None]:
+    """TRL's GRPOTrainer as this stage trains: its rewards, its rows (images scaled into the settings' pixel
+    bounds), the vision encoder frozen when the settings ask. Returns the trainer and the parameters frozen
+    (None when nothing was frozen)."""
+    from trl import GRPOTrainer
+
+    from dpe.models.processor import pixel_bounds
+
+    # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
+    # on the left, so the two only line up (image tokens included) when the processor does too.
+    processor.tokenizer.padding_side = "left"
+    bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
+    trainer = GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=[accuracy_reward, format_reward],
+        args=config,
+        train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    frozen = freeze_vision_tower(trainer.model) if settings.freeze_vision_tower else None
+    return trainer, frozen
+
+
 def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     """Train M(k) from M(k-1) on this iteration's training set."""
     if ctx.complete():
@@ -292,11 +318,6 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         exported = _export(ctx, model_dir, _copy_model(model_dir, work / "final"), processor)
         return ctx.finish({"model_uri": exported, "skipped": "no training samples", "steps": 0, "gpu_hours": 0.0})
 
-    from trl import GRPOTrainer
-
-    # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
-    # on the left, so the two only line up (image tokens included) when the processor does too.
-    processor.tokenizer.padding_side = "left"
     cpu = not torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     config = grpo_config(settings, work / "checkpoints", cpu=cpu, world_size=world_size)
@@ -315,16 +336,8 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
             resumed_step = int(resume.rsplit("-", 1)[1])
             # Steps past the checkpoint are trained again, so their earlier metrics are dropped.
             metrics = [m for line in ctx.store.get_bytes(key).decode().splitlines() if line and (m := json.loads(line))["step"] <= resumed_step]
-    trainer = GRPOTrainer(
-        model=str(model_dir),
-        reward_funcs=[accuracy_reward, format_reward],
-        args=config,
-        train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
-        processing_class=processor,
-        callbacks=_callbacks(ctx, metrics, ranks),
-    )
-    if settings.freeze_vision_tower:
-        frozen = freeze_vision_tower(trainer.model)
+    trainer, frozen = grpo_trainer(model_dir, records, settings, processor, config, _callbacks(ctx, metrics, ranks))
+    if frozen is not None:
         ctx.log.info(json.dumps({"event": "vision_tower_frozen", "parameters": frozen}))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
