@@ -94,6 +94,7 @@ class KubernetesCluster:
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.batch = kubernetes.client.BatchV1Api(client)
         self.core = kubernetes.client.CoreV1Api(client)
+        self.apps = kubernetes.client.AppsV1Api(client)
         self._backoff = backoff
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -189,3 +190,33 @@ class KubernetesCluster:
     def delete_iteration(self, namespace: str, name: str) -> None:
         self._call(f"delete Iteration {name}",
                    lambda: self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, ITERATIONS, name), allow=(404,))
+
+    # -- what uninstalling the operator does (dpe_operator.uninstall) ------------------------------
+
+    def runs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every run in `namespace`, or in every namespace when it is None."""
+        if namespace is None:
+            found = self._call("list EvolutionRuns", lambda: self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, RUNS))
+        else:
+            found = self._call(f"list EvolutionRuns in {namespace}",
+                               lambda: self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, RUNS))
+        return list(found["items"])  # type: ignore[index]
+
+    def patch_run(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> bool:
+        """Apply a JSON patch to the run (its tests guard it); False when the run is gone or moved on."""
+        found = self._call(f"patch EvolutionRun {name}",
+                           lambda: self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, RUNS, name, patch),
+                           allow=(404, 409, 422))
+        return found not in (404, 409, 422)
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any] | None:
+        """Set the Deployment's replicas; the Deployment, or None when it does not exist."""
+        found = self._call(f"scale Deployment {name}",
+                           lambda: self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}}), allow=(404,))
+        return None if found == 404 else self.apps.api_client.sanitize_for_serialization(found)  # type: ignore[no-any-return]
+
+    def pods_matching(self, namespace: str, labels: dict[str, str]) -> list[str]:
+        """Names of the pods in `namespace` carrying every one of `labels`."""
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        items = self._call(f"list pods {selector}", lambda: self.core.list_namespaced_pod(namespace, label_selector=selector).items)
+        return [p.metadata.name for p in items]  # type: ignore[union-attr]

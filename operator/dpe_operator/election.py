@@ -218,7 +218,12 @@ def lead(elector: Elector, kopf_args: list[str], stop: threading.Event) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """`dpe-operator KOPF_ARGS...`: `kopf KOPF_ARGS`, behind leader election when DPE_LEADER_LEASE is set."""
+    """`dpe-operator KOPF_ARGS...`: `kopf KOPF_ARGS`, behind leader election when DPE_LEADER_LEASE is set;
+    `dpe-operator uninstall ...`: release the runs before the operator goes (`dpe_operator.uninstall`)."""
+    if argv[:1] == ["uninstall"]:
+        from dpe_operator import uninstall
+
+        return uninstall.main(argv[1:], os.environ.get("DPE_KUBE_URL") or None)
     lease = os.environ.get(LEASE_ENV, "")
     if not lease:
         os.execv(sys.executable, [sys.executable, "-m", "kopf", *argv])

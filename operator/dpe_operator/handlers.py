@@ -23,7 +23,6 @@ from dpe_operator.passes import RunEvent
 from dpe_operator.runner import JobsByRun, Reconciler, RetryLater
 from dpe_operator.settings import OperatorSettings
 
-FINALIZER = f"{API_GROUP}/finalizer"
 SETTINGS = OperatorSettings.from_env(os.environ)
 log = logging.getLogger("dpe.operator")
 
@@ -58,7 +57,7 @@ def _owning_run(job: Mapping[str, Any]) -> str | None:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = names.FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     settings.execution.max_workers = SETTINGS.workers

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from dpe.spec import StageName
+from dpe.spec import API_GROUP, StageName
 
 MAX_NAME_LENGTH = 63
 """Longest DNS label, and longest label value."""
@@ -31,6 +31,8 @@ MAX_JOB_NAME_LENGTH = MAX_NAME_LENGTH - len(f"-{MAX_COMPLETION_INDEX}")
 DIGEST_LENGTH = 10
 """Hex characters of the hash that stands in for the shortened part of a name."""
 
+FINALIZER = f"{API_GROUP}/finalizer"
+"""On every run the operator serves: its deletion waits for the operator's clean-up (kopf's finalizer)."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "dpe-operator"
 RUN_LABEL = "dpe.dev/run"

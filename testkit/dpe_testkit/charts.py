@@ -28,6 +28,8 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 RELEASE = "rel"
 RELEASE_NAMESPACE = "dpe-system"
 HELM_TIMEOUT = 60
+MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+"""What a cluster with prometheus-operator serves, for the chart's monitoring objects."""
 
 
 def in_ci() -> bool:
@@ -54,6 +56,9 @@ class Helm:
 
     binary: str
     home: Path
+    api_versions: tuple[str, ...] = ()
+    """APIs `helm template` takes the cluster to serve beyond the built-in ones (`--api-versions`),
+    e.g. `MONITORING_APIS` for a cluster with prometheus-operator."""
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {
@@ -67,19 +72,26 @@ class Helm:
             raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def template_args(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False) -> list[str]:
+    def template_args(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False,
+                      hooks: bool = False) -> list[str]:
         args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+        if not hooks:
+            args.append("--no-hooks")
         for path in values_files:
             args += ["--values", str(path)]
         for setting in settings:
             args += ["--set", setting]
+        for api in self.api_versions:
+            args += ["--api-versions", api]
         if include_crds:
             args.append("--include-crds")
         return args
 
-    def render(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False) -> list[dict[str, Any]]:
-        """Every object `helm template` renders, parsed."""
-        text = self.run(*self.template_args(values_files, settings, include_crds)).stdout
+    def render(self, values_files: Sequence[Path] = (), settings: Sequence[str] = (), include_crds: bool = False,
+               hooks: bool = False) -> list[dict[str, Any]]:
+        """Every object `helm template` renders, parsed: what an install applies, and with `hooks`
+        also the hooks (which helm applies only at their event: the uninstall Job)."""
+        text = self.run(*self.template_args(values_files, settings, include_crds, hooks)).stdout
         return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -125,11 +137,12 @@ class Authorizer:
                 continue
             ref = binding["roleRef"]
             namespace = binding["metadata"].get("namespace")
+            # A binding to a role that does not exist (yet, or any more) grants nothing.
             if binding["kind"] == "RoleBinding":
-                role = roles[(namespace, ref["name"])] if ref["kind"] == "Role" else cluster_roles[ref["name"]]
-                authorizer.namespaced.setdefault(namespace, []).extend(role.get("rules") or [])
+                role = roles.get((namespace, ref["name"])) if ref["kind"] == "Role" else cluster_roles.get(ref["name"])
+                authorizer.namespaced.setdefault(namespace, []).extend((role or {}).get("rules") or [])
             else:
-                authorizer.clusterwide.extend(cluster_roles[ref["name"]].get("rules") or [])
+                authorizer.clusterwide.extend((cluster_roles.get(ref["name"]) or {}).get("rules") or [])
         return authorizer
 
     def allows(self, group: str, resource: str, verb: str, namespace: str | None, name: str | None = None) -> bool:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import json
 import re
 import secrets
 import threading
@@ -61,8 +62,8 @@ import jsonpointer
 import kmock
 import pytest
 import yaml
-from kmock._internal import parsing
-from dpe_testkit import crdcheck, kube_admission
+from kmock._internal import parsing, rendering
+from dpe_testkit import crdcheck, kube_admission, kube_protobuf
 from dpe_testkit.field_selectors import FieldSelector, FieldSelectorError
 
 if TYPE_CHECKING:
@@ -86,6 +87,11 @@ NAMESPACE_RESOURCE = "v1/namespaces"
 # Verbs a CRD's resource answers to in discovery, as a real server lists them.
 CRD_VERBS = frozenset({"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
 # Metadata the server owns: a client's value on an update is replaced by the stored one.
+APPLY_PATCH = "application/apply-patch"
+SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.4", "gitCommit": "a78aa47129b8539636eb86a9d00e31b2720fe06b",
+                  "gitTreeState": "clean", "buildDate": "2024-12-10T11:36:41Z", "goVersion": "go1.22.9", "compiler": "gc",
+                  "platform": "linux/amd64"}
+"""What `/version` answers: the Kubernetes release the emulation follows (helm checks a chart's kubeVersion against it)."""
 SERVER_OWNED_METADATA = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp")
 
 ObjectKey = tuple[kmock.resource, str | None, str]
@@ -216,6 +222,26 @@ parsing.parse_path = _parse_path
 parsing.guess_k8s = _guess_k8s
 
 
+_ORIGINAL_PARSE_REQUEST = rendering.Request._parse.__func__
+
+
+async def _parse_request(cls: type[rendering.Request], raw_request: aiohttp.web.BaseRequest, *, id: int = 0) -> rendering.Request:
+    """kmock's request parser, except that a protobuf body (helm writes its release Secrets so) is
+    read in its JSON form, as the real server decodes either; kmock would fail reading it as text.
+    A protobuf body that is not a Secret or ConfigMap reads as empty, so its write is refused."""
+    if raw_request.content_type == kube_protobuf.CONTENT_TYPE:
+        try:
+            decoded = json.dumps(kube_protobuf.decode(await raw_request.read())).encode()
+        except kube_protobuf.ProtobufError:
+            decoded = b""
+        # aiohttp keeps a read body here; every later read of the request returns it.
+        raw_request._read_bytes = decoded
+    return await _ORIGINAL_PARSE_REQUEST(cls, raw_request, id=id)
+
+
+rendering.Request._parse = classmethod(_parse_request)  # type: ignore[method-assign,assignment]
+
+
 # ---------------------------------------------------------------------------------------------
 # CRDs
 
@@ -332,6 +358,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         # kmock routes by Kubernetes action, and a PUT has none: route it by method.
         self.fallback[kmock.method.PUT] << self._serve_replace
+        self.fallback["get /openapi/v2"] << self._serve_openapi
 
     def register_builtins(self) -> None:
         """Serve kmock's snapshot of built-in resources (core, apps, batch, events, CRDs, ...)."""
@@ -454,7 +481,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         if request.name is None:
             return None
         if request.action == kmock.action.UPDATE:
-            return self._patch
+            return self._apply if request.headers.get("Content-Type", "").startswith(APPLY_PATCH) else self._patch
         if request.method == kmock.method.PUT:
             return self._replace
         if request.action == kmock.action.DELETE:
@@ -503,6 +530,21 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = body
         await self._buses[request.resource].put({"type": "ADDED", "object": copy.deepcopy(body)})
+
+    async def _apply(self, request: kmock.Request) -> None:
+        """Server-side apply: create the object when it is absent, else merge the applied fields in."""
+        assert request.resource is not None and request.name is not None
+        if not isinstance(request.data, dict):
+            raise _error(400, "BadRequest", "the body of an apply must be a JSON object")
+        key = self._key(request)
+        if key in self.objects and not self.objects[key].deleted:
+            await self._patch(request)
+            return
+        meta = request.data.setdefault("metadata", {})
+        if meta.get("name", request.name) != request.name:
+            raise _error(400, "BadRequest", "the name of the object does not match the URL")
+        meta["name"] = request.name
+        await self._create(request)
 
     async def _patch(self, request: kmock.Request) -> None:
         await self._update(request, self._patched(request))
@@ -645,6 +687,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                     yield event
         finally:
             await stream.aclose()
+
+    async def _serve_openapi(self, request: kmock.Request) -> kmock.Payload:
+        return b""
+
+    async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
+        return dict(SERVER_VERSION)
 
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
         """Discovery as a real server writes it: `v1` for the core group, no short names on subresources."""

@@ -13,7 +13,8 @@ One thread plays, every SYNC_PERIOD seconds, the parts of Kubernetes that act on
   `FailedCreate` "Error creating: <the server's message>" on the Job, and is retried with the
   controller's back-off (1 s doubling to 60 s) and slow start (1, 2, 4, ... pods per attempt,
   stopping at a failure);
-- a **Deployment controller** (one pod per replica, replaced when the template changes);
+- a **Deployment controller** (one pod per replica, replaced when the template changes, the newest
+  removed on a scale-down; the status counters and `Available` condition rollouts wait for);
 - the **scheduler** (node selector, tolerations and resource requests against the node);
 - the **kubelet**: each container a process tree in its own mount, UTS and PID namespaces
   (`support.pod_sandbox`): the host's files as the image, the image's user, environment, working
@@ -698,10 +699,16 @@ class NodeAgent:
         for pod in pods:
             if pod not in current:
                 self.rest.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+        replicas = deployment["spec"].get("replicas", 1)
+        # Scaled down: the newest pods go first, as the ReplicaSet controller prefers.
+        for pod in sorted(current, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)[:max(0, len(current) - replicas)]:
+            self.rest.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+            current.remove(pod)
+        self._write_deployment_status(deployment, current)
         if time.monotonic() < self.create_failures.get(deployment["metadata"]["uid"], (0, 0.0))[1]:
             return
         wanted = []
-        for _ in range(deployment["spec"].get("replicas", 1) - len(current)):
+        for _ in range(replicas - len(current)):
             pod_template = copy.deepcopy(template)
             labels = {**(pod_template.get("metadata") or {}).get("labels", {}), "pod-template-hash": digest}
             wanted.append({"apiVersion": "v1", "kind": "Pod",
@@ -710,6 +717,25 @@ class NodeAgent:
                                         "ownerReferences": [_controller_ref(deployment)]},
                            "spec": pod_template["spec"]})
         self._create_pods(deployment, wanted, objects, self.replica_events)
+
+    def _write_deployment_status(self, deployment: Mapping[str, Any], pods: list[dict[str, Any]]) -> None:
+        """The counters and Available condition `kubectl rollout status` and `helm --wait` read."""
+        ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                           for c in (p.get("status") or {}).get("conditions") or []))
+        wanted = deployment["spec"].get("replicas", 1)
+        old = deployment.get("status") or {}
+        available = ready >= wanted
+        previous = next((c for c in old.get("conditions") or [] if c.get("type") == "Available"), {})
+        changed = previous.get("status") != str(available)
+        status = {"observedGeneration": deployment["metadata"].get("generation", 1), "replicas": len(pods), "updatedReplicas": len(pods),
+                  "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": max(0, wanted - ready),
+                  "conditions": [{"type": "Available", "status": str(available),
+                                  "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                                  "message": f"{ready} of {wanted} replicas available",
+                                  "lastTransitionTime": now_iso() if changed else previous.get("lastTransitionTime", now_iso()),
+                                  "lastUpdateTime": now_iso() if changed else previous.get("lastUpdateTime", now_iso())}]}
+        if {k: v for k, v in old.items() if k != "conditions"} != {k: v for k, v in status.items() if k != "conditions"} or changed:
+            self.rest.merge(DEPLOYMENTS, deployment["metadata"]["namespace"], deployment["metadata"]["name"], {"status": status}, "status")
 
     # -- the scheduler and the kubelet --------------------------------------------------------------
 

@@ -18,6 +18,8 @@ import kmock
 from dpe_testkit import kube_emulator
 from dpe_testkit.charts import Authorizer
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+RBAC_PLURALS = ("roles", "rolebindings", "clusterroles", "clusterrolebindings")
 OWNER_PLURALS = {("dpe.dev", "EvolutionRun"): "evolutionruns", ("batch", "Job"): "jobs", ("apps", "Deployment"): "deployments"}
 
 
@@ -48,6 +50,10 @@ class Guard:
     authorizer: Authorizer
     account: tuple[str, str]
     trusted: tuple[str, ...]
+    follow_cluster: bool = False
+    """Authorise with the Roles and bindings stored in the cluster (as `helm install` made them)
+    instead of a fixed `authorizer`; it is rebuilt after every write to the RBAC API."""
+    stale: bool = True
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,12 +93,19 @@ class GuardedEmulator(kube_emulator.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         guard = type(self).guard
+        if guard is not None and guard.follow_cluster and guard.stale:
+            guard.stale = False
+            found = [obj for plural in RBAC_PLURALS for obj in await self.snapshot_all(kmock.resource(f"{RBAC_GROUP}/v1/{plural}"), None)]
+            guard.authorizer = Authorizer.from_objects(found, guard.account)
         problem = None if guard is None else guard.denial(request)
         if problem is not None and guard is not None:
             account = "system:serviceaccount:" + ":".join(guard.account)
             return await self._render_error(kmock.KubernetesError(
                 status=403, reason="Forbidden", message=f"{account} cannot {problem}", details={}))
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if guard is not None and request.resource is not None and request.resource.group == RBAC_GROUP and verb_of(request) not in ("get", "list", "watch"):
+            guard.stale = True
+        return response
 
 
 def guarded(guard: Guard) -> type[kube_emulator.KubernetesEmulator]:

@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from dpe_testkit.charts import CHART, CI_VALUES, EXAMPLE_VALUES, RELEASE_NAMESPACE, ROOT, Helm, objects_of, one
+from dpe_testkit.charts import CHART, CI_VALUES, EXAMPLE_VALUES, RELEASE_NAMESPACE, ROOT, Helm, objects_of, one, tool
 
 from dpe.contract import S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV
 
@@ -54,7 +54,7 @@ def test_helm_lint_strict(helm: Helm, values: tuple[Path, ...]) -> None:
 
 @pytest.mark.parametrize("values", VALUES_CASES)
 def test_every_rendered_object_passes_the_kubernetes_schema(helm: Helm, values: tuple[Path, ...]) -> None:
-    objects = helm.render(values, include_crds=True)
+    objects = helm.render(values, include_crds=True, hooks=True)
     checked = 0
     for obj in objects:
         if obj["kind"] in PROMETHEUS_OPERATOR_KINDS:
@@ -283,4 +283,72 @@ def test_install_notes_give_the_next_steps(helm: Helm) -> None:
                         "watch.namespaces={ml-research}", "prometheusRule.enabled=true")
     assert "NOT CONFIGURED" not in configured and "Secret operator-minio" in configured
     assert "endpoint: https://s3.example.com" in configured and "one of: ml-research" in configured
-    assert "PrometheusRule rel-dpe-operator is installed" in configured
+    assert "Runs may use the S3 endpoint https://s3.example.com." in configured
+    assert "NO S3 ENDPOINT CONFIGURED" in notes and "endpoint: <endpoint>" in notes
+    # A client-side dry run knows only the built-in APIs: the rule is left out, and NOTES says so.
+    assert "PrometheusRule LEFT OUT: the cluster does not serve monitoring.coreos.com/v1" in configured
+    assert "suspends the running stages of every run" in notes
+    assert "leaves runs Running" in _notes(helm, "uninstall.enabled=false")
+
+
+def test_monitoring_objects_are_rendered_only_where_prometheus_operator_is_served(helm: Helm, tmp_path: Path) -> None:
+    """Without prometheus-operator's API a ServiceMonitor or PrometheusRule would make the API server
+    refuse the whole install, so they are left out there (NOTES says so) and kept where it is served."""
+    enabled = ["metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true"]
+    served = {obj["kind"] for obj in helm.render(settings=enabled)}
+    assert {"ServiceMonitor", "PrometheusRule"} <= served
+    bare = Helm(helm.binary, tmp_path)
+    for values in EXAMPLE_VALUES:
+        kinds = {obj["kind"] for obj in bare.render([values], settings=enabled)}
+        assert not kinds & {"ServiceMonitor", "PrometheusRule"}, values.name
+
+
+def test_namespaces_are_created_only_when_asked_and_outlive_the_release(helm: Helm) -> None:
+    settings = ["watch.namespaces={ml-research,dpe-system}", "dashboard.enabled=true", "dashboard.namespace=monitoring"]
+    assert objects_of(helm.render(settings=settings), "Namespace") == []
+    created = {ns["metadata"]["name"]: ns for ns in objects_of(helm.render(settings=[*settings, "namespaces.create=true"]), "Namespace")}
+    # The release's own namespace is helm's (--create-namespace); the others hold runs, so helm keeps them.
+    assert sorted(created) == ["ml-research", "monitoring"]
+    assert all(ns["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for ns in created.values())
+    assert created["ml-research"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert "pod-security.kubernetes.io/enforce" not in created["monitoring"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(("settings", "served"), [
+    ([], ["--namespace=dpe-system"]),
+    (["watch.namespaces={ml-research,ml-dev}"], ["--namespace=ml-research", "--namespace=ml-dev"]),
+    (["watch.clusterWide=true"], ["--all-namespaces"]),
+])
+def test_uninstall_hook_releases_the_runs_of_every_served_namespace(helm: Helm, settings: list[str], served: list[str]) -> None:
+    hooks = [obj for obj in helm.render(settings=settings, hooks=True) if "helm.sh/hook" in (obj["metadata"].get("annotations") or {})]
+    assert sorted(obj["kind"] for obj in hooks) == ["Job", "Role", "RoleBinding"]
+    assert all(obj["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for obj in hooks)
+    assert all("hook-succeeded" in obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"] for obj in hooks)
+    job = one(hooks, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["dpe-operator", "uninstall"]
+    assert container["args"] == ["--deployment=dpe-system/rel-dpe-operator", *served, "--timeout=300"]
+    assert container["image"] == _container(helm.render(settings=settings))["image"]
+    assert pod["serviceAccountName"] == "rel-dpe-operator"
+    # It waits for the Deployment's pods to go, so it must not be one of them.
+    selector = one(helm.render(settings=settings), "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    role = one(hooks, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["rel-dpe-operator"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]
+    assert helm.render(settings=[*settings, "uninstall.enabled=false"], hooks=True) == helm.render(settings=settings)
+
+
+def test_the_operators_deployment_args_replace_the_images_cmd(helm: Helm) -> None:
+    """The Deployment's args stand in for the Dockerfile's CMD, so they must carry everything CMD does but
+    the namespaces (which the chart sets)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r'^CMD (\[.*\])$', dockerfile.split("AS operator\n", 1)[1], re.MULTILINE).group(1))
+    args = _container(helm.render())["args"]
+    for arg in cmd:
+        if arg != "--all-namespaces":
+            assert arg.split("=")[0] in {a.split("=")[0] for a in args}, arg

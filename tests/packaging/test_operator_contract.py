@@ -33,7 +33,7 @@ import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 from dpe_testkit import kube_emulator
-from dpe_testkit.charts import CHART, RELEASE_NAMESPACE, ROOT, Authorizer, Helm, one, plain, queries, tool
+from dpe_testkit.charts import CHART, MONITORING_APIS, RELEASE_NAMESPACE, ROOT, Authorizer, Helm, one, plain, queries, tool
 from dpe_testkit.images import operator_command
 from dpe_testkit.rbac import Call, Guard, guarded
 
@@ -168,7 +168,7 @@ SCOPES = {
 
 @pytest.fixture(scope="module", params=sorted(SCOPES))
 def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Outcome]:
-    helm = Helm(tool("helm"), Path(tmp_path_factory.mktemp("helm-home")))
+    helm = Helm(tool("helm"), Path(tmp_path_factory.mktemp("helm-home")), MONITORING_APIS)
     objects, args, env = rendered_operator(helm, [*SCOPES[request.param], "s3.credentialsSecret.name=operator-s3"])
     assert ("--all-namespaces" in args) == (request.param == "cluster-wide")
     liveness_port = free_port()

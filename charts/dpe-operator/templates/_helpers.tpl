@@ -83,3 +83,13 @@ NetworkPolicy peers: any address but the link-local ranges, where cloud metadata
     except:
       - fe80::/10
 {{- end }}
+
+{{/* Namespaces other than the release's that the chart puts objects in, as a JSON list. */}}
+{{- define "dpe-operator.neededNamespaces" -}}
+{{- $needed := include "dpe-operator.workloadNamespaces" . | fromJsonArray -}}
+{{- if and .Values.dashboard.enabled .Values.dashboard.namespace -}}
+{{- $needed = append $needed .Values.dashboard.namespace -}}
+{{- end -}}
+{{- without (uniq $needed) .Release.Namespace | toJson -}}
+{{- end -}}
+
