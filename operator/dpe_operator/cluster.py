@@ -95,6 +95,7 @@ class KubernetesCluster:
         self.batch = kubernetes.client.BatchV1Api(client)
         self.core = kubernetes.client.CoreV1Api(client)
         self.apps = kubernetes.client.AppsV1Api(client)
+        self.coordination = kubernetes.client.CoordinationV1Api(client)
         self._backoff = backoff
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -220,3 +221,6 @@ class KubernetesCluster:
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
         items = self._call(f"list pods {selector}", lambda: self.core.list_namespaced_pod(namespace, label_selector=selector).items)
         return [p.metadata.name for p in items]  # type: ignore[union-attr]
+
+    def delete_lease(self, namespace: str, name: str) -> None:
+        self._call(f"delete Lease {name}", lambda: self.coordination.delete_namespaced_lease(name, namespace), allow=(404,))

@@ -5,7 +5,7 @@ the run shows Running forever, and deleting it hangs on a finalizer no operator 
 in order:
 
 1. the operator's Deployment is scaled to zero and its pods are awaited, so no replica acts (or
-   puts a finalizer back) while the runs are released;
+   puts a finalizer back) while the runs are released; the replicas' leader Lease is deleted;
 2. every live stage Job of every run served is suspended: its pods stop, the Job and its attempt
    count stay;
 3. a run still in progress is marked Suspended, with the reason `OperatorUninstalled`;
@@ -13,7 +13,8 @@ in order:
 
 Installing the operator again resumes the runs: a run whose spec does not ask for suspension has
 its suspended stage Jobs resumed by the first pass, and the stages continue from their checkpoints.
-Run it as `dpe-operator uninstall --deployment NAMESPACE/NAME --namespace NS ... | --all-namespaces`.
+Run it as `dpe-operator uninstall --deployment NAMESPACE/NAME [--lease NAMESPACE/NAME]
+--namespace NS ... | --all-namespaces`.
 """
 
 from __future__ import annotations
@@ -124,15 +125,19 @@ def main(argv: Sequence[str], kube_url: str | None = None) -> int:
     served = parser.add_mutually_exclusive_group(required=True)
     served.add_argument("--namespace", action="append", help="a namespace the operator serves (repeat for each)")
     served.add_argument("--all-namespaces", action="store_true", help="the operator serves every namespace")
+    parser.add_argument("--lease", help="the replicas' leader Lease, as NAMESPACE/NAME, deleted once they stopped")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the operator's pods to stop")
     args = parser.parse_args(list(argv))
-    if "/" not in args.deployment:
-        parser.error(f"--deployment must be NAMESPACE/NAME, got {args.deployment!r}")
+    for option, value in (("--deployment", args.deployment), ("--lease", args.lease)):
+        if value is not None and "/" not in value:
+            parser.error(f"{option} must be NAMESPACE/NAME, got {value!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cluster = KubernetesCluster(api_client(kube_url))
     namespace, name = args.deployment.split("/", 1)
     try:
         stop_operator(cluster, namespace, name, args.timeout)
+        if args.lease:
+            cluster.delete_lease(*args.lease.split("/", 1))
         failed = release(cluster, [None] if args.all_namespaces else list(dict.fromkeys(args.namespace)), _now)
     except (ClusterError, TimeoutError) as error:
         log.error("%s", error)

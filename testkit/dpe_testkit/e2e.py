@@ -177,7 +177,7 @@ class E2ECluster:
         self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": data})
 
     def run_secret(self, namespace: str, name: str = "dpe-minio") -> None:
-        """The run's S3 Secret, as examples/secrets.yaml defines it, with this S3 server's keys."""
+        """The run's S3 Secret, as docs/install.md creates it, with this S3 server's keys."""
         self.secret(namespace, name, accessKey=self.s3.access_key, secretKey=self.s3.secret_key)
 
     def store(self, bucket: str) -> ArtifactStore:

@@ -226,9 +226,10 @@ _ORIGINAL_PARSE_REQUEST = rendering.Request._parse.__func__
 
 
 async def _parse_request(cls: type[rendering.Request], raw_request: aiohttp.web.BaseRequest, *, id: int = 0) -> rendering.Request:
-    """kmock's request parser, except that a protobuf body (helm writes its release Secrets so) is
-    read in its JSON form, as the real server decodes either; kmock would fail reading it as text.
-    A protobuf body that is not a Secret or ConfigMap reads as empty, so its write is refused."""
+    """kmock's request parser, except that a protobuf body (helm writes its release Secrets so,
+    kubectl its namespaces) is read in its JSON form, as the real server decodes either; kmock would
+    fail reading it as text. A protobuf body of a kind `kube_protobuf` does not decode reads as
+    empty, so its write is refused."""
     if raw_request.content_type == kube_protobuf.CONTENT_TYPE:
         try:
             decoded = json.dumps(kube_protobuf.decode(await raw_request.read())).encode()

@@ -1,7 +1,9 @@
-"""The Kubernetes protobuf encoding of the two objects helm writes in it: Secrets and ConfigMaps.
+"""The Kubernetes protobuf encoding of the objects helm and kubectl write in it: Secrets, ConfigMaps
+and Namespaces.
 
 client-go's typed clients for the core group send `application/vnd.kubernetes.protobuf` bodies;
-helm stores each release that way (a Secret by default, a ConfigMap with HELM_DRIVER=configmap).
+helm stores each release that way (a Secret by default, a ConfigMap with HELM_DRIVER=configmap),
+`kubectl create namespace` and `kubectl create secret` create that way.
 The API server decodes them like JSON ones, so the emulator does too: `decode` turns such a body
 into the object's JSON form. Reads are answered in JSON, which the same clients accept.
 
@@ -130,11 +132,23 @@ def _config_map(data: bytes) -> dict[str, Any]:
     return obj
 
 
-DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {"Secret": _secret, "ConfigMap": _config_map}
+def _namespace(data: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace"}
+    for number, value in _fields(data):
+        if number == 1 and isinstance(value, bytes):
+            obj["metadata"] = _metadata(value)
+        elif number == 2 and isinstance(value, bytes):
+            finalizers = [_text(item) for field, item in _fields(value) if field == 1]
+            if finalizers:
+                obj["spec"] = {"finalizers": finalizers}
+    return obj
+
+
+DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {"Secret": _secret, "ConfigMap": _config_map, "Namespace": _namespace}
 
 
 def decode(body: bytes) -> dict[str, Any]:
-    """The JSON form of a protobuf-encoded Secret or ConfigMap; ProtobufError for anything else."""
+    """The JSON form of a protobuf-encoded object of one of the `DECODERS`' kinds; ProtobufError for anything else."""
     if not body.startswith(MAGIC):
         raise ProtobufError("the body does not start with the Kubernetes protobuf magic")
     kind, raw = "", b""

@@ -328,7 +328,7 @@ def test_uninstall_hook_releases_the_runs_of_every_served_namespace(helm: Helm, 
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["dpe-operator", "uninstall"]
-    assert container["args"] == ["--deployment=dpe-system/rel-dpe-operator", *served, "--timeout=300"]
+    assert container["args"] == ["--deployment=dpe-system/rel-dpe-operator", "--lease=dpe-system/rel-dpe-operator-leader", *served, "--timeout=300"]
     assert container["image"] == _container(helm.render(settings=settings))["image"]
     assert pod["serviceAccountName"] == "rel-dpe-operator"
     # It waits for the Deployment's pods to go, so it must not be one of them.
@@ -339,6 +339,7 @@ def test_uninstall_hook_releases_the_runs_of_every_served_namespace(helm: Helm, 
     assert role["rules"] == [
         {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["rel-dpe-operator"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rel-dpe-operator-leader"], "verbs": ["delete"]},
     ]
     assert helm.render(settings=[*settings, "uninstall.enabled=false"], hooks=True) == helm.render(settings=settings)
 
