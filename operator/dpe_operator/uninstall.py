@@ -28,7 +28,7 @@ from typing import Any
 
 from dpe.spec import RunPhase
 from dpe.spiral import JobState
-from dpe.status import condition, run_status_patch
+from dpe.status import PHASE_CONDITIONS, phase_conditions, run_status_patch
 from dpe_operator import observe
 from dpe_operator.cluster import ClusterError, KubernetesCluster, api_client
 from dpe_operator.names import FINALIZER
@@ -53,11 +53,10 @@ def released_status(run: Mapping[str, Any], now: str) -> dict[str, Any]:
     previous = dict(run.get("status") or {})
     if previous.get("phase") in FINISHED_PHASES:
         return {}
-    generation = run["metadata"].get("generation")
-    conditions = [c for c in previous.get("conditions") or [] if c.get("type") != "Suspended"]
-    suspended = condition("Suspended", True, UNINSTALLED_REASON, UNINSTALLED_MESSAGE, generation, previous.get("conditions") or [], now)
-    return run_status_patch(previous, {"phase": RunPhase.suspended.value, "message": UNINSTALLED_MESSAGE,
-                                       "conditions": [*conditions, suspended]})
+    old = list(previous.get("conditions") or [])
+    shared = phase_conditions(RunPhase.suspended, UNINSTALLED_REASON, UNINSTALLED_MESSAGE, run["metadata"].get("generation"), old, now)
+    others = [c for c in old if c.get("type") not in PHASE_CONDITIONS]
+    return run_status_patch(previous, {"phase": RunPhase.suspended.value, "message": UNINSTALLED_MESSAGE, "conditions": [*shared, *others]})
 
 
 def finalizer_patch(run: Mapping[str, Any]) -> list[dict[str, Any]] | None:

@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,12 @@ class Workbench:
         return sorted(f"{resource.rsplit('/', 1)[1]} {o['metadata'].get('namespace')}/{o['metadata']['name']}"
                       for resource in CHART_KINDS for o in self.cluster.list(resource))
 
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}\n{self.diagnostics()}"
+            time.sleep(0.5)
+
     def wait_left(self, expected: list[str], ignore: tuple[str, ...] = (), timeout: float = 30.0) -> None:
         """Wait until exactly `expected` is left (besides what starts with one of `ignore`)."""
         deadline = time.monotonic() + timeout
@@ -156,7 +162,8 @@ def bench(pods_can_run: None, s3_server: Any, tmp_path: Path) -> Iterator[Workbe
 def test_the_cpu_install_guide_runs_as_written(bench: Workbench, s3_server: Any) -> None:
     """Part A of docs/install.md, block by block: namespace, key pair, helm install, the first run to
     its first finished stage, helm uninstall (the run left Suspended, its Jobs suspended, nothing
-    of the chart behind), and deleting the run at once."""
+    of the chart behind), installing again (the run resumes), uninstalling again, and deleting the
+    run at once."""
     if not s3_server.client().bucket_exists("dpe-artifacts"):
         s3_server.client().make_bucket("dpe-artifacts")
     blocks = guide_blocks(GUIDE.read_text(), "A. A local CPU cluster")
@@ -176,6 +183,18 @@ def test_the_cpu_install_guide_runs_as_written(bench: Workbench, s3_server: Any)
     # The chart's objects are gone (the hook's pod once the garbage collector sees its Job gone); the
     # run's children and the user's Secret stay.
     bench.wait_left(["secrets dpe/dpe-minio"], ignore=("jobs dpe/quickstart-cpu-", "pods dpe/quickstart-cpu-", "configmaps dpe/quickstart-cpu"))
+
+    # Installing again (A3) resumes the run: its suspended stage Jobs run on. Then uninstall again.
+    bench.shell(next(block for block in blocks if "helm install" in block), timeout=300)
+
+    def resumed() -> bool:
+        found = bench.cluster.get(RUNS, "dpe", "quickstart-cpu")
+        live = [j for j in bench.cluster.list(JOBS, "dpe") if not (j.get("status") or {}).get("conditions")]
+        return bool(found and found["status"]["phase"] == "Running" and found["metadata"].get("finalizers")
+                    and live and not any(j["spec"].get("suspend") for j in live))
+
+    bench.wait_for("the run to resume", resumed, timeout=120)
+    bench.shell(blocks[split], timeout=600)
 
     bench.shell("\n".join(blocks[split + 1:]), timeout=120)
     assert bench.cluster.get(RUNS, "dpe", "quickstart-cpu") is None

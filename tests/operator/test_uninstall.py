@@ -45,15 +45,18 @@ def test_only_jobs_still_to_finish_are_suspended() -> None:
 @pytest.mark.parametrize("phase", ["Pending", "Running", "Suspended", None])
 def test_a_run_in_progress_is_marked_suspended_with_the_reason(phase: str | None) -> None:
     old = {"type": "Suspended", "status": "False", "reason": "Running", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-    ready = {"type": "Ready", "status": "False", "reason": "Running", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-    body = run(phase, conditions=[ready, old])
+    progressing = {"type": "Progressing", "status": "True", "reason": "Running", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    accepted = {"type": "RequestsAccepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    body = run(phase, conditions=[progressing, old, accepted])
     patch = uninstall.released_status(body, NOW)
     status = {**body["status"], **patch}  # the patch names only what changes
     assert status["phase"] == "Suspended"
     assert "install the operator again" in status["message"]
     conditions = {c["type"]: c for c in status["conditions"]}
-    assert conditions["Ready"] == ready, "other conditions are kept as they are"
-    assert conditions["Suspended"]["status"] == "True" and conditions["Suspended"]["reason"] == uninstall.UNINSTALLED_REASON
+    assert conditions["RequestsAccepted"] == accepted, "the executor's own conditions are kept as they are"
+    assert {t: (c["status"], c["reason"]) for t, c in conditions.items() if t != "RequestsAccepted"} == {
+        "Ready": ("False", "OperatorUninstalled"), "Progressing": ("False", "OperatorUninstalled"),
+        "Suspended": ("True", "OperatorUninstalled"), "Complete": ("False", "OperatorUninstalled"), "Failed": ("False", "OperatorUninstalled")}
     assert conditions["Suspended"]["lastTransitionTime"] == NOW and conditions["Suspended"]["observedGeneration"] == 3
 
 

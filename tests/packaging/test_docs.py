@@ -12,8 +12,8 @@ from dpe_testkit.charts import CHART, ROOT, Helm, granted, objects_of
 
 from dpe.spec import StageName, StageOutcome
 from dpe.spiral import LIVE, JobState, StopReason
-from dpe.status import stage_condition_type
-from dpe_operator import metrics, observe
+from dpe.status import PHASE_CONDITIONS, stage_condition_type
+from dpe_operator import metrics, observe, uninstall
 
 DOCS = ROOT / "docs"
 OPERATOR_SOURCE = "\n".join(p.read_text() for p in sorted((ROOT / "operator" / "dpe_operator").glob("*.py")))
@@ -52,7 +52,7 @@ def test_every_alert_and_its_settings_are_described(helm: Helm) -> None:
 def condition_types() -> set[str]:
     """Every condition type of a run or an Iteration, from the code that builds them."""
     found = set(re.findall(r'(?:condition|flag)\(\s*"(\w+)"', OPERATOR_SOURCE + STATUS_SOURCE))
-    return found | {observe.REFERENCES_CONDITION, observe.ACCEPTED_CONDITION} | {stage_condition_type(stage) for stage in StageName}
+    return found | set(PHASE_CONDITIONS) | {observe.REFERENCES_CONDITION, observe.ACCEPTED_CONDITION} | {stage_condition_type(stage) for stage in StageName}
 
 
 def reasons() -> set[str]:
@@ -60,7 +60,7 @@ def reasons() -> set[str]:
     found = {reason.value for reason in StopReason}
     found |= {"Pending", "Running", "Suspended", "InvalidSpec"} | {outcome.value for outcome in StageOutcome}
     found |= set(re.findall(r'RunEvent\(\s*"(\w+)"', OPERATOR_SOURCE))
-    found |= set(observe.REFUSAL_REASONS.values()) | {"Accepted", "Refused"}
+    found |= set(observe.REFUSAL_REASONS.values()) | {"Accepted", "Refused", uninstall.UNINSTALLED_REASON}
     found |= set(re.findall(r'"(Run[A-Z]\w+)"', OPERATOR_SOURCE))
     # Finished attempts other than successes are announced as Stage<State>.
     found |= {f"Stage{state.value}" for state in JobState if state not in LIVE and state is not JobState.succeeded}

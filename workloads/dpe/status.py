@@ -220,9 +220,6 @@ def run_status(decision: Decision, previous: Mapping[str, Any], iteration_status
     latest = latest_diagnosed(iteration_statuses)
     best = decision.best
 
-    def flag(type_: str, value: bool) -> dict[str, Any]:
-        return condition(type_, value, reason, decision.message, generation, old_conditions, now)
-
     return {
         "phase": phase.value,
         "observedGeneration": generation,
@@ -239,12 +236,18 @@ def run_status(decision: Decision, previous: Mapping[str, Any], iteration_status
         "completionTime": previous.get("completionTime") or (now if terminal else None),
         "capabilityAccuracy": {} if latest is None else iteration_statuses[latest]["capabilityAccuracy"],
         "mixtureWeights": {} if latest is None else iteration_statuses[latest]["mixtureWeights"],
-        "conditions": [
-            flag("Ready", phase is RunPhase.succeeded),
-            flag("Progressing", phase is RunPhase.running),
-            flag("Suspended", phase is RunPhase.suspended),
-            flag("Complete", phase is RunPhase.succeeded),
-            flag("Failed", phase is RunPhase.failed),
-            *conditions,
-        ],
+        "conditions": [*phase_conditions(phase, reason, decision.message, generation, old_conditions, now), *conditions],
     }
+
+
+PHASE_CONDITIONS = ("Ready", "Progressing", "Suspended", "Complete", "Failed")
+"""The conditions every run carries, all following its phase."""
+
+
+def phase_conditions(phase: RunPhase, reason: str, message: str, generation: int | None, previous: Iterable[Mapping[str, Any]],
+                     now: str) -> list[dict[str, Any]]:
+    """The five conditions of a run in `phase` (`PHASE_CONDITIONS`), sharing one reason and message."""
+    previous = list(previous)
+    holds = {"Ready": phase is RunPhase.succeeded, "Progressing": phase is RunPhase.running, "Suspended": phase is RunPhase.suspended,
+             "Complete": phase is RunPhase.succeeded, "Failed": phase is RunPhase.failed}
+    return [condition(type_, holds[type_], reason, message, generation, previous, now) for type_ in PHASE_CONDITIONS]
