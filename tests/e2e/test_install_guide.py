@@ -33,6 +33,8 @@ from dpe_testkit.kube_emulator import CRD_RESOURCE, EmulatedCluster
 from dpe_testkit.node_agent import PODS, USER_AGENT, Node, NodeAgent, free_port
 from dpe_testkit.rbac import Guard, guarded
 
+from dpe_operator.names import FINALIZER
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 GUIDE = ROOT / "docs" / "install.md"
@@ -201,21 +203,38 @@ def test_the_cpu_install_guide_runs_as_written(bench: Workbench, s3_server: Any)
     assert bench.cluster.list(CRD_RESOURCE), "helm leaves the CRDs"
 
 
-VALUES_NAMESPACES = {"cpu-dev.yaml": ("dpe", ["dpe"]), "gpu-cluster.yaml": ("dpe-system", ["dpe-system", "ml-research", "monitoring"])}
+VALUES_SETUPS = {
+    "cpu-dev.yaml": ("dpe", ["dpe"], "dpe", "dpe-minio"),
+    "gpu-cluster.yaml": ("dpe-system", ["dpe-system", "ml-research", "monitoring"], "ml-research", "dpe-operator-minio"),
+}
+"""Per values file: the release namespace, the namespaces to create (as the guide does), the one runs
+are served in, and the operator's S3 Secret."""
 
 
 @pytest.mark.parametrize("values", EXAMPLE_VALUES, ids=[p.name for p in EXAMPLE_VALUES])
 def test_each_values_file_installs_and_uninstalls_cleanly(pods_can_run: None, s3_server: Any, tmp_path: Path, values: Path) -> None:
     """On a server with no prometheus-operator CRDs, in fresh namespaces created as the guide says:
-    helm install succeeds, the operator starts, and helm uninstall (its hook Job included) leaves
-    nothing but the CRDs. The node knows the images by the Dockerfile's names, so the GPU example's
-    registry path is swapped for that name."""
-    release_namespace, namespaces = VALUES_NAMESPACES[values.name]
+    helm install succeeds, the operator takes a run (its finalizer), and helm uninstall (its hook
+    Job included) leaves the run deletable at once and nothing of the chart but the CRDs. The node
+    knows the images by the Dockerfile's names, so the GPU example's registry path is swapped for
+    that name."""
+    release_namespace, namespaces, served, secret = VALUES_SETUPS[values.name]
     with Workbench(tmp_path, s3_server, (release_namespace, "dpe-dpe-operator")) as bench:
         creates = "\n".join(f"kubectl create namespace {ns}" for ns in namespaces)
-        bench.shell(f"{creates}\nhelm install dpe charts/dpe-operator -n {release_namespace} -f {values} --set image.repository=dpe-operator\n"
-                    f"kubectl -n {release_namespace} get deployment dpe-dpe-operator", timeout=300)
+        bench.shell(f"{creates}\n"
+                    f'kubectl -n {release_namespace} create secret generic {secret} --from-literal=accessKey="$DPE_S3_ACCESS_KEY" '
+                    f'--from-literal=secretKey="$DPE_S3_SECRET_KEY"\n'
+                    f"helm install dpe charts/dpe-operator -n {release_namespace} -f {values} --set image.repository=dpe-operator\n"
+                    f"kubectl -n {release_namespace} rollout status deployment/dpe-dpe-operator --timeout=120s\n"
+                    f"kubectl -n {served} apply -f examples/minimal.yaml", timeout=300)
         assert not [o for o in bench.left() if "monitoring.coreos.com" in o]
+
+        def taken() -> bool:
+            run = bench.cluster.get(RUNS, served, "minimal")
+            return run is not None and FINALIZER in (run["metadata"].get("finalizers") or [])
+
+        bench.wait_for("the operator to take the run", taken, timeout=120)
         bench.shell(f"helm uninstall dpe -n {release_namespace}", timeout=600)
-        bench.wait_left([])
+        bench.shell(f"kubectl -n {served} delete evolutionrun minimal --timeout=60s", timeout=120)
+        bench.wait_left([f"secrets {release_namespace}/{secret}"])
         assert bench.cluster.list(CRD_RESOURCE)
