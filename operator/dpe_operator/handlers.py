@@ -43,9 +43,9 @@ def reconciler() -> Reconciler:
         return _reconciler
 
 
-def reconcile(namespace: str, name: str, jobs_by_run: JobsByRun) -> None:
+def reconcile(namespace: str, name: str, jobs_by_run: JobsByRun, timer_version: str | None = None) -> None:
     try:
-        reconciler().reconcile(namespace, name, jobs_by_run)
+        reconciler().reconcile(namespace, name, jobs_by_run, timer_version=timer_version)
     except RetryLater as error:
         raise kopf.TemporaryError(str(error), delay=error.delay) from error
 
@@ -86,8 +86,9 @@ def on_change(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str
 
 @kopf.timer(API_GROUP, API_VERSION, "evolutionruns", interval=SETTINGS.reconcile_seconds, idle=0)
 def on_timer(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
-    """The safety net: pods stuck on a bad image, unschedulable past the grace period, deadlines."""
-    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], jobs_by_run)
+    """The safety net: pods stuck on a bad image, unschedulable past the grace period, deadlines. A
+    quiet run (`dpe_operator.runner`) costs nothing here."""
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"], jobs_by_run, body["metadata"].get("resourceVersion"))
 
 
 @kopf.index("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})

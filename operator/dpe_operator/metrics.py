@@ -38,6 +38,8 @@ CAPABILITY_ACCURACY = Gauge("dpe_capability_accuracy", "Probe accuracy per capab
 MIXTURE_WEIGHT = Gauge("dpe_mixture_weight", "Generation weight per capability type at the latest diagnosis.", ["namespace", "run", "capability"], registry=REGISTRY)
 STORE_ERRORS = Counter("dpe_store_errors", "Errors talking to the artifact store.", ["kind"], registry=REGISTRY)
 API_ERRORS = Counter("dpe_api_errors", "Errors talking to the Kubernetes API.", ["status"], registry=REGISTRY)
+PASSES = Counter("dpe_operator_passes", "Reconcile passes by trigger (event or timer) and what they did (full, or skipped: "
+                 "a timer pass over a quiet run, one unchanged since a pass that found nothing to do).", ["trigger", "kind"], registry=REGISTRY)
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
 OUTCOMES = ("Pending", "Running", "Succeeded", "Failed")

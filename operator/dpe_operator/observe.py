@@ -62,6 +62,21 @@ def job_state(job: Mapping[str, Any]) -> tuple[JobState, float | None, str, bool
     return JobState.pending, None, "", False
 
 
+def settled(jobs: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether no Job of a run can change the run's course by time alone: each has finished, is
+    suspended, or runs with every active pod ready. A Job still without pods (admission, quota) or
+    with pods not ready (unschedulable, a missing Secret, a bad image) has deadlines that only a
+    periodic look meets, so a run with one is never quiet."""
+    for job in jobs:
+        state = job_state(job)[0]
+        if state in (JobState.succeeded, JobState.failed, JobState.suspended):
+            continue
+        status = job.get("status") or {}
+        if state is not JobState.running or not status.get("active") or status.get("ready") != status.get("active"):
+            return False
+    return True
+
+
 def job_key(job: Mapping[str, Any]) -> tuple[int, StageName, int] | None:
     """(iteration, stage, attempt) of a stage Job from its labels; None for anything else."""
     labels = (job.get("metadata") or {}).get("labels") or {}

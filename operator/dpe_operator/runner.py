@@ -4,6 +4,12 @@ Every trigger (the run's own events, its timer, a Job or pod of it changing, a w
 asked for) comes to `Reconciler.reconcile`, which reads the run inside the run's lock and writes
 its status itself, so no pass works from, or writes back, a status older than the one before it.
 The Events and counters of the run's transitions go out only once that status is written.
+
+The timer is a safety net, and a quiet run needs none: when a pass changed nothing, asked for no
+later pass, and left every Job of the run settled (`observe.settled`), the run is marked quiet with
+the version of the run and of each of its Jobs it saw. A timer pass that finds the same versions
+does no work at all (no API call); any change of the run or of one of its Jobs, and every pass not
+started by the timer, goes the full way.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ STALE_RETRY_SECONDS = 1.0
 """Wait before a pass that met a newer write starts over: the other writer is done or nearly."""
 JobsByRun = Mapping[tuple[str, str], Iterable[dict[str, Any]]]
 """The operator's stage Jobs by (namespace, run label), as its watch last saw them."""
+QuietMark = tuple[str, frozenset[tuple[str, str]]]
+"""A quiet run as its last pass saw it: the run's resourceVersion and each Job's (name, resourceVersion)."""
+
+
+def quiet_mark(run_version: str, jobs: Iterable[Mapping[str, Any]]) -> QuietMark:
+    return run_version, frozenset((j["metadata"]["name"], j["metadata"].get("resourceVersion", "")) for j in jobs)
 Poster = Callable[[Mapping[str, Any], RunEvent], None]
 """Posts an Event about a run (its body as read)."""
 
@@ -62,6 +74,8 @@ class Reconciler:
         """(run uid, reason, message) of the Events this process posted or found posted."""
         self.published: dict[str, int] = {}
         """Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
+        self._quiet: dict[tuple[str, str], QuietMark] = {}
+        """Runs whose last pass found nothing to do, as it saw them (module doc)."""
         self.wakeups = Wakeups(self.reconcile)
 
     def _post(self, body: Mapping[str, Any], event: RunEvent) -> None:
@@ -92,29 +106,41 @@ class Reconciler:
         with self._locks_guard:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
-    def reconcile(self, namespace: str, name: str, jobs_by_run: JobsByRun) -> None:
+    def reconcile(self, namespace: str, name: str, jobs_by_run: JobsByRun, *, timer_version: str | None = None) -> None:
         """One pass of the spiral for one run, on its freshest state.
 
+        `timer_version` is the run's resourceVersion as the timer that started the pass saw it; a
+        timer pass over a quiet run that has not changed since does nothing (module doc).
         Raises `RetryLater` when the pass could not finish: soon for an outage of the API server or
         the store, after `refused_backoff_seconds` when the API server refused a request (the run's
         RequestsAccepted condition and an Event then name it).
         """
         body: dict[str, Any] | None = None
+        key = (namespace, name)
+        trigger = "event" if timer_version is None else "timer"
         try:
             with self._lock(namespace, name):
+                jobs = [*jobs_by_run.get((namespace, names.label_value(name)), [])]
+                if timer_version is not None and self._quiet.get(key) == quiet_mark(timer_version, jobs):
+                    metrics.PASSES.labels(trigger, "skipped").inc()
+                    return
+                self._quiet.pop(key, None)
+                metrics.PASSES.labels(trigger, "full").inc()
                 body = self.cluster.get_run(namespace, name)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return
                 posted = body
                 ctx = PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda event: self._post(posted, event), self.published,
                                   lambda event: self._post_once(posted, event))
-                result = reconcile_pass(ctx, body, [*jobs_by_run.get((namespace, names.label_value(name)), [])])
+                result = reconcile_pass(ctx, body, jobs)
                 if result.patch and not self.cluster.patch_run_status(namespace, name, result.patch, body["metadata"]["resourceVersion"]):
                     log.debug("run %s/%s changed during the pass; the next pass writes its status", namespace, name)
                 else:
                     ctx.announce(result.announce)
                 if result.requeue is not None:
                     self.wakeups.schedule(namespace, name, result.requeue, jobs_by_run)
+                elif not result.patch and not result.announce and observe.settled(jobs):
+                    self._quiet[key] = quiet_mark(body["metadata"]["resourceVersion"], jobs)
         except StaleRead as error:
             raise RetryLater(str(error), STALE_RETRY_SECONDS) from error
         except ClusterError as error:
@@ -199,6 +225,7 @@ class Reconciler:
         with self._lock(namespace, name):
             metrics.forget_run(namespace, name)
             self.wakeups.forget(namespace, name)
+            self._quiet.pop((namespace, name), None)
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
         self.published.pop(body["metadata"]["uid"], None)

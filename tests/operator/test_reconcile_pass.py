@@ -16,7 +16,7 @@ import pytest
 from dpe import layout
 from dpe.spec import StageName
 from dpe.store import LocalStore
-from dpe_operator import names
+from dpe_operator import names, observe
 from dpe_operator.cluster import ClusterError
 from dpe_operator.passes import PassContext, RunEvent
 from dpe_operator.reconcile import reconcile_pass
@@ -573,3 +573,53 @@ def test_a_step_found_done_is_announced_once_even_when_its_maker_died_before_ann
     third.reconcile("default", "demo", {})
     successor.reconcile("default", "demo", {})
     assert len([event for _, event in posted if event.reason == "StageStarted" and job["metadata"]["name"] in event.message]) == 2
+
+
+def _pass_requests(world: World, reconciler: Reconciler, **kwargs: Any) -> list[str]:
+    world.cluster.requests.clear()
+    reconciler.reconcile("default", "demo", {("default", "demo"): world.cluster.jobs("default", "demo")}, **kwargs)
+    return list(world.cluster.requests)
+
+
+def _settle(world: World, reconciler: Reconciler) -> None:
+    """Event passes until one writes nothing (the run's state has caught up with its Jobs)."""
+    for _ in range(5):
+        version = world.cluster.run["metadata"]["resourceVersion"]
+        _pass_requests(world, reconciler)
+        if world.cluster.run["metadata"]["resourceVersion"] == version:
+            return
+    raise AssertionError("the run never settled")
+
+
+def test_a_timer_pass_over_a_quiet_run_makes_no_request_until_the_run_or_a_job_changes(tmp_path: Path) -> None:
+    world, posted = World(tmp_path), Posted()
+    reconciler = _reconciler(world, posted)
+    _settle(world, reconciler)
+    for job in world.cluster.job_objects.values():
+        job["status"], job["metadata"]["resourceVersion"] = {"active": 1, "ready": 1}, "2"
+    _settle(world, reconciler)
+    version = world.cluster.run["metadata"]["resourceVersion"]
+    assert _pass_requests(world, reconciler, timer_version=version) == [], "nothing changed: the timer costs nothing"
+    assert _pass_requests(world, reconciler), "a pass not started by the timer always looks"
+    assert _pass_requests(world, reconciler, timer_version=version) == []
+    assert _pass_requests(world, reconciler, timer_version="older"), "a run version the pass did not see: look"
+
+    job = world.cluster.job_of(1, StageName.diagnose)
+    job["status"], job["metadata"]["resourceVersion"] = {"active": 1, "ready": 0}, "3"
+    assert _pass_requests(world, reconciler, timer_version=version), "a Job that changed: look"
+    assert _pass_requests(world, reconciler, timer_version=version), "a pod not ready has deadlines: the timer keeps looking"
+
+
+@pytest.mark.parametrize(("status", "suspend", "settled"), [
+    ({"conditions": [{"type": "Complete", "status": "True"}]}, False, True),
+    ({"conditions": [{"type": "Failed", "status": "True"}]}, False, True),
+    ({}, True, True),
+    ({"active": 2, "ready": 2}, False, True),
+    ({"active": 2, "ready": 1}, False, False),
+    ({"active": 1}, False, False),
+    ({}, False, False),
+])
+def test_a_run_is_settled_only_while_no_job_waits_on_a_deadline(status: dict[str, Any], suspend: bool, settled: bool) -> None:
+    job = {"metadata": {"name": "j"}, "spec": {"suspend": suspend}, "status": status}
+    assert observe.settled([job]) is settled
+    assert observe.settled([]) is True
