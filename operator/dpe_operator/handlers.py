@@ -58,7 +58,10 @@ def _owning_run(job: Mapping[str, Any]) -> str | None:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = names.FINALIZER
-    settings.posting.level = logging.INFO
+    # kopf's own messages on a run ("Timer 'on_timer' succeeded.", every safety-net period) stay in
+    # the log: as Events they would cost an API write per run per period. The operator's Events go
+    # out through kopf.event, which this level does not filter.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
     settings.execution.max_workers = SETTINGS.workers
     # A deleted run's timer may be in the middle of a pass; look again soon rather than kopf's minute.
