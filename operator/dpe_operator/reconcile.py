@@ -31,7 +31,7 @@ from dpe.spiral import (
     SuspendStage,
     advance,
 )
-from dpe_operator import boundary, builders, metrics, observe
+from dpe_operator import boundary, builders, metrics, names, observe
 from dpe_operator.fold import Folded, fold_jobs
 from dpe_operator.passes import Announcement, PassContext, PassResult, RunEvent, building, owner_of
 
@@ -113,7 +113,17 @@ class ClusterTurn:
         )
 
     def apply(self, decision: Decision, observation: RunObservation) -> None:
+        # A process that died between creating a Job and announcing it leaves the Job without its
+        # StageStarted; whoever finds the Job says it, once (the Job may already be in the index, so
+        # no create answers 409 to show it).
+        for (k, stage), attempt in sorted(self.newest.items()):
+            if attempt.main is not None and attempt.main["metadata"]["name"] == names.job_name(self.run.metadata.name, k, stage, attempt.attempt):
+                self.ctx.post_once(started_event(k, stage, attempt.attempt, attempt.main["metadata"]["name"]))
         self.announce = apply(self.ctx, self.run, self.body, decision, observation, self.newest)
+
+
+def started_event(iteration: int, stage: StageName, attempt: int, job: str) -> RunEvent:
+    return RunEvent("StageStarted", f"iteration {iteration} {stage.value} attempt {attempt}: Job {job}")
 
 
 def _refused(previous: Mapping[str, Any], generation: int | None, now: str, reason: str, problems: list[str]) -> PassResult:
@@ -152,7 +162,7 @@ def apply(ctx: PassContext, run: EvolutionRun, body: Mapping[str, Any], decision
             if action.stage is StageName.train and run.spec.train.nodes > 1:
                 service = building(what, lambda: builders.headless_service(run, action.iteration, action.attempt, owner=owner))
                 ctx.cluster.create("Service", namespace, service)
-            announced = RunEvent("StageStarted", f"iteration {action.iteration} {action.stage.value} attempt {action.attempt}: Job {job['metadata']['name']}")
+            announced = started_event(action.iteration, action.stage, action.attempt, job["metadata"]["name"])
             if ctx.cluster.create("Job", namespace, job):
                 if action.attempt > 1:
                     previous = observation.iterations[action.iteration].stage(action.stage).attempts[-1].state
