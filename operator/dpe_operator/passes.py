@@ -29,6 +29,11 @@ def building(what: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         raise BuildError(f"{what} cannot be built from the spec: {error}") from error
 
 
+def iso_time(seconds: float) -> str:
+    """An RFC 3339 UTC time to the second, as the API server writes them (`2026-12-05T12:00:00Z`)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class RunEvent:
     """A Kubernetes Event about the run."""
@@ -60,7 +65,7 @@ class PassContext:
     """Posts an Event about the run unless it was posted already (by this process or an earlier one)."""
 
     def now_iso(self) -> str:
-        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return iso_time(self.clock())
 
     def announce(self, announcements: list[Announcement]) -> None:
         for item in announcements:

@@ -30,7 +30,7 @@ from dpe.status import run_status_patch
 from dpe.store import ArtifactStore, PermanentStoreError, StoreError, open_store
 from dpe_operator import metrics, names, observe
 from dpe_operator.cluster import Cluster, ClusterError
-from dpe_operator.passes import BuildError, PassContext, RunEvent, StaleRead
+from dpe_operator.passes import BuildError, PassContext, RunEvent, StaleRead, iso_time
 from dpe_operator.reconcile import reconcile_pass
 from dpe_operator.settings import OperatorSettings
 
@@ -72,6 +72,8 @@ class Reconciler:
         self._locks_guard = threading.Lock()
         self._posted: set[tuple[str, str, str]] = set()
         """(run uid, reason, message) of the Events this process posted or found posted."""
+        self._events_listed: set[str] = set()
+        """Runs (uid) whose Events this process has read into `_posted`."""
         self.published: dict[str, int] = {}
         """Run uid -> the generation whose spec this process last wrote into the run's ConfigMap."""
         self._quiet: dict[tuple[str, str], QuietMark] = {}
@@ -84,14 +86,15 @@ class Reconciler:
 
     def _post_once(self, body: Mapping[str, Any], event: RunEvent) -> None:
         """An Event for a step found already done: a process that died between the step and its
-        Event never posted it, so it goes out unless this process or the API server has it."""
-        key = (body["metadata"]["uid"], event.reason, event.message)
-        if key in self._posted:
-            return
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        if not any((e.get("reason"), e.get("message")) == key[1:] for e in self.cluster.events(namespace, "EvolutionRun", name)):
+        Event never posted it, so it goes out unless this process or the API server has it. The
+        run's Events are listed once per process: what they hold joins what this process posted."""
+        uid = body["metadata"]["uid"]
+        if uid not in self._events_listed:
+            found = self.cluster.events(body["metadata"]["namespace"], "EvolutionRun", body["metadata"]["name"])
+            self._posted |= {(uid, e.get("reason"), e.get("message")) for e in found}
+            self._events_listed.add(uid)
+        if (uid, event.reason, event.message) not in self._posted:
             self._post(body, event)
-        self._posted.add(key)
 
     def _cached_store(self, run: EvolutionRun) -> ArtifactStore:
         """One store client per storage setting (a client holds a connection pool)."""
@@ -208,7 +211,7 @@ class Reconciler:
         self.post(body, RunEvent("RunFailed", f"{reason}: {message}"[:1000], warning=True))
 
     def _now_iso(self) -> str:
-        return PassContext(self.cluster, self.settings, self._store_of, self.clock, lambda _: None).now_iso()
+        return iso_time(self.clock())
 
     def _refused(self, body: Mapping[str, Any], error: ClusterError) -> None:
         """Say in the run's status and in an Event which request the API server refused, and why."""
@@ -230,6 +233,7 @@ class Reconciler:
             self._locks.pop((namespace, name), None)
         self.published.pop(body["metadata"]["uid"], None)
         self._posted = {key for key in self._posted if key[0] != body["metadata"]["uid"]}
+        self._events_listed.discard(body["metadata"]["uid"])
         for job in self.cluster.jobs(namespace, name):
             self.cluster.delete_job(namespace, job["metadata"]["name"])
         for item in self.cluster.iterations(namespace, name):

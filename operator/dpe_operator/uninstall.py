@@ -23,23 +23,23 @@ import argparse
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from dpe.spec import RunPhase
-from dpe.spiral import JobState
+from dpe.spiral import LIVE, JobState
 from dpe.status import PHASE_CONDITIONS, phase_conditions, run_status_patch
 from dpe_operator import observe
 from dpe_operator.cluster import ClusterError, KubernetesCluster, api_client
 from dpe_operator.names import FINALIZER
+from dpe_operator.passes import iso_time
+from dpe_operator.reconcile import TERMINAL
 
 log = logging.getLogger("dpe.operator.uninstall")
 
 UNINSTALLED_REASON = "OperatorUninstalled"
 UNINSTALLED_MESSAGE = ("the operator was uninstalled: running stages are suspended; "
                        "install the operator again to resume the run")
-LIVE_JOB_STATES = frozenset({JobState.pending, JobState.running})
-FINISHED_PHASES = frozenset({RunPhase.succeeded.value, RunPhase.failed.value})
+LIVE_JOB_STATES = LIVE - {JobState.suspended}
 POLL_SECONDS = 1.0
 
 
@@ -51,7 +51,7 @@ def jobs_to_suspend(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
 def released_status(run: Mapping[str, Any], now: str) -> dict[str, Any]:
     """The status patch of a run whose operator goes away: Suspended when it was in progress, else nothing."""
     previous = dict(run.get("status") or {})
-    if previous.get("phase") in FINISHED_PHASES:
+    if previous.get("phase") in TERMINAL:
         return {}
     old = list(previous.get("conditions") or [])
     shared = phase_conditions(RunPhase.suspended, UNINSTALLED_REASON, UNINSTALLED_MESSAGE, run["metadata"].get("generation"), old, now)
@@ -114,10 +114,6 @@ def release(cluster: KubernetesCluster, namespaces: Sequence[str | None], now: C
     return failed
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def main(argv: Sequence[str], kube_url: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpe-operator uninstall", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deployment", required=True, help="the operator's Deployment, as NAMESPACE/NAME")
@@ -137,7 +133,7 @@ def main(argv: Sequence[str], kube_url: str | None = None) -> int:
         stop_operator(cluster, namespace, name, args.timeout)
         if args.lease:
             cluster.delete_lease(*args.lease.split("/", 1))
-        failed = release(cluster, [None] if args.all_namespaces else list(dict.fromkeys(args.namespace)), _now)
+        failed = release(cluster, [None] if args.all_namespaces else list(dict.fromkeys(args.namespace)), lambda: iso_time(time.time()))
     except (ClusterError, TimeoutError) as error:
         log.error("%s", error)
         return 1

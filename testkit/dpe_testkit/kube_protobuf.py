@@ -98,57 +98,51 @@ def _metadata(data: bytes) -> dict[str, Any]:
     return meta
 
 
-def _secret(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret"}
-    for number, value in _fields(data):
-        if number == 1 and isinstance(value, bytes):
-            obj["metadata"] = _metadata(value)
-        elif number == 2:
-            key, item = _entry(value)
-            obj.setdefault("data", {})[key] = base64.b64encode(item).decode()
-        elif number == 3:
-            obj["type"] = _text(value)
-        elif number == 4:
-            key, item = _entry(value)
-            obj.setdefault("stringData", {})[key] = item.decode()
-        elif number == 5:
-            obj["immutable"] = bool(value)
-    return obj
+Reader = Callable[[dict[str, Any], str, int | bytes], None]
+"""Stores one field's value in the object under its JSON key."""
 
 
-def _config_map(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap"}
-    for number, value in _fields(data):
-        if number == 1 and isinstance(value, bytes):
-            obj["metadata"] = _metadata(value)
-        elif number == 2:
-            key, item = _entry(value)
-            obj.setdefault("data", {})[key] = item.decode()
-        elif number == 3:
-            key, item = _entry(value)
-            obj.setdefault("binaryData", {})[key] = base64.b64encode(item).decode()
-        elif number == 4:
-            obj["immutable"] = bool(value)
-    return obj
+def _read_metadata(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    if isinstance(value, bytes):
+        obj[key] = _metadata(value)
 
 
-def _namespace(data: bytes) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace"}
-    for number, value in _fields(data):
-        if number == 1 and isinstance(value, bytes):
-            obj["metadata"] = _metadata(value)
-        elif number == 2 and isinstance(value, bytes):
-            finalizers = [_text(item) for field, item in _fields(value) if field == 1]
-            if finalizers:
-                obj["spec"] = {"finalizers": finalizers}
-    return obj
+def _read_text(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    obj[key] = _text(value)
 
 
-DECODERS: dict[str, Callable[[bytes], dict[str, Any]]] = {"Secret": _secret, "ConfigMap": _config_map, "Namespace": _namespace}
+def _read_bool(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    obj[key] = bool(value)
+
+
+def _read_text_entry(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    name, item = _entry(value)
+    obj.setdefault(key, {})[name] = item.decode()
+
+
+def _read_bytes_entry(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    name, item = _entry(value)
+    obj.setdefault(key, {})[name] = base64.b64encode(item).decode()
+
+
+def _read_namespace_spec(obj: dict[str, Any], key: str, value: int | bytes) -> None:
+    finalizers = [_text(item) for field, item in _fields(value) if field == 1] if isinstance(value, bytes) else []
+    if finalizers:
+        obj[key] = {"finalizers": finalizers}
+
+
+SCHEMAS: dict[str, dict[int, tuple[str, Reader]]] = {
+    "Secret": {1: ("metadata", _read_metadata), 2: ("data", _read_bytes_entry), 3: ("type", _read_text),
+               4: ("stringData", _read_text_entry), 5: ("immutable", _read_bool)},
+    "ConfigMap": {1: ("metadata", _read_metadata), 2: ("data", _read_text_entry), 3: ("binaryData", _read_bytes_entry),
+                  4: ("immutable", _read_bool)},
+    "Namespace": {1: ("metadata", _read_metadata), 2: ("spec", _read_namespace_spec)},
+}
+"""Per kind, the fields read: field number -> (JSON key, reader)."""
 
 
 def decode(body: bytes) -> dict[str, Any]:
-    """The JSON form of a protobuf-encoded object of one of the `DECODERS`' kinds; ProtobufError for anything else."""
+    """The JSON form of a protobuf-encoded object of one of the kinds in `SCHEMAS`; ProtobufError for anything else."""
     if not body.startswith(MAGIC):
         raise ProtobufError("the body does not start with the Kubernetes protobuf magic")
     kind, raw = "", b""
@@ -157,7 +151,12 @@ def decode(body: bytes) -> dict[str, Any]:
             kind = next((_text(v) for n, v in _fields(value) if n == 2), "")
         elif number == 2 and isinstance(value, bytes):
             raw = value
-    decoder = DECODERS.get(kind)
-    if decoder is None:
-        raise ProtobufError(f"a protobuf {kind or 'object of no kind'} is not decoded here (only {', '.join(DECODERS)})")
-    return decoder(raw)
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise ProtobufError(f"a protobuf {kind or 'object of no kind'} is not decoded here (only {', '.join(SCHEMAS)})")
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind}
+    for number, value in _fields(raw):
+        if number in schema:
+            key, read = schema[number]
+            read(obj, key, value)
+    return obj

@@ -734,7 +734,7 @@ class NodeAgent:
                                   "message": f"{ready} of {wanted} replicas available",
                                   "lastTransitionTime": now_iso() if changed else previous.get("lastTransitionTime", now_iso()),
                                   "lastUpdateTime": now_iso() if changed else previous.get("lastUpdateTime", now_iso())}]}
-        if {k: v for k, v in old.items() if k != "conditions"} != {k: v for k, v in status.items() if k != "conditions"} or changed:
+        if status != old:  # unchanged counters and condition keep their times, so an idle sync writes nothing
             self.rest.merge(DEPLOYMENTS, deployment["metadata"]["namespace"], deployment["metadata"]["name"], {"status": status}, "status")
 
     # -- the scheduler and the kubelet --------------------------------------------------------------
