@@ -6,7 +6,6 @@ the environment once, when kopf imports this module; the timer's period is one o
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -96,11 +95,12 @@ def on_timer(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str,
 
 @kopf.index("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
 def jobs_by_run(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    """The operator's Jobs by (namespace, run label), as the watch last saw them."""
+    """The operator's Jobs by (namespace, run label), as the watch last saw them (what the
+    operator reads of each: `observe.job_summary`)."""
     run = (body["metadata"].get("labels") or {}).get(names.RUN_LABEL)
     if run is None:
         return None
-    return {(body["metadata"]["namespace"], run): copy.deepcopy(dict(body))}
+    return {(body["metadata"]["namespace"], run): observe.job_summary(body)}
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})

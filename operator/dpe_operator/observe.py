@@ -9,6 +9,7 @@ record holds the summary of its `result.json`.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -41,6 +42,27 @@ def end_of_second(value: str | None) -> float | None:
     """
     found = timestamp(value)
     return None if found is None else found + (0.0 if found % 1 else 1.0)
+
+
+JOB_METADATA_READ = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp", "labels", "annotations", "ownerReferences")
+"""The metadata of a Job the operator reads; the rest (managedFields above all) it never looks at."""
+
+
+def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator reads of a Job: identity, labels, annotations and owners, `.spec.suspend`
+    and the whole `.status`. The Job index holds this rather than the body, whose pod template is
+    most of its size: with 1,000 runs the index holds thousands of Jobs."""
+    metadata = job.get("metadata") or {}
+    summary: dict[str, Any] = {
+        "apiVersion": job.get("apiVersion"),
+        "kind": job.get("kind"),
+        "metadata": {key: copy.deepcopy(metadata[key]) for key in JOB_METADATA_READ if key in metadata},
+        "status": copy.deepcopy(dict(job.get("status") or {})),
+    }
+    suspend = (job.get("spec") or {}).get("suspend")
+    if suspend is not None:
+        summary["spec"] = {"suspend": suspend}
+    return summary
 
 
 def job_state(job: Mapping[str, Any]) -> tuple[JobState, float | None, str, bool]:

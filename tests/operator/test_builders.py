@@ -665,3 +665,27 @@ def test_the_builders_import_nothing_heavy() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_job_index_keeps_what_the_operator_reads_and_drops_the_pod_template() -> None:
+    """`observe.job_summary` is what the Job index holds for each Job: every observation the
+    operator makes of a Job reads the same from it as from the whole body, at a fraction of its size."""
+    from dpe_operator import observe
+
+    run = make_run()
+    job = build_job(run, StageName.score)
+    job["metadata"] |= {"uid": "u-1", "resourceVersion": "41", "creationTimestamp": "2026-12-05T10:00:00Z",
+                        "ownerReferences": [{"kind": "EvolutionRun", "name": run.metadata.name, "uid": "r-1"}],
+                        "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:status": {}}}] * 20}
+    job["spec"]["suspend"] = True
+    job["status"] = {"active": 1, "ready": 1, "conditions": [{"type": "Suspended", "status": "True"}]}
+    summary = observe.job_summary(job)
+    assert "managedFields" not in summary["metadata"] and "template" not in summary["spec"]
+    assert summary["metadata"]["labels"] == job["metadata"]["labels"] and summary["metadata"]["annotations"] == job["metadata"]["annotations"]
+    assert observe.job_state(summary) == observe.job_state(job)
+    assert observe.model_of(summary) == observe.model_of(job)
+    assert observe.newest_attempts([summary]).keys() == observe.newest_attempts([job]).keys()
+    assert observe.is_sharded(observe.AttemptJobs(1, summary)) == observe.is_sharded(observe.AttemptJobs(1, job))
+    assert len(json.dumps(summary)) * 4 < len(json.dumps(job))
+    summary["metadata"]["labels"]["x"] = "y"
+    assert "x" not in job["metadata"]["labels"]

@@ -81,8 +81,9 @@ def warm_up(model_dir: Path, records: list[SampleRecord], *, steps: int = WARM_S
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         labels = inputs["input_ids"].clone()
         labels[inputs["attention_mask"] == 0] = -100
-        for row, prompt in enumerate(prompts):
-            prompt_length = len(processor(text=[prompt], images=[images[row]], return_tensors="pt")["input_ids"][0])
+        # Padding is on the right, so each prompt's token count is its row's mask sum.
+        prompt_lengths = processor(text=prompts, images=images, return_tensors="pt", padding=True)["attention_mask"].sum(dim=1)
+        for row, prompt_length in enumerate(prompt_lengths.tolist()):
             labels[row, :prompt_length] = -100
         loss = model(**inputs, labels=labels).loss
         loss.backward()
