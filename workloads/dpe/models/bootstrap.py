@@ -71,20 +71,21 @@ def warm_up(model_dir: Path, records: list[SampleRecord], *, steps: int = WARM_S
     rng = random.Random(seed)
     for _ in range(steps):
         chosen = rng.sample(records, min(batch, len(records)))
-        texts, prompts, images = [], [], []
+        texts, answers, images = [], [], []
         for record in chosen:
             user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": solver_prompt(record.question, record.question_format)}]}]
             prompt = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-            prompts.append(prompt)
-            texts.append(prompt + answer_text(record) + "<|im_end|>")
+            answers.append(answer_text(record) + "<|im_end|>")
+            texts.append(prompt + answers[-1])
             images.append(open_image(record.image))
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         labels = inputs["input_ids"].clone()
         labels[inputs["attention_mask"] == 0] = -100
-        # Padding is on the right, so each prompt's token count is its row's mask sum.
-        prompt_lengths = processor(text=prompts, images=images, return_tensors="pt", padding=True)["attention_mask"].sum(dim=1)
-        for row, prompt_length in enumerate(prompt_lengths.tolist()):
-            labels[row, :prompt_length] = -100
+        # The answer opens with the added token <think>, so it tokenizes alone as it does after the
+        # prompt; padding is on the right, so a row's prompt is its mask sum less its answer.
+        answer_lengths = [len(ids) for ids in processor.tokenizer(answers, add_special_tokens=False)["input_ids"]]
+        for row, (length, answer_length) in enumerate(zip(inputs["attention_mask"].sum(dim=1).tolist(), answer_lengths, strict=True)):
+            labels[row, : length - answer_length] = -100
         loss = model(**inputs, labels=labels).loss
         loss.backward()
         optimiser.step()
