@@ -21,6 +21,9 @@ so the subclass here adds it (each item is a real API-server behaviour):
   schema declares (nulls included), defaulted, and refused with 422 when it breaks the schema or a
   CEL rule
   (`support.crdcheck`), so a status field the CRD lacks is lost here as on a real cluster;
+- graceful deletion of pods: a pod bound to a node and not finished stays, marked Terminating
+  with its grace period, until a delete with `gracePeriodSeconds=0` (what the kubelet sends once
+  its containers stopped) removes it;
 - CRDs applied through the API are served from then on (and no longer once deleted, their objects
   with them), with the status the apiextensions controller gives them (`Established`);
 - admission and validation of built-in objects (`kube_admission`): Pod Security admission from the
@@ -84,6 +87,8 @@ GENERATED_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 SUFFIX_LENGTH = 5
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 NAMESPACE_RESOURCE = "v1/namespaces"
+PODS_RESOURCE = "v1/pods"
+DEFAULT_TERMINATION_GRACE = 30
 # Verbs a CRD's resource answers to in discovery, as a real server lists them.
 CRD_VERBS = frozenset({"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
 # Metadata the server owns: a client's value on an update is replaced by the stored one.
@@ -331,6 +336,24 @@ def _field(obj: Any, path: str) -> Any:
 def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     """What `generation` tracks: everything except metadata and status."""
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
+
+
+def _grace_period(request: kmock.Request, current: Mapping[str, Any]) -> int:
+    """Seconds a deleted object stays, marked, before it goes: only a pod that a node runs has one.
+
+    As on the real server, a pod not yet bound to a node, or one that has finished, goes at once;
+    a bound one stays Terminating until its kubelet has stopped it and deletes it again with grace 0.
+    """
+    if request.resource != kmock.resource(PODS_RESOURCE):
+        return 0
+    if not current.get("spec", {}).get("nodeName") or (current.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    asked = request.params.get("gracePeriodSeconds")
+    if asked is None and isinstance(request.data, dict):
+        asked = request.data.get("gracePeriodSeconds")
+    if asked is None:
+        return int(current["spec"].get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE))
+    return max(0, int(asked))
 
 
 REQUEST_LOG_LIMIT = 1
@@ -611,7 +634,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         obj = self.objects[key]
         obj.history.append(new)
         is_crd = request.resource == kmock.resource(CRD_RESOURCE)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
             obj.delete()
             await self._buses[request.resource].put({"type": "DELETED", "object": copy.deepcopy(new)})
             if is_crd:
@@ -622,17 +645,18 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
 
     async def _delete(self, request: kmock.Request) -> None:
-        """Delete at once, or only mark for deletion while finalizers remain."""
+        """Delete at once, or only mark for deletion while finalizers remain or a node still runs the pod."""
         assert request.resource is not None
         current = self._current(request)
         meta = current["metadata"]
-        if meta.get("deletionTimestamp"):
+        grace = _grace_period(request, current)
+        if meta.get("deletionTimestamp") and not (grace == 0 and meta.get("deletionGracePeriodSeconds") and not meta.get("finalizers")):
             return
         obj = self.objects[self._key(request)]
         meta["resourceVersion"] = self._next_revision()
-        if meta.get("finalizers"):
+        if meta.get("finalizers") or grace:
             meta["deletionTimestamp"] = _now()
-            meta["deletionGracePeriodSeconds"] = 0
+            meta["deletionGracePeriodSeconds"] = grace
             obj.history.append(current)
             await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(current)})
         else:

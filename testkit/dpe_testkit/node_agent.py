@@ -551,7 +551,10 @@ class NodeAgent:
         uid = job["metadata"]["uid"]
         conditions = {c["type"]: c for c in status.get("conditions") or []}
         counted = self.counted.setdefault(uid, {"succeeded": set(), "failed": set(), "ignored": set(), "indexes": set()})
-        active = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        unfinished = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        active = [p for p in unfinished if not p["metadata"].get("deletionTimestamp")]
+        # A Job with a pod failure policy replaces a pod only once it has stopped (podReplacementPolicy: Failed).
+        terminating = [p for p in unfinished if p["metadata"].get("deletionTimestamp")]
         if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions.values()):
             for pod in active:
                 self.rest.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -606,7 +609,7 @@ class NodeAgent:
                 status["completionTime"] = now_iso()
             active = []
         else:
-            active += self._create_job_pods(job, active, counted["indexes"], objects)
+            active += self._create_job_pods(job, active + terminating, counted["indexes"], objects)
         ready = sum(1 for p in active if any(c.get("type") == "Ready" and c.get("status") == "True"
                                               for c in (p.get("status") or {}).get("conditions") or []))
         status.update(active=len(active), ready=ready, succeeded=len(counted["succeeded"]), failed=len(counted["failed"]),
@@ -695,6 +698,7 @@ class NodeAgent:
     def _sync_deployment(self, deployment: dict[str, Any], pods: list[dict[str, Any]], objects: Mapping[str, list[dict[str, Any]]]) -> None:
         template = deployment["spec"]["template"]
         digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         current = [p for p in pods if (p["metadata"].get("labels") or {}).get("pod-template-hash") == digest]
         for pod in pods:
             if pod not in current:
@@ -761,6 +765,12 @@ class NodeAgent:
     def _sync_pod(self, pod: dict[str, Any], pods: list[dict[str, Any]], objects: Mapping[str, list[dict[str, Any]]]) -> None:
         meta, status = pod["metadata"], pod.get("status") or {}
         if status.get("phase") in ("Succeeded", "Failed"):
+            return
+        if meta.get("deletionTimestamp"):
+            # Terminating: the object goes only once its containers have stopped, as the kubelet does it.
+            if meta["uid"] in self.pods:
+                self._forget(meta["uid"])
+            self.rest.call("DELETE", self.rest.path(PODS, meta["namespace"], meta["name"]) + "?gracePeriodSeconds=0")
             return
         if not pod["spec"].get("nodeName"):
             problem = self._schedule(pod, pods)

@@ -330,6 +330,28 @@ def test_finalizers_hold_deletion_until_released(cluster: EmulatedCluster, http:
     assert call(http, cluster, "GET", path)[0] == 404
 
 
+def test_a_pod_a_node_runs_stays_terminating_until_its_kubelet_deletes_it_again(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
+    pods = "/api/v1/namespaces/default/pods"
+    spec = {"containers": [{"name": "main", "image": "busybox"}]}
+    for name, extra in (("bound", {"nodeName": "node-1", "terminationGracePeriodSeconds": 5}), ("unbound", {})):
+        status, _ = call(http, cluster, "POST", pods, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {**spec, **extra}})
+        assert status == 201
+
+    assert call(http, cluster, "DELETE", f"{pods}/unbound")[0] == 200
+    assert cluster.get("v1/pods", "default", "unbound") is None
+
+    assert call(http, cluster, "DELETE", f"{pods}/bound")[0] == 200
+    marked = cluster.get("v1/pods", "default", "bound")
+    assert marked is not None and marked["metadata"]["deletionTimestamp"] and marked["metadata"]["deletionGracePeriodSeconds"] == 5
+    call(http, cluster, "PATCH", f"{pods}/bound/status", {"status": {"phase": "Running"}}, MERGE_PATCH)
+    assert cluster.get("v1/pods", "default", "bound") is not None, "a status write by the kubelet does not remove it"
+    assert call(http, cluster, "DELETE", f"{pods}/bound")[0] == 200
+    assert cluster.get("v1/pods", "default", "bound") is not None, "a second plain delete changes nothing"
+
+    assert call(http, cluster, "DELETE", f"{pods}/bound?gracePeriodSeconds=0")[0] == 200
+    assert cluster.get("v1/pods", "default", "bound") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Selectors, lists, discovery, paths
 

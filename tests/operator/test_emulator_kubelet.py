@@ -138,6 +138,25 @@ def test_run_as_non_root_with_user_zero_is_a_config_error(cluster: EmulatedClust
     assert events[0]["message"] == f"Error: {state['message']}"
 
 
+def test_a_deleted_pod_stays_until_its_containers_have_stopped(cluster: EmulatedCluster, agent: NodeAgent) -> None:
+    """A deleted pod's object outlives its process, as on a real node: whoever waits for the pods to
+    go (an uninstall hook, a rollout) knows the program has stopped by then."""
+    script = "trap 'echo stopped; exit 0' TERM; echo started; while true; do sleep 0.1; done"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "long"},
+           "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "dpe-workload", "command": ["sh", "-c", script]}]}}
+    rest = Rest(cluster.url)
+    rest.create(PODS, "default", pod)
+    deadline = time.monotonic() + 30
+    while "started" not in agent.logs("default", "long"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    assert rest.delete(PODS, "default", "long") == 200
+
+    gone = cluster.wait_for(PODS, "default", "long", lambda p: p is None, timeout=30)
+    assert gone is None and "stopped" in agent.logs("default", "long")
+
+
 def pod_of(context: dict[str, Any], container: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
             "spec": {"securityContext": context, "containers": [{"name": "c", **({"securityContext": container} if container else {})}]}}
