@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dpe_testkit.runs import context, write_run
 
-from benchmarks.agents_throughput.measures import SideResult
+from benchmarks.agents_throughput.measures import SideResult, occupancy, slot_seconds
 from benchmarks.agents_throughput.scenario import EDIT_S, SMALL_PICTURES, Scenario
 from benchmarks.agents_throughput.world import PictureBook, World
 from dpe.agents import AgentProvider
@@ -110,4 +110,6 @@ def run_ours(scenario: Scenario, quotas: Mapping[CapabilityType, int], book: Pic
         by_type={t.value: len(records) for t, records in generation.accepted.items() if records},
         time_scale=scenario.time_scale,
         accepted_at=accepted_at,
+        slot_seconds=slot_seconds(counts.in_flight_changes, started, started + seconds),
+        occupancy=occupancy(counts.in_flight_changes, started, started + seconds),
     )

@@ -18,7 +18,7 @@ import httpx
 import openai
 from pydantic import BaseModel
 
-from benchmarks.agents_throughput.measures import SideResult
+from benchmarks.agents_throughput.measures import SideResult, occupancy, slot_seconds
 from benchmarks.agents_throughput.scenario import EDIT_S, SMALL_PICTURES, Scenario
 from benchmarks.agents_throughput.world import PictureBook, World
 from dpe.agents import SampleTask, SeedItem
@@ -37,6 +37,8 @@ REFERENCE_BACKOFF_CAP_S = 30.0
 REFERENCE_MAX_TOKENS = 8192
 REFERENCE_RESULTS_PER_QUERY = 3
 REFERENCE_MAX_EDIT_CANDIDATES = 6
+REFERENCE_WINDOW_PER_WORKER = 2
+"""The reference keeps twice as many samples submitted as it has worker threads (20 for its 10)."""
 ReplyT = TypeVar("ReplyT")
 FREE_TYPE_MARKER = "Image type: choose it yourself"
 ASSIGNED_TYPE_LINE = "Image type (assigned; the sample must be of this type): {capability_type}, that is {capability_description}."
@@ -256,8 +258,9 @@ def reference_choice(candidates: list[Candidate]) -> tuple[Candidate, bool]:
     return candidates[0], True
 
 
-def run_reference(scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str) -> SideResult:
-    """The reference's batch loop: 10 threads, a window of 20 futures, quota checked on return."""
+def run_reference(scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str, workers: int) -> SideResult:
+    """The reference's batch loop: `workers` threads (10 as shipped), a window of twice as many
+    futures (20 as shipped), quota checked on return."""
     manager = ReferenceQuotaManager(quotas)
     discarded = 0
     failures: Counter[str] = Counter()
@@ -270,9 +273,9 @@ def run_reference(scenario: Scenario, quotas: Mapping[CapabilityType, int], book
         cpu, started = time.process_time(), time.monotonic()
         pending: set[Future[ReferenceSample | str]] = set()
         submitted = 0
-        with ThreadPoolExecutor(max_workers=scenario.reference_workers) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             while not manager.is_complete():
-                while len(pending) < scenario.reference_window and submitted < submission_limit:
+                while len(pending) < REFERENCE_WINDOW_PER_WORKER * workers and submitted < submission_limit:
                     pending.add(pool.submit(pipeline.sample, submitted, seeds[submitted % len(seeds)]))
                     submitted += 1
                 if not pending:
@@ -293,7 +296,7 @@ def run_reference(scenario: Scenario, quotas: Mapping[CapabilityType, int], book
             unfinished = sum(1 for future in pending if not future.cancel() and not future.done())
         pipeline.close()
     return SideResult(
-        name="reference",
+        name=f"reference, {workers} workers",
         accepted=sum(accepted.values()),
         seconds=seconds,
         cpu_seconds=cpu,
@@ -306,28 +309,27 @@ def run_reference(scenario: Scenario, quotas: Mapping[CapabilityType, int], book
         by_type=dict(sorted(accepted.items())),
         time_scale=scenario.time_scale,
         accepted_at=accepted_at,
+        slot_seconds=slot_seconds(counts.in_flight_changes, started, started + seconds),
+        occupancy=occupancy(counts.in_flight_changes, started, started + seconds),
+        workers=workers,
     )
 
 
 class ReferenceRun:
-    """The reference side in a child process of its own, running while ours runs here.
+    """The reference side in a child process of its own: its threads, client pools and imports share
+    nothing with ours but the machine."""
 
-    Each side has its own copy of the services, so they share nothing but the machine; running
-    them side by side halves the benchmark's duration. The reference's ten threads mostly wait, so
-    the CPU it takes from ours is small (both sides' CPU seconds are reported).
-    """
-
-    def __init__(self, scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str):
+    def __init__(self, scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str, workers: int):
         processes = multiprocessing.get_context("fork")
         self._receive, send = processes.Pipe(duplex=False)
-        self._process = processes.Process(target=self._run, args=(scenario, quotas, book, brief, send), name="reference")
+        self._process = processes.Process(target=self._run, args=(scenario, quotas, book, brief, workers, send), name="reference")
         self._process.start()
         send.close()
 
     @staticmethod
-    def _run(scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str, send: Connection) -> None:
+    def _run(scenario: Scenario, quotas: Mapping[CapabilityType, int], book: PictureBook, brief: str, workers: int, send: Connection) -> None:
         try:
-            send.send(run_reference(scenario, quotas, book, brief))
+            send.send(run_reference(scenario, quotas, book, brief, workers))
         except BaseException as error:  # whatever stops the child must reach the parent as a failure
             send.send(RuntimeError(f"the reference side failed: {type(error).__name__}: {error}"))
             raise

@@ -1,161 +1,123 @@
-"""The comparison's report: the printed table, and the section of benchmarks/RESULTS.md."""
+"""The sweep's report: the printed table, and its section of benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.agents_throughput.measures import Comparison, SideResult
-from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, ROLE_PROFILES, SEARCH_API_S, EndpointLimits, Scenario
-from benchmarks.reporting import replace_section
-from dpe.agents.roles import SAMPLES_PER_ENDPOINT_SLOT
+from benchmarks.agents_throughput.measures import Bound, SideResult, Sweep, median
+from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, ROLE_PROFILES, SEARCH_API_S, Scenario
+from benchmarks.reporting import markers, replace_section
 
-SECTION_START = "<!-- agents_throughput:start -->"
-SECTION_END = "<!-- agents_throughput:end -->"
+SECTION = "agents_throughput"
+LOADED_SECTION = "agents_throughput_cpu_load"
 COMMAND = "python -m benchmarks.agents_throughput"
+JSON_NAME = "agents"
+TARGET_RATIO, LOADED_TARGET_RATIO, TARGET_SHARE = 1.5, 1.3, 0.85
+"""Ours against the best reference (quiet machine, and with busy processes beside it), and ours'
+share of the physical bound, over the whole job."""
+SECTION_START = markers(SECTION)[0]
 
 
-ROWS: list[tuple[str, Callable[[SideResult], str]]] = [
-    ("accepted samples", lambda s: f"{s.accepted}"),
-    ("wall-clock seconds", lambda s: f"{s.seconds:.1f}"),
-    ("accepted per wall-clock minute", lambda s: f"{s.per_minute:.1f}"),
-    ("accepted per simulated minute (whole job)", lambda s: f"{s.per_simulated_minute:.2f}"),
-    ("accepted per simulated minute (25%-75% of the job)", lambda s: f"{s.steady_per_simulated_minute:.2f}"),
-    ("first sample accepted after (simulated s)", lambda s: f"{s.first_accepted_simulated_s:.0f}"),
-    ("last tenth of the samples took (simulated s)", lambda s: f"{s.last_tenth_simulated_s:.0f}"),
-    ("LLM calls per accepted sample", lambda s: f"{s.calls_per_accepted:.1f}"),
-    ("429 answers", lambda s: f"{s.rate_limited}"),
-    ("5xx answers", lambda s: f"{s.server_errors}"),
-    ("discarded over quota", lambda s: f"{s.discarded}"),
-    ("failed samples", lambda s: f"{s.failed} ({', '.join(f'{k} {v}' for k, v in s.failures.items()) or 'none'})"),
-    ("unfinished, work lost (reference: running at the end; ours: cancelled spares)", lambda s: f"{s.unfinished}"),
-    ("requests per simulated minute", lambda s: f"{s.used_per_minute(s.requests):.0f}"),
-    ("tokens per simulated minute", lambda s: f"{s.used_per_minute(s.tokens):,.0f}"),
-    ("CPU seconds (whole process)", lambda s: f"{s.cpu_seconds:.1f}"),
+def representative(runs: Sequence[SideResult]) -> SideResult:
+    """The run with the median rate (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run.per_simulated_minute)[(len(runs) - 1) // 2]
+
+
+ROWS: list[tuple[str, Callable[[SideResult, Bound], str]]] = [
+    ("accepted samples", lambda s, b: f"{s.accepted}"),
+    ("wall-clock seconds", lambda s, b: f"{s.seconds:.1f}"),
+    ("**accepted per simulated minute (whole job)**", lambda s, b: f"**{s.per_simulated_minute:.2f}**"),
+    ("accepted per simulated minute (25%-75% of the job)", lambda s, b: f"{s.steady_per_simulated_minute:.2f}"),
+    ("physical bound (accepted per simulated minute)", lambda s, b: f"{b.value:.1f} ({b.binding})"),
+    ("**share of the bound reached (whole job)**", lambda s, b: f"**{s.per_simulated_minute / b.value:.2f}**" if b.value else "-"),
+    ("request-seconds in flight per accepted sample (simulated)", lambda s, b: f"{s.slot_seconds_per_accepted:.0f}"),
+    ("LLM calls per accepted sample", lambda s, b: f"{s.calls_per_accepted:.1f}"),
+    ("tokens per accepted sample", lambda s, b: f"{s.tokens / s.accepted:,.0f}" if s.accepted else "-"),
+    ("mean requests in flight, by tenth of the job", lambda s, b: " ".join(f"{level:.0f}" for level in s.occupancy)),
+    ("first sample accepted after (simulated s)", lambda s, b: f"{s.first_accepted_simulated_s:.0f}"),
+    ("last tenth of the samples took (simulated s)", lambda s, b: f"{s.last_tenth_simulated_s:.0f}"),
+    ("429 answers", lambda s, b: f"{s.rate_limited}"),
+    ("5xx answers", lambda s, b: f"{s.server_errors}"),
+    ("discarded over quota", lambda s, b: f"{s.discarded}"),
+    ("failed samples", lambda s, b: f"{s.failed}"),
+    ("unfinished at the end (work lost)", lambda s, b: f"{s.unfinished}"),
+    ("CPU seconds per accepted sample", lambda s, b: f"{s.cpu_per_accepted:.3f}"),
 ]
 
 
-def table(comparison: Comparison) -> str:
-    """The results as a Markdown table, one row per measure."""
-    lines = ["| measure | ours | reference |", "|---|---:|---:|"]
+def table(result: Sweep) -> str:
+    """One column per configuration (its median run), one row per measure."""
+    columns = [("ours", result.ours)] + [(f"reference, {w} workers", runs) for w, runs in sorted(result.references.items())]
+    shown = [(name, representative(runs), Bound.of(representative(runs), result.scenario.limits)) for name, runs in columns]
+    lines = ["| measure | " + " | ".join(name for name, _, _ in shown) + " |", "|---|" + "---:|" * len(shown)]
     for label, cell in ROWS:
-        lines.append(f"| {label} | {cell(comparison.ours)} | {cell(comparison.reference)} |")
-    lines.append(f"| **ratio ours / reference, whole job (the measure)** | **{comparison.ratio:.2f}x** | |")
-    lines.append(f"| ratio ours / reference, 25%-75% of the job | {comparison.steady_ratio:.2f}x | |")
+        lines.append(f"| {label} | " + " | ".join(cell(side, bound) for _, side, bound in shown) + " |")
     return "\n".join(lines)
 
 
-def command_line(scenario: Scenario, repeats: int = 1) -> str:
-    repeated = f" --repeats {repeats}" if repeats > 1 else ""
-    return f"{COMMAND} --samples {scenario.samples} --time-scale {scenario.time_scale:g} --seed {scenario.seed}{repeated}"
+def command_line(scenario: Scenario, repeats: int = 1, load: int = 0) -> str:
+    workers = ",".join(str(w) for w in scenario.reference_workers)
+    extra = (f" --repeats {repeats}" if repeats > 1 else "") + (f" --cpu-load {load}" if load else "")
+    return f"{COMMAND} --samples {scenario.samples} --time-scale {scenario.time_scale:g} --seed {scenario.seed} --ref-workers {workers}{extra}"
 
 
-def ceiling(side: SideResult, limits: EndpointLimits) -> float:
-    """Accepted samples per simulated minute the request and token quotas would allow at this
-    side's requests and tokens per accepted sample."""
-    tokens_per_accepted = side.tokens / side.accepted if side.accepted else math.inf
-    return min(limits.requests_per_minute / side.calls_per_accepted, limits.tokens_per_minute / tokens_per_accepted)
+def spread(values: Sequence[float], unit: str = "x") -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}{unit} (one run)"
+    return f"{median(values):.2f}{unit} (runs: {', '.join(f'{v:.2f}{unit}' for v in sorted(values))})"
 
 
-def use_of_quotas(side: SideResult, limits: EndpointLimits) -> str:
-    """What a side sent per simulated minute, against the endpoint's quotas."""
-    requests, tokens = side.used_per_minute(side.requests), side.used_per_minute(side.tokens)
-    return (
-        f"{requests:,.0f} requests and {tokens:,.0f} tokens per simulated minute "
-        f"({requests / limits.requests_per_minute:.0%} and {tokens / limits.tokens_per_minute:.0%} of the quotas)"
-    )
+def verdict(value: float, target: float) -> str:
+    return "meets" if value >= target else "is below"
 
 
-def repeats_line(ratios: Sequence[float]) -> str:
-    """How the measure varied over the runs recorded together."""
-    if len(ratios) == 1:
-        return "One run."
-    ordered = ", ".join(f"{ratio:.2f}x" for ratio in sorted(ratios))
-    return f"{len(ratios)} runs, one after another; the measure was {ordered}. The table shows the median run."
-
-
-def section(comparison: Comparison, ratios: Sequence[float]) -> str:
-    """The RESULTS.md section: command, date, machine, numbers and what they mean."""
-    scenario, ours, reference = comparison.scenario, comparison.ours, comparison.reference
-    limits = scenario.limits
+def section(result: Sweep) -> str:
+    """The RESULTS.md section: command, date, machine, setting, table and the verdicts."""
+    scenario, limits = result.scenario, result.scenario.limits
     latencies = ", ".join(f"{role} {profile.latency_s:g} s" for role, profile in ROLE_PROFILES.items())
-    quota_text = ", ".join(f"{name} {quota}" for name, quota in comparison.quotas.items())
-    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-    verdict = "meets" if comparison.ratio >= 5 else "is below"
-    our_failures = ", ".join(f"{kind} {count}" for kind, count in ours.failures.items()) or "none"
-    return f"""{SECTION_START}
-## Agents: accepted samples per minute, ours vs the reference structure
+    quota_text = ", ".join(f"{name} {quota}" for name, quota in result.quotas.items())
+    target = LOADED_TARGET_RATIO if result.cpu_load else TARGET_RATIO
+    ours_bound = result.bound(result.ours)
+    share = result.share_of_bound(result.ours)
+    best = result.best_workers
+    title = f"with {result.cpu_load} busy processes beside it" if result.cpu_load else "on a quiet machine"
+    return f"""## Agents: accepted samples per minute against the reference at its best and the endpoint's bound, {title}
 
-- Command: `{command_line(scenario, len(ratios))}`
+- Command: `{command_line(scenario, len(result.ours), result.cpu_load)}`
 - Date: {datetime.now(UTC).date().isoformat()}
-- Machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}
-- Endpoint, the same for both sides: {rpm} requests/min, {tpm:,} tokens/min, {limits.max_concurrency} requests
-  in flight (429 with Retry-After beyond any of them), and a 503 on every {limits.server_error_every}th request.
-- Latency per reply: {latencies}.
-  Search API {SEARCH_API_S:g} s, each download {DOWNLOAD_S:g} s, an edit {EDIT_S:g} s. Every duration runs at
-  x{scenario.time_scale:g}; a "simulated minute" is a minute at these latencies.
+- Machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}; busy
+  processes beside the benchmark: {result.cpu_load}.
+- Endpoint, the same for every run: {limits.requests_per_minute} requests/min, {limits.tokens_per_minute:,} tokens/min,
+  {limits.max_concurrency} requests in flight (429 with Retry-After beyond any of them), a 503 on every
+  {limits.server_error_every}th request.
+- Latency per reply: {latencies}. Search API {SEARCH_API_S:g} s, each download {DOWNLOAD_S:g} s,
+  an edit {EDIT_S:g} s. Every duration runs at x{scenario.time_scale:g}; a "simulated minute" is a minute at
+  these latencies.
 - Quotas ({scenario.samples} samples): {quota_text}.
-- Scripted models answer both sides alike: {scenario.usable_share:.0%} of found pictures are usable as they
-  are and {scenario.edited_usable_share:.0%} of edited ones; the validator rejects the first question about 25%
-  of pictures and never accepts one about 4%. The reference's planner picks each image type at random
-  with the mixture's weights, the best a weakness prompt can make it do.
-- The sides run at the same time, each against its own copy of the services (child processes).
-- Repeats: {repeats_line(ratios)}
+- Every run is alone on the machine and has its own fresh copy of the services; a round runs ours, then
+  the reference at each worker count. Rounds: {len(result.ours)}. The table shows each configuration's median run.
+- The physical bound: each endpoint limit divided by what one accepted sample spent of it (request-seconds
+  in flight for the concurrency cap, admitted requests for the request rate, tokens for the token rate),
+  at the side's own costs; the least of the three binds. A side's share of its bound is its mean
+  occupancy of the binding limit over the whole job.
 
-{table(comparison)}
+{table(result)}
 
-**Result.** Over the whole job ours accepted {comparison.ratio:.2f}x as many samples per minute as
-the reference structure ({ours.per_simulated_minute:.1f} against {reference.per_simulated_minute:.1f} per simulated minute), which {verdict}
-the 5x target. While both jobs were in full swing (from a quarter to three quarters of their
-samples) the ratio was {comparison.steady_ratio:.2f}x ({ours.steady_per_simulated_minute:.1f} against {reference.steady_per_simulated_minute:.1f}).
-
-**Where the gain comes from.**
-- *Endpoint capacity the reference cannot use.* Ten threads that each wait on one call at a time
-  keep at most ten requests in flight: the reference sent {use_of_quotas(reference, limits)}.
-  Ours ran {SAMPLES_PER_ENDPOINT_SLOT * limits.max_concurrency} samples at once (two per request slot) and sent {use_of_quotas(ours, limits)}.
-  This is most of the gain, and it grows and shrinks with the endpoint's limits.
-- *Independent calls in parallel.* Both searches run together and all candidates are rated at
-  once, which shortens each sample (not its number of calls).
-- *Quotas as plans.* Every task of ours has its type before it starts, so nothing is discarded.
-  The reference threw away {reference.discarded} finished samples, still had {reference.unfinished} running when its last quota
-  filled, and took {reference.last_tenth_simulated_s:.0f} simulated seconds over its last tenth of samples while its
-  planner kept choosing types that were already full. Calls per accepted sample: ours
-  {ours.calls_per_accepted:.1f}, the reference {reference.calls_per_accepted:.1f} (it also describes the picture again before every regeneration).
-- *Pacing instead of blind retries.* Ours took {ours.rate_limited} 429s in {ours.requests} requests, each answered by
-  pausing the endpoint's limiter for the Retry-After the server sent. The reference took
-  {reference.rate_limited} 429s and {reference.server_errors} 5xx answers; each costs one of its ten workers a fixed wait of 4 s,
-  then 8, 16 and 30 s, whatever the server asked.
-- *Spares at the end instead of late replacements.* Once every needed task has started, ours
-  runs spare tasks beside them, about as many as the failure rate so far says will fail (and one for
-  each of a type's last two samples), so a sample failing near the end is covered by work already under way. The first tasks to finish fill
-  each quota and the type's other tasks are cancelled unfinished ({ours.unfinished} this run; their spend is
-  recorded, and no finished sample is dropped). Ours' last tenth of samples took {ours.last_tenth_simulated_s:.0f} simulated seconds.
-
-**What holds ours back.**
-- *The start.* All {SAMPLES_PER_ENDPOINT_SLOT * limits.max_concurrency} samples begin together and queue for the same endpoint,
-  so ours' first sample landed after {ours.first_accepted_simulated_s:.0f} simulated seconds (the reference's after {reference.first_accepted_simulated_s:.0f}).
-- *Failures.* Ours failed {ours.failed} samples ({our_failures}): it refuses edits the selector finds
-  unusable, and near-duplicates, both of which the reference keeps.
-- *Samples in flight.* Ours runs two samples per request slot of the endpoint, because a sample
-  also spends time in search, editing and queues (with one per slot the full-swing rate was about
-  half). At ours' calls and tokens per accepted sample the endpoint's quotas would carry about
-  {ceiling(ours, limits):.0f} accepted samples per simulated minute; ours reached {ours.steady_per_simulated_minute:.1f} in full swing.
-- *The job is small.* The start and the end weigh less in a job of 1000 samples, where the
-  whole-job figure moves towards the full-swing one.
-
-**Limits of the measurement.** The CPU work (encoding and hashing pictures, the HTTP clients, writing
-records) is not time-compressed, so at x{scenario.time_scale:g} it weighs more than at real latencies; ours'
-process used {ours.cpu_seconds:.0f} CPU seconds in {ours.seconds:.0f} s on {os.cpu_count()} cores, and its per-call latency grows with it.
-Several choices favour the reference: its clock stops when its last quota fills (its running samples
-are not waited for), its planner follows the mixture exactly, its fusion planner's description calls
-are left out, each picture is encoded once per sample, and no latency comes near its 60 s timeout.
-{SECTION_END}"""
+**Result.** The reference is at its best with {best} workers
+({result.rate(result.best_reference):.2f} accepted per simulated minute). Over the whole job ours accepted
+{spread(result.ratios())} as many per minute, which {verdict(result.ratio, target)} the {target:g}x target, and reached
+{share:.2f} of its physical bound ({ours_bound.value:.1f} per simulated minute, set by {ours_bound.binding}), which
+{verdict(share, TARGET_SHARE)} the {TARGET_SHARE:g} target. CPU seconds per accepted sample: ours
+{median([run.cpu_per_accepted for run in result.ours]):.3f}, the best reference
+{median([run.cpu_per_accepted for run in result.best_reference]):.3f}.
+"""
 
 
-def record(comparison: Comparison, path: Path, ratios: Sequence[float]) -> None:
-    """Writes or replaces this benchmark's section of the results file."""
-    replace_section(path, SECTION_START, SECTION_END, section(comparison, ratios))
+def record(result: Sweep, path: Path) -> None:
+    """Writes or replaces the sweep's section of the results file (one for a quiet machine, one under load)."""
+    start, end = markers(LOADED_SECTION if result.cpu_load else SECTION)
+    replace_section(path, start, end, f"{start}\n{section(result).rstrip()}\n{end}")

@@ -66,8 +66,8 @@ class Scenario:
     """Share of edited pictures the selector calls usable."""
     results_per_query: int = 2
     max_regenerations: int = 2
-    reference_workers: int = 10
-    reference_window: int = 20
+    reference_workers: tuple[int, ...] = (10, 20, 32, 64, 128)
+    """The reference's worker counts swept (it ships with 10); ours is compared with the best."""
 
     def seconds(self, real_seconds: float) -> float:
         """A real duration on the compressed clock."""

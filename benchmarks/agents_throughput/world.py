@@ -204,10 +204,12 @@ def picture_book(scenario: Scenario, seed_count: int) -> PictureBook:
 
 @dataclass(frozen=True)
 class EndpointCounts:
-    """What the endpoint saw: chat requests by status, and tokens billed."""
+    """What the endpoint saw: chat requests by status, tokens billed, and requests in flight over time."""
 
     statuses: dict[int, int]
     tokens: int
+    in_flight_changes: list[tuple[float, int]]
+    """(monotonic time, requests in flight from then on); the clock is the machine's, shared by processes."""
 
     @property
     def requests(self) -> int:
@@ -230,7 +232,7 @@ def serve(scenario: Scenario, book: PictureBook, control: Connection) -> None:
     try:
         while (command := control.recv()) != "stop":  # EOFError when the parent is gone ends it too
             assert command == "counts", command
-            control.send(EndpointCounts(dict(sorted(Counter(endpoint.statuses()).items())), endpoint.tokens_billed))
+            control.send(EndpointCounts(dict(sorted(Counter(endpoint.statuses()).items())), endpoint.tokens_billed, list(endpoint.in_flight_changes)))
     finally:
         search.close()
         endpoint.close()

@@ -248,6 +248,8 @@ class FakeOpenAIServer:
         self._completions = 0
         self._in_flight = 0
         self.peak_in_flight = 0
+        self.in_flight_changes: list[tuple[float, int]] = []
+        """(monotonic time, requests in flight from then on), at every admission and answer."""
         self.requests: list[RecordedRequest] = []
         self._httpd = _Server((HOST, 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -327,6 +329,7 @@ class FakeOpenAIServer:
                 if wait > 0:
                     return rate_limited(round(wait, 3)), False
             self._in_flight += 1
+            self.in_flight_changes.append((time.monotonic(), self._in_flight))
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             self._completions += 1
             if self._queue:
@@ -339,6 +342,7 @@ class FakeOpenAIServer:
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+            self.in_flight_changes.append((time.monotonic(), self._in_flight))
 
     def _chat(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         """The status, headers and body of the answer to one chat request."""
