@@ -23,7 +23,7 @@ from benchmarks.agents_throughput.scenario import EDIT_S, SMALL_PICTURES, Scenar
 from benchmarks.agents_throughput.world import PictureBook, World
 from dpe.agents import SampleTask, SeedItem
 from dpe.agents import messages as prompts
-from dpe.agents.replies import QUESTION_SCHEMAS, LocalEditPlan, Observation, Plan, Rating, Verdict
+from dpe.agents.replies import QUESTION_SCHEMAS, LocalEditPlan, Observation, Plan, Rating, Verdict, ratings_for
 from dpe.agents.roles import agent_prompt
 from dpe.agents.selection import USABLE_SCORE, ImageOption, Origin, Rated
 from dpe.llm import image_part
@@ -212,7 +212,8 @@ class ReferencePipeline:
     def _rate(self, plan: Plan, capability: CapabilityType, threshold: float, candidate: Candidate) -> Rating:
         """One rating; if every attempt fails, the reference's fallback verdict (unusable, score 0)."""
         try:
-            return self.ask("image_selector", prompts.selector(plan, capability, threshold, candidate.part), parsed(Rating))
+            reply = self.ask("image_selector", prompts.selector(plan, capability, threshold, [candidate.part]), parsed(ratings_for(1)))
+            return reply.ratings[0]
         except Exception:  # the reference falls back to a failing verdict whatever went wrong
             return Rating.model_construct(usable=False, score=0.0, reason="selection failed")
 

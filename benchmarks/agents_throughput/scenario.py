@@ -13,22 +13,27 @@ from dpe.taxonomy import CapabilityType
 
 @dataclass(frozen=True)
 class RoleProfile:
-    """How one role's model behaves: seconds per reply and hidden reasoning tokens billed per reply."""
+    """How one role's model behaves: seconds per reply and hidden reasoning tokens billed per reply,
+    and the seconds each picture beyond the first adds to a reply that judges every picture."""
 
     latency_s: float
     reasoning_tokens: int
+    per_extra_picture_s: float = 0.0
 
 
 ROLE_PROFILES: dict[str, RoleProfile] = {
     "planner": RoleProfile(20.0, 1500),
-    "image_selector": RoleProfile(4.0, 0),
+    "image_selector": RoleProfile(4.0, 0, per_extra_picture_s=1.5),
     "edit_planner": RoleProfile(20.0, 1500),
     "observer": RoleProfile(12.0, 600),
     "question_generator": RoleProfile(18.0, 1500),
     "validator": RoleProfile(15.0, 1200),
 }
 """The reference's models: thinking Claude (planner, validator), Gemini 2.5 Pro (edit planner), o3
-(observer and generator), qwen3-vl-plus (selector); latencies typical of such models' replies."""
+(observer and generator), qwen3-vl-plus (selector); latencies typical of such models' replies. A
+selector reply rating several pictures writes one short verdict (60-80 tokens) per picture: at the
+50 tokens a second such a model decodes, plus the picture's prefill, about 1.5 s each; the rest of
+the 4 s of a one-picture reply (queueing, prefill, the first token) is paid once per call."""
 SEARCH_API_S = 1.5
 DOWNLOAD_S = 0.5
 EDIT_S = 15.0

@@ -4,6 +4,7 @@ deterministic variety (search queries per seed, image types, ratings and verdict
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import random
 import re
 from collections import Counter
@@ -49,12 +50,14 @@ class ScriptedModels(AgentScript):
     sides.
     """
 
-    def __init__(self, scenario: Scenario):
+    def __init__(self, scenario: Scenario, invented: multiprocessing.SimpleQueue[str] | None = None):
         super().__init__()
         self.scenario = scenario
         self.latency = {role: scenario.seconds(profile.latency_s) for role, profile in ROLE_PROFILES.items()}
         self.originals: set[str] = set()
         """Digests of found and seed pictures; any other picture is an edit output."""
+        self._invented = invented
+        """Digests of pictures the search service invented since, announced from its process."""
         self.validations: Counter[str] = Counter()
         self._fresh = itertools.count(1)
 
@@ -76,12 +79,25 @@ class ScriptedModels(AgentScript):
         related, new_element = queries_for(topic)
         return {**super()._planner(body), "image_type": image_type.value, "related_query": related, "new_element_query": new_element}
 
+    def delay(self, body: dict[str, Any]) -> float:
+        """The role's latency, longer by each picture beyond the first for a role that judges each."""
+        profile = ROLE_PROFILES[role_of(body)]
+        extra = max(0, len(image_parts(body)) - 1) * profile.per_extra_picture_s
+        return self.latency[role_of(body)] + self.scenario.seconds(extra)
+
     def _image_selector(self, body: dict[str, Any]) -> dict[str, Any]:
-        digest = attached_digest_of(body)
-        share = self.scenario.usable_share if digest in self.originals else self.scenario.edited_usable_share
-        usable = fraction(self.scenario.seed, "rating", digest) < share
-        score = USABLE_SCORE_GIVEN if usable else UNUSABLE_SCORE_GIVEN
-        return {"usable": usable, "score": score, "reason": "clear and on topic" if usable else "lacks the detail the plan needs"}
+        """A verdict on each attached picture, the same for a picture whichever request shows it."""
+        with self._lock:
+            while self._invented is not None and not self._invented.empty():
+                self.originals.add(self._invented.get())
+        ratings = []
+        for number, url in enumerate(image_parts(body), start=1):
+            digest = url_digest(url)
+            share = self.scenario.usable_share if digest in self.originals else self.scenario.edited_usable_share
+            usable = fraction(self.scenario.seed, "rating", digest) < share
+            ratings.append({"picture": number, "usable": usable, "score": USABLE_SCORE_GIVEN if usable else UNUSABLE_SCORE_GIVEN,
+                            "reason": "clear and on topic" if usable else "lacks the detail the plan needs"})
+        return {"ratings": ratings}
 
     def _edit_planner(self, body: dict[str, Any]) -> dict[str, Any]:
         """The script's edit, drawn to the scale of the small pictures: its 28-pixel label on a

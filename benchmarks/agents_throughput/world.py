@@ -128,19 +128,22 @@ class PictureSearch(SearchServer):
     """The fake Serper service: every query gets `results_per_query` pictures of its own, after the
     API's latency; each download takes the download latency."""
 
-    def __init__(self, script: ScriptedModels, scenario: Scenario, book: PictureBook):
+    def __init__(self, scenario: Scenario, book: PictureBook, originals: multiprocessing.SimpleQueue[str]):
         super().__init__()
-        self.script = script
         self.scenario = scenario
+        self.originals = originals
+        """Where the digests of pictures invented for queries the book lacks go, for the endpoint's selector."""
         self.results = InventedResults(self)
         for query, found in book.results.items():
-            self.results[query] = self.publish(query, found)
+            self.results[query] = self.publish(query, found, invented=False)
 
-    def publish(self, query: str, found: Sequence[tuple[bytes, str]]) -> list[tuple[str, str]]:
-        """Serves the pictures and returns them as the query's (url, title) results."""
+    def publish(self, query: str, found: Sequence[tuple[bytes, str]], invented: bool = True) -> list[tuple[str, str]]:
+        """Serves the pictures and returns them as the query's (url, title) results; an invented
+        picture's digest is announced before its query is answered, so no rating can precede it."""
         listed = []
         for rank, (data, digest) in enumerate(found, start=1):
-            self.script.originals.add(digest)
+            if invented:
+                self.originals.put(digest)
             url = self.image(f"{stable_seed(query, rank):x}.png", data, delay=self.scenario.seconds(DOWNLOAD_S))
             listed.append((url, f"{query} {rank}"))
         return listed
@@ -222,46 +225,68 @@ class WorldAddress:
     search_url: str
 
 
-def serve(scenario: Scenario, book: PictureBook, control: Connection) -> None:
-    """The child process: both fake services, answering "counts" and "stop" on `control`."""
-    script = ScriptedModels(scenario)
+def serve_endpoint(scenario: Scenario, book: PictureBook, originals: multiprocessing.SimpleQueue[str], control: Connection) -> None:
+    """The endpoint's process: the fake models, answering "counts" and "stop" on `control`."""
+    script = ScriptedModels(scenario, originals)
     script.originals.update(book.seed_digests)
+    script.originals.update(digest for found in book.results.values() for _, digest in found)
     endpoint = QuotaEndpoint(script, scenario).start()
-    search = PictureSearch(script, scenario, book).start()
-    control.send(WorldAddress(endpoint.base_url, search.url))
+    control.send(endpoint.base_url)
     try:
         while (command := control.recv()) != "stop":  # EOFError when the parent is gone ends it too
             assert command == "counts", command
             control.send(EndpointCounts(dict(sorted(Counter(endpoint.statuses()).items())), endpoint.tokens_billed, list(endpoint.in_flight_changes)))
     finally:
-        search.close()
         endpoint.close()
+
+
+def serve_search(scenario: Scenario, book: PictureBook, originals: multiprocessing.SimpleQueue[str], control: Connection) -> None:
+    """The search service's process: the API and the image downloads, until "stop" on `control`."""
+    search = PictureSearch(scenario, book, originals).start()
+    control.send(search.url)
+    try:
+        control.recv()
+    except EOFError:
+        pass
+    finally:
+        search.close()
 
 
 class World:
     """A fresh endpoint and search service (fresh quotas, fresh script state) for one side.
 
-    They run in a child process: in the measured process their threads would compete with the
-    side being measured for the interpreter lock and slow it down in a way no real endpoint does.
+    Each runs in a child process of its own: in the measured process their threads would compete
+    with the side being measured for the interpreter lock, and in one process with each other,
+    slowing both in a way no remote service does (a burst of downloads would delay the models'
+    replies).
     """
 
     def __init__(self, scenario: Scenario, book: PictureBook):
         processes = multiprocessing.get_context("fork")
-        self._control, child = processes.Pipe()
-        self._process = processes.Process(target=serve, args=(scenario, book, child), name="fake-services", daemon=True)
-        self._process.start()
-        child.close()
-        self.address: WorldAddress = self._control.recv()
+        originals: multiprocessing.SimpleQueue[str] = processes.SimpleQueue()
+        self._controls: list[Connection] = []
+        self._processes = []
+        urls = []
+        for name, target in (("fake-endpoint", serve_endpoint), ("fake-search", serve_search)):
+            control, child = processes.Pipe()
+            process = processes.Process(target=target, args=(scenario, book, originals, child), name=name, daemon=True)
+            process.start()
+            child.close()
+            self._controls.append(control)
+            self._processes.append(process)
+            urls.append(control.recv())
+        self.address = WorldAddress(*urls)
 
     def counts(self) -> EndpointCounts:
-        self._control.send("counts")
-        counts: EndpointCounts = self._control.recv()
+        self._controls[0].send("counts")
+        counts: EndpointCounts = self._controls[0].recv()
         return counts
 
     def close(self) -> None:
-        self._control.send("stop")
-        self._process.join(timeout=30)
-        self._control.close()
+        for control, process in zip(self._controls, self._processes, strict=True):
+            control.send("stop")
+            process.join(timeout=30)
+            control.close()
 
     def __enter__(self) -> World:
         return self

@@ -125,11 +125,6 @@ class AgentScript:
         """Latency per role, for `FakeOpenAIServer(latency=...)`."""
         return self.latency.get(role_of(body), 0.0)
 
-    def picture(self, body: dict[str, Any]) -> str:
-        """The registered name of the single attached picture, or "unknown"."""
-        urls = image_parts(body)
-        return self.names.get(url_digest(urls[0]), "unknown") if urls else "none"
-
     def __call__(self, body: dict[str, Any]) -> str | Outcome:
         role = role_of(body)
         with self._lock:
@@ -150,11 +145,15 @@ class AgentScript:
         }
 
     def _image_selector(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = self.picture(body)
-        with self._lock:
-            self.rated[name] += 1
-        usable, score = self.ratings.get(name, self.default_rating)
-        return {"usable": usable, "score": score, "reason": f"{name} looks {'fine' if usable else 'unsuitable'}"}
+        """A rating for each attached picture, by its number."""
+        ratings = []
+        for number, url in enumerate(image_parts(body), start=1):
+            name = self.names.get(url_digest(url), "unknown")
+            with self._lock:
+                self.rated[name] += 1
+            usable, score = self.ratings.get(name, self.default_rating)
+            ratings.append({"picture": number, "usable": usable, "score": score, "reason": f"{name} looks {'fine' if usable else 'unsuitable'}"})
+        return {"ratings": ratings}
 
     def _edit_planner(self, body: dict[str, Any]) -> dict[str, Any]:
         return LOCAL_EDIT if '"operations"' in first_text(body) else GENERATIVE_EDIT

@@ -10,6 +10,7 @@ import time
 import pytest
 from dpe.agents import AgentProvider, Failed, Produced, Stage
 from dpe.agents.selection import USABLE_SCORE
+from dpe.generation import SAMPLE_AT_RISK
 from dpe.llm import MAX_REPLY_BYTES, BudgetExceeded, SpendLimit
 from dpe.records import SampleRecord
 from dpe.spec import GenerateSettings
@@ -20,7 +21,7 @@ from dpe.tools.search import Candidate, ImageSearch
 from dpe_testkit.agent_script import EMPTY_SEED, LOCAL_EDIT, RELATED_QUERY, first_text, requests_of
 from dpe_testkit.agent_world import BRIEF, MAX_REGENERATIONS, RESULTS_PER_QUERY, AgentWorld, make_task
 from dpe_testkit.images_server import ImagesServer
-from dpe_testkit.openai_server import huge_reply, rate_limited, server_error
+from dpe_testkit.openai_server import huge_reply, image_parts, rate_limited, server_error
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +172,22 @@ def test_validator_rejections_are_regenerated(world: AgentWorld) -> None:
     assert "not legible" in first_text(generator_requests[2].body or {}), "the rejection reason is passed on"
 
 
+def test_a_sample_down_to_its_last_question_reports_itself_at_risk(world: AgentWorld) -> None:
+    reports: list[int] = []
+    world.script.verdicts.extend([False, False, True, False, True])
+    token = SAMPLE_AT_RISK.set(lambda: reports.append(world.script.calls["validator"]))
+    try:
+        outcomes = world.run(make_task("rejected-twice"))
+        assert reports == [MAX_REGENERATIONS], "reported once, after the rejection that left one question"
+        reports.clear()
+        outcomes += world.run(make_task("rejected-once"))
+    finally:
+        SAMPLE_AT_RISK.reset(token)
+
+    assert all(isinstance(outcome, Produced) for outcome in outcomes)
+    assert reports == [], "one rejection with two questions left is no alarm"
+
+
 def test_validator_that_always_rejects_fails_after_the_regenerations(world: AgentWorld) -> None:
     world.script.verdicts.extend([False] * 10)
     [outcome] = world.run(make_task())
@@ -269,7 +286,7 @@ class TimedSearch(ImageSearch):
             self.spans.append((started, time.monotonic()))
 
 
-def test_searches_and_ratings_run_concurrently(world: AgentWorld) -> None:
+def test_searches_run_concurrently_and_one_call_rates_every_candidate(world: AgentWorld) -> None:
     delay = 0.3
     for name in ("related-1", "related-2", "new_element-1", "new_element-2"):
         world.search_server.images[f"{name}.png"].delay = delay
@@ -280,8 +297,24 @@ def test_searches_and_ratings_run_concurrently(world: AgentWorld) -> None:
     produced(outcome)
     first, second = search.spans
     assert min(first[1], second[1]) - max(first[0], second[0]) > delay / 2, "the two searches overlapped"
-    assert world.server.peak_in_flight > 1, "pictures were rated at the same time"
-    assert world.script.calls["image_selector"] == 2 * RESULTS_PER_QUERY + 1
+    assert world.script.calls["image_selector"] == 1
+    [request] = requests_of(world.server, "image_selector")
+    assert len(image_parts(request.body or {})) == 2 * RESULTS_PER_QUERY + 1, "the found pictures and the seed's"
+    for name in ("related-1", "related-2", "new_element-1", "new_element-2"):
+        assert world.script.rated[name] == 1
+    assert {c["key"] for c in produced(outcome).provenance["candidates"]} >= {"related-1", "seed"}, "each keeps its own rating"
+
+
+def test_a_selector_reply_leaving_a_picture_out_is_asked_again(world: AgentWorld) -> None:
+    partial = {"ratings": [{"picture": 1, "usable": True, "score": 9}]}
+    world.script.queue("image_selector", json.dumps(partial))
+
+    [outcome] = world.run(make_task())
+
+    produced(outcome)
+    first, second = requests_of(world.server, "image_selector")
+    assert "exactly once" in json.dumps(second.body), "the second request states what was wrong"
+    assert all(c["score"] is not None for c in produced(outcome).provenance["candidates"])
 
 
 def test_transient_failures_are_retried_and_costs_add_up(world: AgentWorld) -> None:

@@ -15,6 +15,7 @@ from dpe.agents.replies import (
     Plan,
     Rating,
     Verdict,
+    ratings_for,
 )
 from dpe.agents.pipeline import judge
 from dpe.taxonomy import QuestionFormat
@@ -115,6 +116,21 @@ def test_ratings_and_verdicts_need_real_booleans() -> None:
         Rating.model_validate({"usable": True, "score": 11})
     with pytest.raises(ValidationError):
         Verdict.model_validate({"valid": "true"})
+
+
+def test_a_selector_reply_rates_each_picture_shown_exactly_once() -> None:
+    def rating(picture: int) -> dict[str, Any]:
+        return {"picture": picture, "usable": picture == 2, "score": 3 + picture}
+
+    reply = ratings_for(3).model_validate({"ratings": [rating(3), rating(1), rating(2)]})
+
+    assert {number: r.usable for number, r in reply.by_picture().items()} == {1: False, 2: True, 3: False}
+    for numbers in ([1, 2], [1, 2, 2, 3], [1, 2, 4]):
+        with pytest.raises(ValidationError, match="exactly once"):
+            ratings_for(3).model_validate({"ratings": [rating(n) for n in numbers]})
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        ratings_for(3).model_validate({"ratings": [rating(n) for n in (0, 1, 2)]})
+    assert ratings_for(3) is ratings_for(3), "one model per count, so its schema is built once"
 
 
 def test_local_edit_plans_are_typed_operations() -> None:

@@ -138,7 +138,7 @@ def test_generated_text_reaches_every_agent_fenced_as_data() -> None:
     rating = Rating(usable=False, score=3.0, reason=f"Blurry {INJECTION}")
     prompts = {
         "planner": messages.planner(task, None),
-        "selector": messages.selector(plan, CapabilityType.map, THRESHOLD, PART),
+        "selector": messages.selector(plan, CapabilityType.map, THRESHOLD, [PART]),
         "edit planner": messages.edit_planner(
             plan, CapabilityType.map, [(Rated(option("a"), rating), PART)], local=True, refusal=f"No {INJECTION}"
         ),

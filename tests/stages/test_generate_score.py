@@ -12,11 +12,12 @@ import pytest
 from dpe_testkit.runs import WEAK, GroundTruthAnswerer, context, write_run
 
 from dpe.results import DiagnoseResult
-from dpe.generation import EXACT, Failed, Produced, SampleTask, parse_task_id
+from dpe.generation import EXACT, Failed, Produced, SampleTask, parse_task_id, report_at_risk, task_id
 from dpe.models.inference import Prompt
 from dpe.offline import WorldProvider
 from dpe.records import read_records
 from dpe.spec import Sampling, StageName
+from dpe.taxonomy import CapabilityType
 from dpe.stages import diagnose, generate, score
 from dpe.stages.context import Shard
 
@@ -167,6 +168,44 @@ def test_spares_are_cancelled_unfinished_once_their_quota_fills(tmp_path: Path) 
     assert result["cancelled_spares"] == len(events) >= sum(1 for q in quotas.values() if q)
     assert all(e["reason_kind"] == "cancelled" and e["cost_usd"] == 0.25 for e in events)
     assert result["spent_usd"] == 0.25 * len(events)
+
+
+class FailingAtRisk(WorldProvider):
+    """The first task of the largest type reports itself at risk once the first round has started,
+    then waits briefly for another task to start before it fails; the others succeed later."""
+
+    def __init__(self, run: str, first: str):
+        super().__init__(run, 56)
+        self.first = first
+        self.started = 0
+        self.spare_started_while_at_risk = False
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        self.started += 1
+        if task.task_id == self.first:
+            await asyncio.sleep(0.05)
+            seen = self.started
+            report_at_risk()
+            deadline = time.monotonic() + 0.1
+            while self.started == seen and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.spare_started_while_at_risk = self.started > seen
+            return Failed("the validator rejected 3 questions", "validator")
+        await asyncio.sleep(0.5)
+        return await super().produce(task)
+
+
+def test_a_task_at_risk_gets_a_spare_before_it_fails(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 20})
+    ctx = context(run_file, StageName.generate, 1)
+    quotas = ctx.result_of(DiagnoseResult).quotas
+    largest = max(quotas, key=lambda name: quotas[name])
+    provider = FailingAtRisk(ctx.name, task_id(1, 0, CapabilityType(largest), 0))
+
+    result = generate.run(ctx, lambda: (provider, 64, EXACT))
+
+    assert provider.spare_started_while_at_risk, "the spare started while the task at risk still ran"
+    assert result["accepted"] == 20 and result["rejected"] == {"validator": 1}
 
 
 class PassRates:

@@ -123,6 +123,19 @@ def test_spares_start_only_once_every_need_is_covered() -> None:
     assert plan.next_type(0.0) is None
 
 
+def test_a_task_at_risk_gets_a_spare_whatever_the_failure_rate() -> None:
+    plan = QuotaPlan.from_quotas({CapabilityType.map: 5, CapabilityType.medical: 5})
+    for kind in plan.types.values():
+        kind.in_flight = kind.attempts = 5
+    assert plan.next_type(0.0) is None
+    plan.types[CapabilityType.medical].at_risk = 1
+    assert plan.next_type(0.0) is CapabilityType.medical
+    plan.types[CapabilityType.medical].in_flight += 1
+    assert plan.next_type(0.0) is None, "one spare per task at risk"
+    plan.types[CapabilityType.medical].accepted = 5
+    assert plan.types[CapabilityType.medical].spare_room(0.0) == 0, "none once the quota is full"
+
+
 def test_a_failure_is_covered_by_a_running_spare() -> None:
     plan = QuotaPlan.from_quotas({CapabilityType.map: 2})
     kind = plan.types[CapabilityType.map]

@@ -22,6 +22,7 @@ crash, and the rerun ends with exactly the quota.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import random
@@ -160,6 +161,8 @@ class TypePlan:
     in_flight: int = 0
     attempts: int = 0
     """Tasks started (finished or not)."""
+    at_risk: int = 0
+    """Tasks in flight whose provider said they are likely to fail (`report_at_risk`)."""
 
     @property
     def budget(self) -> int:
@@ -170,9 +173,13 @@ class TypePlan:
         return max(self.quota - self.accepted - self.in_flight, 0)
 
     def spare_room(self, rate: float) -> int:
-        """Spare tasks that may still start, at failure rate `rate`."""
+        """Spare tasks that may still start, at failure rate `rate`: the expected failures covered,
+        and one more for each task known to be at risk (whatever the rate: its failure is likely,
+        and a spare started now finishes about when that failure would be known)."""
         remaining = max(self.quota - self.accepted, 0)
-        return max(remaining + spares(remaining, rate) - self.in_flight, 0)
+        if remaining == 0:
+            return 0
+        return max(remaining + spares(remaining, rate) + self.at_risk - self.in_flight, 0)
 
     @property
     def exhausted(self) -> bool:
@@ -254,6 +261,18 @@ def seeds_from(records: Sequence[SampleRecord]) -> list[SeedItem]:
 
 # -- the scheduler ---------------------------------------------------------------------------------
 
+SAMPLE_AT_RISK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("dpe_sample_at_risk", default=None)
+"""Set by the scheduler for the task running in this context: what `report_at_risk` calls."""
+
+
+def report_at_risk() -> None:
+    """Tells the scheduler that the sample being produced here has become likely to fail (its
+    questions keep being rejected), so that a spare can start before the failure is known rather
+    than a replacement after it; outside a scheduled task it does nothing."""
+    report = SAMPLE_AT_RISK.get()
+    if report is not None:
+        report()
+
 CANCELLED = "cancelled"
 """Stage and reason kind of a spare task cancelled because its type's quota was filled."""
 
@@ -331,6 +350,9 @@ class Generation:
         self.duplicates = NearDuplicates(fingerprint.distance)
         self.contamination = NearDuplicates(fingerprint.distance)
         self._running: dict[CapabilityType, set[asyncio.Task[None]]] = {t: set() for t in CapabilityType}
+        self._at_risk: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        """Set when a task reports it is at risk, so the scheduling loop looks for room for a spare."""
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -390,14 +412,29 @@ class Generation:
             return f"duplicate: near-copy of {near}"
         return None
 
+    def _mark_at_risk(self, task: SampleTask) -> None:
+        if task.task_id in self._at_risk:
+            return
+        self._at_risk.add(task.task_id)
+        self.plan.types[task.capability_type].at_risk += 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def _unmark(self, task: SampleTask) -> None:
+        if task.task_id in self._at_risk:
+            self._at_risk.discard(task.task_id)
+            self.plan.types[task.capability_type].at_risk -= 1
+
     async def _run_one(self, task: SampleTask, order: int) -> None:
         from dpe.llm import REQUEST_PRIORITY
 
         REQUEST_PRIORITY.set(order)
+        SAMPLE_AT_RISK.set(lambda: self._mark_at_risk(task))
         capability = task.capability_type
         try:
             outcome = await self.provider.produce(task)
         except asyncio.CancelledError:
+            self._unmark(task)
             if self._abandoning:
                 raise  # the stage is failing: leave no record, so a rerun does this task again
             cost = self._cancelled_cost(task)
@@ -406,6 +443,7 @@ class Generation:
             reason = f"spare task no longer needed: the quota of {capability.value} was filled"
             self._reject(task, CANCELLED, reason, CANCELLED, cost)
             raise
+        self._unmark(task)
         self.spent += outcome.cost_usd
         if isinstance(outcome, Produced):
             problem = self._check(outcome.record, capability)
@@ -454,6 +492,18 @@ class Generation:
         failed = sum(self.rejections.values())
         return failure_rate(failed, failed + sum(p.accepted for p in self.plan.types.values()))
 
+    async def _next_event(self, running: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Waits until a task finishes or one reports it is at risk; returns the finished tasks."""
+        assert self._wake is not None
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            finished, _ = await asyncio.wait({*running, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        self._wake.clear()
+        finished.discard(woken)
+        return finished  # type: ignore[return-value]
+
     def _over_budget(self) -> bool:
         return self.spent_limit is not None and self.spent >= self.spent_limit
 
@@ -481,6 +531,7 @@ class Generation:
 
     async def _schedule(self, advance: Callable[[int], None], running: set[asyncio.Task[None]]) -> None:
         owner: dict[asyncio.Task[None], CapabilityType] = {}
+        self._wake = asyncio.Event()
         while True:
             while len(running) < self.in_flight and self.stopped is None:
                 if self._over_budget():
@@ -499,7 +550,7 @@ class Generation:
                 self._running[capability].add(job)
             if not running:
                 return
-            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            finished = await self._next_event(running)
             running -= finished
             for job in finished:
                 capability = owner.pop(job)

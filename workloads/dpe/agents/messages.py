@@ -79,12 +79,17 @@ def planner(task: SampleTask, seed_image: ImagePart | None) -> list[Message]:
     return _user(text, [seed_image] if seed_image is not None else [])
 
 
-def selector(plan: Plan, capability: CapabilityType, threshold: float, image: ImagePart) -> list[Message]:
-    """One rating request for one picture."""
+def selector(plan: Plan, capability: CapabilityType, threshold: float, images: Sequence[ImagePart]) -> list[Message]:
+    """One rating request for several pictures, each shown after its number, each to be rated on its own."""
     text = agent_prompt("image_selector").format(
-        **_type_fields(capability), **_plan_fields(plan), threshold=f"{threshold:g}"
+        **_type_fields(capability), **_plan_fields(plan), threshold=f"{threshold:g}", count=len(images)
     )
-    return _user(text, [image])
+    content: list[dict[str, Any]] = []
+    for number, image in enumerate(images, start=1):
+        content.append({"type": "text", "text": f"Picture {number}"})
+        content.append(image)
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
 
 
 def edit_planner(

@@ -1,9 +1,9 @@
 """The agents' sample provider: plan, search, select, edit when needed, ask, validate, record.
 
-One `produce` call makes one sample of the type the scheduler assigned, in ten to fifteen remote
+One `produce` call makes one sample of the type the scheduler assigned, in six to twelve remote
 calls. A sample's time is mostly spent waiting on them, so every step whose inputs are ready runs at
-once: both searches together, and one selector call per candidate, all concurrently, within the
-endpoint limits the role clients share. The steps that must wait for each other (plan before search,
+once (both searches together), within the endpoint limits the role clients share, and what one call
+can do is not spread over several: one selector call rates every candidate. The steps that must wait for each other (plan before search,
 image before question, question before validation) still do.
 
 Failures never escape as exceptions: each step that cannot go on raises `StepFailed` internally,
@@ -32,8 +32,8 @@ from dpe.agents.replies import (
     Observation,
     Plan,
     QuestionAnswer,
-    Rating,
     Verdict,
+    ratings_for,
 )
 from dpe.agents.roles import Role, RoleClients, agent_prompt
 from dpe.agents.selection import (
@@ -47,7 +47,7 @@ from dpe.agents.selection import (
     search_options,
 )
 from dpe.agents.steps import Stage
-from dpe.generation import Failed, Produced, SampleTask
+from dpe.generation import Failed, Produced, SampleTask, report_at_risk
 from dpe.grading import grade_extracted
 from dpe.image_quality import decode, phash
 from dpe.llm import (
@@ -77,6 +77,10 @@ JSON_ATTEMPTS = 3
 """Replies per agent call; each unusable one is re-asked with the problem stated."""
 EDIT_ATTEMPTS = 2
 """Edits the edit planner may write when the editor refuses one as invalid."""
+PICTURES_PER_RATING = 8
+"""Pictures one selector call rates. One call for all of a sample's candidates spends the endpoint's
+slots and the plan's prompt tokens once instead of once per picture; past this many, a reply
+judging each picture on its own gets long and error-prone, so larger sets are split."""
 GENERATIVE_OUTPUTS = 3
 """Pictures asked of a generative editor per edit; the selector picks among them."""
 AGREEMENT_FORMATS = frozenset({QuestionFormat.multiple_choice, QuestionFormat.numerical})
@@ -325,17 +329,21 @@ class AgentProvider:
         return search_options(origin, found), entry
 
     async def _rate(self, run: SampleRun, plan: Plan, options: Sequence[ImageOption]) -> list[Rated]:
-        """Every candidate rated by its own selector call, all at once."""
-        return await all_of([self._rate_one(run, plan, option) for option in options])
+        """Every candidate rated, each on its own, in one selector call (calls of at most
+        `PICTURES_PER_RATING` pictures, all at once, when there are more)."""
+        batches = [options[start : start + PICTURES_PER_RATING] for start in range(0, len(options), PICTURES_PER_RATING)]
+        rated = await all_of([self._rate_batch(run, plan, batch) for batch in batches])
+        return [item for batch in rated for item in batch]
 
-    async def _rate_one(self, run: SampleRun, plan: Plan, option: ImageOption) -> Rated:
-        part = await run.attachments.part(option)
-        request = messages.selector(plan, run.capability, run.threshold, part)
+    async def _rate_batch(self, run: SampleRun, plan: Plan, options: Sequence[ImageOption]) -> list[Rated]:
+        parts = await all_of([run.attachments.part(option) for option in options])
+        request = messages.selector(plan, run.capability, run.threshold, parts)
         try:
-            rating = await ask_json(self.clients[Role.image_selector], request, Rating, attempts=JSON_ATTEMPTS)
+            reply = await ask_json(self.clients[Role.image_selector], request, ratings_for(len(options)), attempts=JSON_ATTEMPTS)
         except LLMError as error:
-            return Rated(option, None, str(error))
-        return Rated(option, rating)
+            return [Rated(option, None, str(error)) for option in options]
+        ratings = reply.by_picture()
+        return [Rated(option, ratings[number]) for number, option in enumerate(options, start=1)]
 
     async def _edit(self, run: SampleRun, plan: Plan, rated: Sequence[Rated]) -> tuple[Rated, list[dict[str, Any]]]:
         """Edit the best candidates, then keep the best edited picture that passes the threshold."""
@@ -453,6 +461,8 @@ class AgentProvider:
             if accepted:
                 return qa
             rejections.append((qa, reason))
+            if len(rejections) == self.max_regenerations:
+                report_at_risk()  # one question left: a picture rejected this often often fails
         raise StepFailed(
             Stage.validator, f"the validator rejected {len(rejections)} questions; last: {rejections[-1][1]}"
         )

@@ -10,7 +10,8 @@ with a generic default that would carry a useless sample through the expensive s
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Self
+from functools import cache
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
@@ -90,6 +91,39 @@ class Rating(Reply):
     score: float = Field(ge=1.0, le=10.0)
     """Suitability from 1 to 10."""
     reason: Text = ""
+
+
+class PictureRating(Rating):
+    """The selector's verdict on one of the pictures of a request, by its number as shown."""
+
+    picture: int = Field(ge=1)
+
+
+class Ratings(Reply):
+    """The selector's verdicts on every picture of one request, one each."""
+
+    ratings: list[PictureRating] = Field(min_length=1)
+
+    pictures: ClassVar[int] = 0
+    """How many pictures the request showed (set by `ratings_for`); 0 accepts any numbering."""
+
+    @model_validator(mode="after")
+    def _one_per_picture(self) -> Self:
+        if self.pictures:
+            numbers = [rating.picture for rating in self.ratings]
+            wanted = list(range(1, self.pictures + 1))
+            if sorted(numbers) != wanted:
+                raise ValueError(f"rate each picture exactly once, numbered {wanted[0]} to {wanted[-1]}; the reply numbered {numbers}")
+        return self
+
+    def by_picture(self) -> dict[int, PictureRating]:
+        return {rating.picture: rating for rating in self.ratings}
+
+
+@cache
+def ratings_for(pictures: int) -> type[Ratings]:
+    """The reply model of a request showing `pictures` pictures: a rating for each, none twice."""
+    return type(f"RatingsOf{pictures}", (Ratings,), {"pictures": pictures, "__module__": __name__})
 
 
 class EditChoice(Reply):
