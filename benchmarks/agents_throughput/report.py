@@ -78,7 +78,9 @@ def verdict(value: float, target: float) -> str:
 def section(result: Sweep) -> str:
     """The RESULTS.md section: command, date, machine, setting, table and the verdicts."""
     scenario, limits = result.scenario, result.scenario.limits
-    latencies = ", ".join(f"{role} {profile.latency_s:g} s" for role, profile in ROLE_PROFILES.items())
+    latencies = ", ".join(f"{role} {profile.latency_s:g} s" + (f" (+{profile.per_extra_picture_s:g} s per picture beyond the first)"
+                                                                  if profile.per_extra_picture_s else "")
+                          for role, profile in ROLE_PROFILES.items())
     quota_text = ", ".join(f"{name} {quota}" for name, quota in result.quotas.items())
     target = LOADED_TARGET_RATIO if result.cpu_load else TARGET_RATIO
     ours_bound = result.bound(result.ours)
