@@ -14,6 +14,7 @@ from dpe.image_quality import (
     NearDuplicates,
     Thresholds,
     gate,
+    gate_and_hash,
     hamming,
     laplacian_variance,
     phash,
@@ -29,6 +30,14 @@ def test_sharp_photo_passes_with_its_measurements() -> None:
     assert verdict.ok and verdict.reason is None
     assert (verdict.width, verdict.height) == (640, 480)
     assert verdict.sharpness > MIN_SHARPNESS
+
+
+def test_gate_and_hash_from_one_decode_agree_with_each_alone() -> None:
+    thresholds = Thresholds()
+    for data in (encode(scene(1)), encode(blurred(scene(1))), encode(scene(2, (200, 200))), b"not a picture"):
+        verdict, image_hash = gate_and_hash(data, thresholds)
+        assert verdict == thresholds.check(data)
+        assert image_hash == (phash(data) if verdict.ok else None)
 
 
 def test_blurred_copy_is_refused_as_blurry() -> None:

@@ -397,13 +397,12 @@ class Generation:
             seed = None
         return SampleTask(task_id(self.workspace.iteration, self.shard, capability, number), capability, seed, self.brief, divergent)
 
-    def _check(self, record: SampleRecord, capability: CapabilityType) -> str | None:
+    def _check(self, record: SampleRecord, capability: CapabilityType, image_hash: int) -> str | None:
         if record.capability_type is not capability:
             return f"wrong_type: produced {record.capability_type.value}, assigned {capability.value}"
         problem = multiple_choice_problem(record)
         if problem is not None:
             return f"format: {problem}"
-        image_hash = self.fingerprint.function(record)
         near = self.contamination.match(image_hash)
         if near is not None:
             return f"contamination: near-copy of {near}"
@@ -446,13 +445,14 @@ class Generation:
         self._unmark(task)
         self.spent += outcome.cost_usd
         if isinstance(outcome, Produced):
-            problem = self._check(outcome.record, capability)
+            image_hash = self.fingerprint.function(outcome.record)
+            problem = self._check(outcome.record, capability, image_hash)
             if problem is None:
                 record = outcome.record.model_copy(
                     update={"provenance": {**outcome.record.provenance, "task_id": task.task_id, "cost_usd": outcome.cost_usd, "divergent": task.divergent}}
                 )
                 self.workspace.store.put_bytes(self.workspace.key("accepted", f"{task.task_id}.parquet"), records_to_parquet([record]))
-                self.duplicates.add(record.id, self.fingerprint.function(record))
+                self.duplicates.add(record.id, image_hash)
                 self.accepted[capability].append(record)
                 self.plan.types[capability].accepted += 1
                 if self.plan.full(capability):

@@ -47,6 +47,7 @@ from dpe.agents.selection import (
     search_options,
 )
 from dpe.agents.steps import Stage
+from dpe.cpu_work import run_ranked
 from dpe.generation import Failed, Produced, SampleTask, report_at_risk
 from dpe.grading import grade_extracted
 from dpe.image_quality import decode, phash
@@ -122,7 +123,7 @@ def as_png(data: bytes) -> bytes:
 
 
 class Attachments:
-    """The message parts of one sample's pictures, each encoded once, in a worker thread.
+    """The message parts of one sample's pictures, each encoded once, in a worker thread (`dpe.cpu_work`).
 
     Encoding a large picture takes tens of milliseconds: done on the event loop it would stall every
     other sample in flight, and a chosen picture is attached to several calls.
@@ -133,7 +134,7 @@ class Attachments:
 
     async def part(self, option: ImageOption) -> ImagePart:
         if option.key not in self._parts:
-            self._parts[option.key] = await asyncio.to_thread(image_part, option.data)
+            self._parts[option.key] = await run_ranked(image_part, option.data)
         return self._parts[option.key]
 
 
@@ -255,7 +256,7 @@ class AgentProvider:
         if chosen is None:
             chosen, operations = await self._edit(run, plan, rated)
         trace.image = {"key": chosen.option.key, "origin": chosen.option.origin.value, **chosen.option.details}
-        image = await asyncio.to_thread(as_png, chosen.option.data)
+        image = await run_ranked(as_png, chosen.option.data)
         part = await run.attachments.part(chosen.option)
 
         trace.enter(Stage.question_generator)
@@ -294,7 +295,7 @@ class AgentProvider:
         if seed is None or seed.image is None:
             return None
         try:
-            seed_hash = await asyncio.to_thread(phash, seed.image)
+            seed_hash = await run_ranked(phash, seed.image)
         except ValueError:
             run.trace.seed_image = "unreadable"
             return None

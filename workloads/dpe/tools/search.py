@@ -40,7 +40,8 @@ from dpe.retry import Backoff, is_transient_status
 from dpe.secrets import redact, resolve_secret
 from dpe.spec import SearchTool, Storage
 from dpe.store import ArtifactStore, StoreError
-from dpe.image_quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, hamming, phash
+from dpe.cpu_work import run_ranked
+from dpe.image_quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, gate_and_hash, hamming
 from dpe.tools.fetch_guard import BlockedDestination, GuardedNetwork, GuardedTransport
 from dpe.tools.retry import PermanentToolError, Retrying, ToolError, ToolUnavailable, Transient
 
@@ -365,8 +366,8 @@ class WebImageSearch(ImageSearch):
             except ToolUnavailable as error:
                 log.debug("dropped %s: %s", hit.url, error)
                 return Failure.http_error
-        verdict = await asyncio.to_thread(self.thresholds.check, data)
-        if not verdict.ok:
+        verdict, image_hash = await run_ranked(gate_and_hash, data, self.thresholds)
+        if image_hash is None:
             assert verdict.reason is not None
             log.debug("gate refused %s: %s", hit.url, verdict.detail)
             return verdict.reason
@@ -378,7 +379,7 @@ class WebImageSearch(ImageSearch):
             provider=self.provider,
             query=query,
             title=hit.title,
-            phash=await asyncio.to_thread(phash, data),
+            phash=image_hash,
             sharpness=verdict.sharpness,
         )
 
@@ -545,7 +546,7 @@ class PoolSearch(ImageSearch):
                 log.warning("pool image %s is unreadable: %s", entry.path, error)
                 self.stats.failures[Failure.unreadable] += 1
                 continue
-            verdict = await asyncio.to_thread(self.thresholds.check, data)
+            verdict = await run_ranked(self.thresholds.check, data)
             if not verdict.ok:
                 assert verdict.reason is not None
                 self.stats.failures[verdict.reason] += 1
