@@ -9,7 +9,7 @@ answer both sides alike, and a fake Serper service gives every query pictures of
 differs between the sides is how they schedule the same calls:
 
 - OURS is the real generate-stage loop (`dpe.generation.Generation`, quotas as plans) driving
-  the real `AgentProvider` (both searches at once, every candidate rated at once, one limiter per
+  the real `AgentProvider` (both searches at once, every candidate rated in one call, one limiter per
   endpoint set to the endpoint's published limits, retries that honour Retry-After).
 - REFERENCE re-creates the reference implementation's structure from its documented behaviour: a
   pool of worker threads fed through a window of twice as many futures (it ships with 10 and 20),
