@@ -238,7 +238,8 @@ def test_a_run_survives_operator_kills_crashing_pods_and_a_preemption(e2e: E2ECl
     assert run["status"]["phase"] == "Succeeded", e2e.diagnostics()
     assert chaos.operator_kills >= 3 and chaos.crashed and chaos.evicted
     assert e2e.operator_restarts() >= chaos.operator_kills
-    jobs = {j["metadata"]["name"] for j in run_jobs(e2e, "chaos")}
+    jobs = run_jobs(e2e, "chaos")
+    job_names = {j["metadata"]["name"] for j in jobs}
 
     def announced() -> list[dict[str, Any]] | None:
         """The run's Events once every Job has its StageStarted. kopf posts Events from a queue, so a
@@ -246,13 +247,13 @@ def test_a_run_survives_operator_kills_crashing_pods_and_a_preemption(e2e: E2ECl
         when its first pass finds the Job, which may come after the run's last status write."""
         events = run_events(e2e, "chaos")
         found = {e["message"].rsplit("Job ", 1)[-1] for e in events if e["reason"] == "StageStarted"}
-        return events if found >= jobs else None
+        return events if found >= job_names else None
 
     events = e2e.wait("every Job's StageStarted Event", announced, 60)
     repeated = [key for key, count in Counter((e["reason"], e["message"]) for e in events).items() if count > 1]
     assert repeated == [], "an Event was posted twice"
     started = Counter(e["message"].rsplit("Job ", 1)[-1] for e in events if e["reason"] == "StageStarted")
-    assert set(started) == jobs and set(started.values()) == {1}, "every Job started once"
+    assert set(started) == job_names and set(started.values()) == {1}, "every Job started once"
     iterations = {k: e2e.get(ITERATIONS, NAMESPACE, f"chaos-i{k}") for k in (0, 1)}
     records = {(k, r["name"]): r for k, item in iterations.items() for r in item["status"]["stages"]}
     for (k, stage), record in records.items():
