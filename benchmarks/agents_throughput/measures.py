@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import median
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,12 +189,6 @@ class SideResult:
             "occupancy_by_tenth": [round(level, 1) for level in self.occupancy],
             "by_type": self.by_type,
         }
-
-
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 @dataclass

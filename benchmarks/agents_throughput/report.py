@@ -7,8 +7,9 @@ import platform
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 
-from benchmarks.agents_throughput.measures import Bound, SideResult, Sweep, median
+from benchmarks.agents_throughput.measures import Bound, SideResult, Sweep
 from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, ROLE_PROFILES, SEARCH_API_S, Scenario
 from benchmarks.reporting import markers, replace_section
 

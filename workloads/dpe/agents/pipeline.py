@@ -3,8 +3,8 @@
 One `produce` call makes one sample of the type the scheduler assigned, in six to twelve remote
 calls. A sample's time is mostly spent waiting on them, so every step whose inputs are ready runs at
 once (both searches together), within the endpoint limits the role clients share, and what one call
-can do is not spread over several: one selector call rates every candidate. The steps that must wait for each other (plan before search,
-image before question, question before validation) still do.
+can do is not spread over several: one selector call rates every candidate. The steps that must wait
+for each other (plan before search, image before question, question before validation) still do.
 
 Failures never escape as exceptions: each step that cannot go on raises `StepFailed` internally,
 which becomes `Failed(reason, stage, cost)`. The one exception that does propagate is
