@@ -124,6 +124,7 @@ class ClusterPart:
         self.labels: dict[str, dict[str, str]] = {}
         self.due: queue.PriorityQueue[tuple[float, str]] = queue.PriorityQueue()
         self.stop = threading.Event()
+        self.version: str | None = None
         self.threads = ([threading.Thread(target=self.watch, daemon=True), threading.Thread(target=self.start, daemon=True)]
                         + [threading.Thread(target=self.complete, daemon=True) for _ in range(4)])
 
@@ -144,16 +145,28 @@ class ClusterPart:
                 time.sleep(0.2)
 
     def watch_once(self, watcher: Any) -> None:
-        for event in watcher.stream(self.batch.list_namespaced_job, "default", timeout_seconds=5):
-            job = event["object"]
-            name = job.metadata.name
-            if event["type"] == "ADDED" and name not in self.created:
-                self.created[name] = time.monotonic()
-                self.labels[name] = dict(job.metadata.labels or {})
-                idle = self.labels[name]["dpe.dev/stage"] == StageName.train.value
-                seconds = self.idle_seconds if idle else self.stage_seconds * self.rng.uniform(0.5, 1.5)
-                self.due.put((time.monotonic() + seconds, name))
-                self.started.put(name)
+        """One watch call, resumed from the last version seen (as an informer does); from scratch at
+        first and after the server has forgotten that version (410 Gone)."""
+        resume = {} if self.version is None else {"resource_version": self.version}
+        try:
+            for event in watcher.stream(self.batch.list_namespaced_job, "default", timeout_seconds=5, **resume):
+                self.version = event["object"].metadata.resource_version
+                self.seen(event)
+        except kubernetes.client.ApiException as error:
+            if error.status != 410:
+                raise
+            self.version = None
+
+    def seen(self, event: dict[str, Any]) -> None:
+        job = event["object"]
+        name = job.metadata.name
+        if event["type"] == "ADDED" and name not in self.created:
+            self.created[name] = time.monotonic()
+            self.labels[name] = dict(job.metadata.labels or {})
+            idle = self.labels[name]["dpe.dev/stage"] == StageName.train.value
+            seconds = self.idle_seconds if idle else self.stage_seconds * self.rng.uniform(0.5, 1.5)
+            self.due.put((time.monotonic() + seconds, name))
+            self.started.put(name)
 
     def start(self) -> None:
         """The Job's pod is running and ready, as the Job controller reports it."""

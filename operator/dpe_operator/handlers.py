@@ -6,10 +6,13 @@ the environment once, when kopf imports this module; the timer's period is one o
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -27,6 +30,9 @@ log = logging.getLogger("dpe.operator")
 
 _reconciler: Reconciler | None = None
 _reconciler_guard = threading.Lock()
+_event_passes = ThreadPoolExecutor(max_workers=SETTINGS.workers, thread_name_prefix="dpe-event-pass")
+"""Where the passes that Job and pod events ask for run. Those handlers are coroutines that decide in
+kopf's loop whether the event matters (most do not), so only a pass costs a thread hand-over."""
 
 
 def _post(body: Mapping[str, Any], event: RunEvent) -> None:
@@ -47,6 +53,12 @@ def reconcile(namespace: str, name: str, jobs_by_run: JobsByRun, timer_version: 
         reconciler().reconcile(namespace, name, jobs_by_run, timer_version=timer_version)
     except RetryLater as error:
         raise kopf.TemporaryError(str(error), delay=error.delay) from error
+
+
+async def _reconcile_in_thread(namespace: str, name: str, jobs_by_run: JobsByRun) -> None:
+    """A pass, on a thread, in a copy of this context (where kopf's Event posting works)."""
+    context = contextvars.copy_context()
+    await asyncio.get_running_loop().run_in_executor(_event_passes, context.run, reconcile, namespace, name, jobs_by_run)
 
 
 def _owning_run(job: Mapping[str, Any]) -> str | None:
@@ -94,7 +106,7 @@ def on_timer(body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str,
 
 
 @kopf.index("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
-def jobs_by_run(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+async def jobs_by_run(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """The operator's Jobs by (namespace, run label), as the watch last saw them (what the
     operator reads of each: `observe.job_summary`)."""
     run = (body["metadata"].get("labels") or {}).get(names.RUN_LABEL)
@@ -104,7 +116,7 @@ def jobs_by_run(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, An
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
-def on_job_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+async def on_job_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
     """A stage Job finished: reconcile its run now, so the next stage starts without waiting for the timer.
 
     The initial listing (type None) is skipped: every run is reconciled on resume anyway.
@@ -113,11 +125,11 @@ def on_job_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[
         return
     run = _owning_run(body)
     if run is not None:
-        reconcile(body["metadata"]["namespace"], run, jobs_by_run)
+        await _reconcile_in_thread(body["metadata"]["namespace"], run, jobs_by_run)
 
 
 @kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGED_BY})
-def on_pod_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+async def on_pod_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
     """A stage pod was preempted or evicted, or waits for what it cannot get: reconcile its run now.
 
     A disrupted pod may be deleted soon after (its Job replaces it), so it is counted when seen.
@@ -135,7 +147,7 @@ def on_pod_event(event: kopf.RawEvent, body: kopf.Body, jobs_by_run: kopf.Index[
         if found["metadata"]["name"] == job:
             run = _owning_run(found)
             if run is not None:
-                reconcile(namespace, run, jobs_by_run)
+                await _reconcile_in_thread(namespace, run, jobs_by_run)
             return
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 from typing import Any
 
 import celpy
@@ -35,9 +34,20 @@ def _nullable_type(validator: Any, types: Any, instance: Any, schema: dict[str, 
 OpenApiValidator = validators.extend(Draft4Validator, {"type": _nullable_type})
 
 
-@functools.lru_cache(maxsize=32)
-def _validator(schema_text: str) -> Any:
-    return OpenApiValidator(json.loads(schema_text))
+VALIDATORS_KEPT = 64
+_validators: dict[int, tuple[dict[str, Any], Any]] = {}
+"""Validators by the identity of their schema (kept beside it, so the identity stays its own): a
+server checks every write against one of a few schemas, and serializing a schema to key a cache
+cost more than the check."""
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    found = _validators.get(id(schema))
+    if found is None or found[0] is not schema:
+        if len(_validators) >= VALIDATORS_KEPT:
+            del _validators[next(iter(_validators))]
+        found = _validators[id(schema)] = (schema, OpenApiValidator(schema))
+    return found[1]
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,7 +76,7 @@ def _cel_failures(schema: dict[str, Any], value: Any, path: str) -> list[str]:
 
 def schema_problems(schema: dict[str, Any], document: dict[str, Any]) -> list[str]:
     """Every reason the API server would refuse `document` under `schema` (schema errors first, then CEL)."""
-    validator = _validator(json.dumps(schema, sort_keys=True))
+    validator = _validator(schema)
     problems = [
         f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
         for error in validator.iter_errors(document)

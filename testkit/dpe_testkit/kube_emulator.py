@@ -44,6 +44,7 @@ would list them) and the `default` Namespace. Fixture: `cluster` (function scope
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import json
@@ -52,7 +53,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -356,8 +357,62 @@ def _grace_period(request: kmock.Request, current: Mapping[str, Any]) -> int:
     return max(0, int(asked))
 
 
+def _live(obj: Any) -> dict[str, Any] | None:
+    """A stored object's current state, or None once it is deleted (kmock's `Object.raw` without its
+    walk back through the object's history)."""
+    history = obj.history
+    current = history[-1] if len(history) else None
+    return None if current is None else current.raw
+
+
+WATCH_CACHE_EVENTS = 1_000
+"""Events of each resource kept for watches that resume from a resourceVersion. The real server keeps
+such a window too; a watch from a version older than it is answered 410 Gone, and clients list again."""
+
 REQUEST_LOG_LIMIT = 1
 """Requests kept in kmock's log: the one being served, which kmock's routing looks for there."""
+
+
+class ObjectsByResource(dict[ObjectKey, Any]):
+    """kmock's object store (a dict by key), which also keeps each resource's keys apart, and the
+    keys of the objects that have carried each label.
+
+    kmock changes its store only by item assignment and deletion, and the emulator stores every
+    later version through `labelled`; with them a list looks at the objects its resource and label
+    selector can match, not at every object (thousands of Events among them) on every request. A
+    label an object no longer carries leaves a stale entry: the selector is still checked on each.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys_of: dict[kmock.resource, dict[ObjectKey, None]] = {}
+        self._by_label: dict[tuple[kmock.resource, str, str], dict[ObjectKey, None]] = {}
+
+    def __setitem__(self, key: ObjectKey, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.keys_of.setdefault(key[0], {})[key] = None
+        current = _live(value)
+        if current is not None:
+            self.labelled(key, current)
+
+    def __delitem__(self, key: ObjectKey) -> None:
+        super().__delitem__(key)
+        self.keys_of[key[0]].pop(key, None)
+        for keys in self._by_label.values():
+            keys.pop(key, None)
+
+    def labelled(self, key: ObjectKey, version: Mapping[str, Any]) -> None:
+        """Note the labels of a version of the object stored under `key`."""
+        for label, value in ((version.get("metadata") or {}).get("labels") or {}).items():
+            self._by_label.setdefault((key[0], label, value), {})[key] = None
+
+    def candidates(self, resource: kmock.resource, selector: LabelSelector) -> Iterable[ObjectKey]:
+        """Keys of the objects of `resource` that may match `selector`: those that carried one of the
+        values its first `in` term (`k=v` among them) asks for, else every object of the resource."""
+        term = next((r for r in selector.requirements if r.operator == "in"), None)
+        if term is None:
+            return self.keys_of.get(resource, {})
+        return {key: None for value in sorted(term.values) for key in self._by_label.get((resource, term.key, value), {})}
 
 
 @attrs.define(kw_only=True)
@@ -371,6 +426,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     _revision: int = attrs.field(default=0, init=False)
     _watched: set[tuple[str | None, str | None]] = attrs.field(factory=set, init=False)
     _schemas: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _recent: dict[kmock.resource, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
+    """Each resource's latest watch events with their resourceVersion (`WATCH_CACHE_EVENTS` of them)."""
+    _forgotten: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    """Each resource's newest resourceVersion dropped from `_recent`: a watch from before it is 410 Gone."""
     pruned: list[str] = attrs.field(factory=list, init=False)
     """`Kind/name: field` of every undeclared field a write carried and pruning dropped, in order
     (dropped nulls are not listed: a null in a merge patch means "remove")."""
@@ -380,6 +439,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        object.__setattr__(self._objects, "_objects", ObjectsByResource())  # kmock's store is a frozen attrs class
         # kmock routes by Kubernetes action, and a PUT has none: route it by method.
         self.fallback[kmock.method.PUT] << self._serve_replace
         self.fallback["get /openapi/v2"] << self._serve_openapi
@@ -416,9 +476,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 if key[0] == crd.resource and not obj.deleted:
                     last = copy.deepcopy(obj.raw)
                     last["metadata"]["resourceVersion"] = self._next_revision()
-                    obj.history.append(last)
+                    self._store_version(key, last)
                     obj.delete()
-                    await self._buses[crd.resource].put({"type": "DELETED", "object": copy.deepcopy(last)})
+                    await self._publish(crd.resource, "DELETED", last)
 
     def seed(self, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Store an object before any client connects, stamped like a create (no event is sent)."""
@@ -456,20 +516,29 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
         kmock compares every stored object, Events included, with the request's resource, namespace
         and name, on every request; a few thousand objects made each call cost milliseconds. A named
-        object is looked up by its key first, and a listing skips other resources by plural name
-        before the full comparison.
+        object is looked up by its key, a listing among its resource's objects only.
         """
-        objects = self._objects
+        store = cast("ObjectsByResource", self._objects._objects)
         if request.resource is not None and request.name is not None and (strict or request.namespace is not None):
-            found = objects._objects.get((request.resource, request.namespace, request.name))
+            found = store.get((request.resource, request.namespace, request.name))
             if found is not None:
                 return [found]
-        plural = None if request.resource is None else request.resource.plural
+        keys = store if request.resource is None else store.keys_of.get(request.resource, {})
         check = self._KubernetesEmulator__check
-        return [
-            obj for (resource, namespace, name), obj in objects.items()
-            if (plural is None or resource.plural == plural) and check(request, resource, namespace, name, strict=strict)
-        ]
+        return [store[key] for key in keys if check(request, *key, strict=strict)]
+
+    def _get_resources(self) -> list[kmock.resource]:
+        """The resources served, and those with stored objects (kmock's rule), without a pass over every object."""
+        store = cast("ObjectsByResource", self._objects._objects)
+        return list({*self.resources, *(resource for resource, keys in store.keys_of.items() if keys)})
+
+    def _store_version(self, key: ObjectKey, version: dict[str, Any]) -> None:
+        """Make `version` the current state of the object under `key`. Only the current state is kept:
+        nothing reads older ones, and a long run's status writes would otherwise keep a full copy each."""
+        history = self.objects[key].history
+        history.append(version)
+        del history[:-1]
+        cast("ObjectsByResource", self._objects._objects).labelled(key, version)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -550,10 +619,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             self._serve_crd(body)
         self._warn(request, warnings)
         if key in self.objects:
-            self.objects[key].create(body)
+            self._store_version(key, body)
         else:
             self.objects[key] = body
-        await self._buses[request.resource].put({"type": "ADDED", "object": copy.deepcopy(body)})
+        await self._publish(request.resource, "ADDED", body)
 
     async def _apply(self, request: kmock.Request) -> None:
         """Server-side apply: create the object when it is absent, else merge the applied fields in."""
@@ -632,17 +701,17 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         self._warn(request, warnings)
         meta["resourceVersion"] = self._next_revision()
         obj = self.objects[key]
-        obj.history.append(new)
+        self._store_version(key, new)
         is_crd = request.resource == kmock.resource(CRD_RESOURCE)
         if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
             obj.delete()
-            await self._buses[request.resource].put({"type": "DELETED", "object": copy.deepcopy(new)})
+            await self._publish(request.resource, "DELETED", new)
             if is_crd:
                 await self._unserve_crd(new)
         else:
             if is_crd and request.subresource is None:
                 self._serve_crd(new, current)
-            await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
+            await self._publish(request.resource, "MODIFIED", new)
 
     async def _delete(self, request: kmock.Request) -> None:
         """Delete at once, or only mark for deletion while finalizers remain or a node still runs the pod."""
@@ -657,12 +726,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         if meta.get("finalizers") or grace:
             meta["deletionTimestamp"] = _now()
             meta["deletionGracePeriodSeconds"] = grace
-            obj.history.append(current)
-            await self._buses[request.resource].put({"type": "MODIFIED", "object": copy.deepcopy(current)})
+            self._store_version(self._key(request), current)
+            await self._publish(request.resource, "MODIFIED", current)
         else:
-            obj.history.append(current)
+            self._store_version(self._key(request), current)
             obj.delete()
-            await self._buses[request.resource].put({"type": "DELETED", "object": copy.deepcopy(current)})
+            await self._publish(request.resource, "DELETED", current)
             if request.resource == kmock.resource(CRD_RESOURCE):
                 await self._unserve_crd(current)
 
@@ -684,34 +753,87 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         assert request.resource is not None  # only list requests are routed here
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
         fields = self._field_selector(request)
-        listing = await super()._serve_list(request)
-        assert isinstance(listing, dict)  # kmock lists as a dict; for type checkers
+        if request.resource not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        store = cast("ObjectsByResource", self._objects._objects)
+        check = self._KubernetesEmulator__check
+        async with self._lock:
+            items = [item for key in store.candidates(request.resource, selector)
+                     if check(request, *key, strict=False) and (item := _live(store[key])) is not None
+                     and selector.matches(item) and fields.matches(item)]
         return {
             "apiVersion": _api_version(request.resource),
             "kind": f"{self._info(request.resource).kind}List",
             "metadata": {"resourceVersion": str(self._revision)},
-            "items": [item for item in listing["items"] if selector.matches(item) and fields.matches(item)],
+            "items": items,
         }
 
+    async def _publish(self, resource: kmock.resource, kind: str, obj: Mapping[str, Any]) -> None:
+        """Send a watch event for a stored version, and keep it for watches that resume from a version."""
+        event = {"type": kind, "object": copy.deepcopy(obj)}
+        recent = self._recent.setdefault(resource, collections.deque())
+        if len(recent) == WATCH_CACHE_EVENTS:
+            self._forgotten[resource] = recent.popleft()[0]
+        recent.append((int(obj["metadata"]["resourceVersion"]), event))
+        await self._buses[resource].put(event)
+
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        """A watch as the real server streams one: from a `resourceVersion`, the events after it (410 Gone
+        once they are older than the window kept); without one (or from "0"), every live object as
+        ADDED first. Then each new event, until `timeoutSeconds` is up."""
+        assert request.resource is not None  # only watch requests are routed here
         labels = LabelSelector.parse(request.params.get("labelSelector", ""))
         fields = self._field_selector(request)
         timeout = request.params.get("timeoutSeconds")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(timeout) if timeout else None
-        stream = cast("AsyncGenerator[kmock.Payload, None]", super()._serve_watch(request))
+        since = request.params.get("resourceVersion") or "0"
+        if not since.isdigit():
+            raise _error(400, "BadRequest", f"invalid resourceVersion {since!r}")
+        deadline = asyncio.get_running_loop().time() + float(timeout) if timeout else None
+        bus = self._buses[request.resource]
+        yield b""  # the headers go out at once, even when nothing happens for a while
+        async with self._lock:
+            # Under the lock that every write holds: nothing lands between the replay and the bus's mark.
+            marker = await bus.mark()
+            replay = self._replay(request, since)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        event = await anext(stream)
-                except (TimeoutError, StopAsyncIteration):
-                    return  # the server closes the stream when the client's timeout is up
-                selected = event.get("object") or {} if isinstance(event, dict) else None
-                if selected is None or (labels.matches(selected) and fields.matches(selected)):
+            for event in replay:
+                selected = event.get("object") or {}
+                if event["type"] == "ERROR" or (labels.matches(selected) and fields.matches(selected)):
                     yield event
+            if replay and replay[-1]["type"] == "ERROR":
+                return
+            stream = bus.stream(since=marker)
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            event = await anext(stream)
+                    except (TimeoutError, StopAsyncIteration):
+                        return  # the server closes the stream when the client's timeout is up
+                    selected = event.get("object") or {}
+                    meta = selected.get("metadata") or {}
+                    if (self._KubernetesEmulator__check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False)
+                            and labels.matches(selected) and fields.matches(selected)):
+                        yield event
+            finally:
+                await stream.aclose()
         finally:
-            await stream.aclose()
+            await bus.unmark(marker)
+
+    def _replay(self, request: kmock.Request, since: str) -> list[dict[str, Any]]:
+        """What a watch from `since` starts with (module doc of `_serve_watch`); called under the lock."""
+        assert request.resource is not None
+        if since == "0":
+            return [{"type": "ADDED", "object": copy.deepcopy(obj.raw)}
+                    for obj in self._KubernetesEmulator__get_objs(request, strict=False) if not obj.deleted]
+        version = int(since)
+        if version < self._forgotten.get(request.resource, 0):
+            return [{"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                                  "message": f"too old resource version: {version} ({self._revision})",
+                                                  "reason": "Expired", "code": 410}}]
+        check = self._KubernetesEmulator__check
+        return [event for found, event in self._recent.get(request.resource, ()) if found > version
+                and check(request, request.resource, event["object"]["metadata"].get("namespace"), event["object"]["metadata"]["name"], strict=False)]
 
     async def _serve_openapi(self, request: kmock.Request) -> kmock.Payload:
         return b""

@@ -23,6 +23,7 @@ import kubernetes.watch
 import pytest
 import urllib3
 from kopf.testing import KopfRunner
+from dpe_testkit import kube_emulator
 from dpe_testkit.kube_emulator import EmulatedCluster, LabelRequirement, LabelSelector
 
 pytestmark = pytest.mark.slow
@@ -431,6 +432,60 @@ def test_watch_filters_by_label_and_ends_at_its_timeout(cluster: EmulatedCluster
     assert not watcher.is_alive()
     assert time.monotonic() - started < 3.0
     assert seen == [("ADDED", "before"), ("ADDED", "after")]
+
+
+def watch_events(cluster: EmulatedCluster, http: urllib3.PoolManager, query: str) -> list[dict[str, Any]]:
+    """Every event of a watch on runs that the server closes after one second."""
+    response = http.request("GET", f"{cluster.url}{RUNS_PATH}?watch=true&timeoutSeconds=1&{query}")
+    assert response.status == 200
+    return [json.loads(line) for line in response.data.splitlines() if line.strip()]
+
+
+def test_a_watch_from_a_resource_version_gets_only_the_later_events(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
+    """kopf and client-go resume a watch from the last version they saw; the server replays only what
+    came after it, not every object again."""
+    first = created(http, cluster, run_body("first"))
+    second = created(http, cluster, run_body("second"))
+    call(http, cluster, "PATCH", f"{RUNS_PATH}/first", {"metadata": {"labels": {"seen": "twice"}}}, MERGE_PATCH)
+
+    resumed = watch_events(cluster, http, f"resourceVersion={rv(first)}")
+    from_scratch = watch_events(cluster, http, "resourceVersion=0")
+
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in resumed] == [("ADDED", "second"), ("MODIFIED", "first")]
+    assert rv(resumed[0]["object"]) == rv(second)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in from_scratch) == [("ADDED", "first"), ("ADDED", "second")]
+
+
+def test_a_watch_from_a_version_older_than_the_window_is_410_gone(
+    cluster: EmulatedCluster, http: urllib3.PoolManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube_emulator, "WATCH_CACHE_EVENTS", 2)
+    first = created(http, cluster, run_body("first"))
+    for name in ("second", "third"):
+        created(http, cluster, run_body(name))
+
+    gone = watch_events(cluster, http, f"resourceVersion={rv(first) - 1}")
+    kept = watch_events(cluster, http, f"resourceVersion={rv(first)}")
+
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in gone] == [("ERROR", 410, "Expired")]
+    assert [e["object"]["metadata"]["name"] for e in kept] == ["second", "third"]
+    assert call(http, cluster, "GET", f"{RUNS_PATH}?watch=true&resourceVersion=latest")[0] == 400
+
+
+def test_a_list_by_label_follows_a_changed_label(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
+    """Lists by label look only at objects that carried the label; one that lost it is not listed."""
+    created(http, cluster, run_body("moved", {"tier": "gold"}))
+    created(http, cluster, run_body("stays", {"tier": "gold"}))
+    call(http, cluster, "PATCH", f"{RUNS_PATH}/moved", {"metadata": {"labels": {"tier": "silver"}}}, MERGE_PATCH)
+    call(http, cluster, "DELETE", f"{RUNS_PATH}/stays")
+
+    def names(selector: str) -> list[str]:
+        return [item["metadata"]["name"] for item in call(http, cluster, "GET", f"{RUNS_PATH}?labelSelector={selector}")[1]["items"]]
+
+    assert names("tier%3Dgold") == []
+    assert names("tier%3Dsilver") == ["moved"]
+    assert names("tier%20in%20(gold,silver)") == ["moved"]
+    assert names("tier%21%3Dgold") == ["moved"]
 
 
 def test_namespaces_are_served_under_the_core_path(cluster: EmulatedCluster, http: urllib3.PoolManager) -> None:
