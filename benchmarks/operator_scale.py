@@ -24,6 +24,9 @@ Measured:
 
 Run: python -m benchmarks.operator_scale [--runs 10 200 1000] [--stage-seconds 10] [--idle-seconds 120]
      [--json benchmarks/results/operator_scale.json] [--results benchmarks/RESULTS.md]
+With --json, the scales measured replace those of the same number of runs in the file and the others
+stay, so scales measured with different stage times (1,000 runs need stages long enough for the
+operator's pace) make one table.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ POLL_SECONDS = 5.0
 @dataclass
 class Scale:
     runs: int
+    stage_seconds: float
+    idle_seconds: float
     handoffs: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -91,7 +96,7 @@ class Scale:
         return self.idle_cpu_s / (self.runs * self.idle_window_s / 3600) if self.idle_window_s else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        return {"runs": self.runs, "succeeded": self.succeeded, "jobs": self.jobs, "wall_s": round(self.wall_s, 1),
+        return {"runs": self.runs, "stage_seconds": self.stage_seconds, "idle_seconds": self.idle_seconds, "succeeded": self.succeeded, "jobs": self.jobs, "wall_s": round(self.wall_s, 1),
                 "handoffs": len(self.handoffs), "p50_s": round(self.percentile(0.5), 3), "p99_s": round(self.percentile(0.99), 3),
                 "max_s": round(max(self.handoffs, default=float("nan")), 3), "peak_rss_mb": round(self.peak_rss_mb),
                 "operator_cpu_s": round(self.cpu_s, 1), "cpu_per_handoff_ms": round(self.cpu_per_handoff_ms, 1),
@@ -264,7 +269,7 @@ def memory_and_cpu(pid: int) -> tuple[float, float]:
 
 
 def measure(runs: int, stage_seconds: float, idle_seconds: float, timeout: float, workdir: Path) -> Scale:
-    scale = Scale(runs)
+    scale = Scale(runs, stage_seconds, idle_seconds)
     s3 = start_s3_server(workdir / f"s3-{runs}")
     try:
         bucket = s3.new_bucket()
@@ -317,35 +322,46 @@ def measure(runs: int, stage_seconds: float, idle_seconds: float, timeout: float
     return scale
 
 
-def report(scales: Sequence[Scale], stage_seconds: float, idle_seconds: float, command: str, load: str) -> str:
+def report(scales: Sequence[dict[str, Any]], load: str) -> str:
+    """The RESULTS section from the recorded scales (`Scale.summary`, each with the command that measured it)."""
+    commands = "; ".join(sorted({f"`{scale['command']}`" for scale in scales}))
+    header = ("| runs | stage (s) | training (s) | Jobs | all Succeeded after (s) | hand-offs | p50 (s) | p99 (s) | max (s) "
+              "| peak RSS (MiB) | CPU (s) | CPU per hand-off (ms) | idle window (s) | CPU per idle run-hour (s) |")
     lines = [
         SECTION_HEADING,
         "",
-        f"- Command: `{command}`",
+        f"- Commands: {commands}",
         f"- Date: {datetime.now(UTC).date().isoformat()}",
         f"- Machine: {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}; {load}",
         "- The operator runs as `kopf run` in its own process against the emulated API server (the tests' kmock",
         "  subclass, served over HTTP on loopback, pinned to a core of its own) and a SeaweedFS S3 server,",
         f"  with the chart's safety-net period ({SAFETY_NET_SECONDS:g} s). The benchmark plays the Job controller: a stage Job",
-        f"  is marked running with its pod ready, succeeds after {stage_seconds:g} s +-50 % (training: {idle_seconds:g} s, when",
-        "  every run sits in training at once: the idle window), after its result.json is written. All runs are",
-        "  created at once; each runs one iteration (6 Jobs).",
+        "  is marked running with its pod ready and succeeds after its stage time +-50 % (training: the training time,",
+        "  long enough for every run to sit in training at once: the idle window), after its result.json is written.",
+        "  All runs are created at once; each runs one iteration (6 Jobs).",
         "- Hand-off: from a Job's success (status written) to the next stage's Job being created, seen by a watch.",
         "  CPU per hand-off: the operator's CPU outside the idle window over the hand-offs; per idle run-hour: its",
         "  CPU in the window over runs x window.",
         "",
-        "| runs | Jobs | all Succeeded after (s) | hand-offs | p50 (s) | p99 (s) | max (s) | peak RSS (MiB) | CPU (s) "
-        "| CPU per hand-off (ms) | idle window (s) | CPU per idle run-hour (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        header,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for scale in scales:
-        done = "" if scale.succeeded == scale.runs else f" ({scale.succeeded} of {scale.runs} done)"
+    for scale in sorted(scales, key=lambda found: found["runs"]):
+        done = "" if scale["succeeded"] == scale["runs"] else f" ({scale['succeeded']} of {scale['runs']} done)"
         lines.append(
-            f"| {scale.runs} | {scale.jobs} | {scale.wall_s:.1f}{done} | {len(scale.handoffs)} | {scale.percentile(0.5):.3f} | "
-            f"{scale.percentile(0.99):.3f} | {max(scale.handoffs, default=float('nan')):.3f} | {scale.peak_rss_mb:.0f} | {scale.cpu_s:.1f} | "
-            f"{scale.cpu_per_handoff_ms:.1f} | {scale.idle_window_s:.0f} | {scale.cpu_per_idle_run_hour_s:.2f} |"
+            f"| {scale['runs']} | {scale['stage_seconds']:g} | {scale['idle_seconds']:g} | {scale['jobs']} | {scale['wall_s']:.1f}{done} "
+            f"| {scale['handoffs']} | {scale['p50_s']:.3f} | {scale['p99_s']:.3f} | {scale['max_s']:.3f} | {scale['peak_rss_mb']:.0f} "
+            f"| {scale['operator_cpu_s']:.1f} | {scale['cpu_per_handoff_ms']:.1f} | {scale['idle_window_s']:.0f} "
+            f"| {scale['cpu_per_idle_run_hour_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def merged(path: Path | None, fresh: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scales recorded in `path` (if any), each replaced by a fresh one of the same number of runs."""
+    kept = json.loads(path.read_text())["scales"] if path is not None and path.exists() else []
+    measured = {scale["runs"] for scale in fresh}
+    return [scale for scale in kept if scale["runs"] not in measured] + list(fresh)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -358,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage-seconds", type=float, default=10.0, help="mean time a stage Job runs (+-50 %%)")
     parser.add_argument("--idle-seconds", type=float, default=240.0, help="how long training runs: the idle window falls in it")
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up on one scale after this many seconds")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here (e.g. benchmarks/results/operator_scale.json)")
+    parser.add_argument("--json", type=Path, default=None, help="merge the figures into this file (e.g. benchmarks/results/operator_scale.json)")
     parser.add_argument("--results", type=Path, default=None, help="write the table into this Markdown file (e.g. benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
     load = f"load average before: {os.getloadavg()[0]:.2f}"
@@ -370,12 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             scales.append(scale)
     command = "python -m benchmarks.operator_scale " + " ".join(
         ["--runs", *map(str, args.runs), "--stage-seconds", f"{args.stage_seconds:g}", "--idle-seconds", f"{args.idle_seconds:g}"])
-    section = report(scales, args.stage_seconds, args.idle_seconds, command, load)
+    fresh = [{**scale.summary(), "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"), "load": load}
+             for scale in scales]
+    recorded = merged(args.json, fresh)
+    section = report(recorded, load)
     print(section)
     if args.json is not None:
-        args.json.write_text(json.dumps({"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "load": load}, "safety_net_seconds": SAFETY_NET_SECONDS,
-            "scales": [scale.summary() for scale in scales]}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                                         "safety_net_seconds": SAFETY_NET_SECONDS, "scales": recorded}, indent=2) + "\n")
     if args.results is not None:
         write_section(args.results, section)
     return 0 if all(scale.succeeded == scale.runs for scale in scales) else 1

@@ -13,6 +13,10 @@ so the subclass here adds it (each item is a real API-server behaviour):
 - the status subresource: a write to `/status` changes only `.status`, a write to the object never
   changes `.status`, and a create drops `.status`, as the real server does for resources that
   declare the subresource;
+- watches resumed from a `resourceVersion` (kopf and informers do so after every timeout) get only
+  the events after it, from a window of each resource's latest `WATCH_CACHE_EVENTS`; from a
+  version older than the window, one ERROR event, 410 Gone (the client lists again); without one
+  (or from "0"), every live object as ADDED first;
 - label selectors (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`) and field
   selectors (`field_selectors`: `metadata.name`, Events' `involvedObject.name`, ...; an unsupported
   field is a 400) on list and watch, `timeoutSeconds` on watch, `kind`/`apiVersion` on lists;
