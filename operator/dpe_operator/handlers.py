@@ -30,9 +30,10 @@ log = logging.getLogger("dpe.operator")
 
 _reconciler: Reconciler | None = None
 _reconciler_guard = threading.Lock()
-_event_passes = ThreadPoolExecutor(max_workers=SETTINGS.workers, thread_name_prefix="dpe-event-pass")
-"""Where the passes that Job and pod events ask for run. Those handlers are coroutines that decide in
-kopf's loop whether the event matters (most do not), so only a pass costs a thread hand-over."""
+_pass_threads = ThreadPoolExecutor(max_workers=SETTINGS.workers, thread_name_prefix="dpe-pass")
+"""The threads every pass runs on: kopf's executor for the synchronous handlers, and where the Job and
+pod event handlers (coroutines that decide in kopf's loop whether an event matters; most do not)
+send the passes they start."""
 
 
 def _post(body: Mapping[str, Any], event: RunEvent) -> None:
@@ -58,7 +59,7 @@ def reconcile(namespace: str, name: str, jobs_by_run: JobsByRun, timer_version: 
 async def _reconcile_in_thread(namespace: str, name: str, jobs_by_run: JobsByRun) -> None:
     """A pass, on a thread, in a copy of this context (where kopf's Event posting works)."""
     context = contextvars.copy_context()
-    await asyncio.get_running_loop().run_in_executor(_event_passes, context.run, reconcile, namespace, name, jobs_by_run)
+    await asyncio.get_running_loop().run_in_executor(_pass_threads, context.run, reconcile, namespace, name, jobs_by_run)
 
 
 def _owning_run(job: Mapping[str, Any]) -> str | None:
@@ -74,7 +75,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # out through kopf.event, which this level does not filter.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    settings.execution.max_workers = SETTINGS.workers
+    settings.execution.executor = _pass_threads
     # A deleted run's timer may be in the middle of a pass; look again soon rather than kopf's minute.
     settings.background.cancellation_polling = 1.0
     # kopf then lists/watches neither CRDs nor Namespaces: we serve exact namespace names or all, never globs.

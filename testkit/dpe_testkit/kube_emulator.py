@@ -522,7 +522,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         and name, on every request; a few thousand objects made each call cost milliseconds. A named
         object is looked up by its key, a listing among its resource's objects only.
         """
-        store = cast("ObjectsByResource", self._objects._objects)
+        store = self._store
         if request.resource is not None and request.name is not None and (strict or request.namespace is not None):
             found = store.get((request.resource, request.namespace, request.name))
             if found is not None:
@@ -531,10 +531,14 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         check = self._KubernetesEmulator__check
         return [store[key] for key in keys if check(request, *key, strict=strict)]
 
+    @property
+    def _store(self) -> ObjectsByResource:
+        """kmock's object store, as `__attrs_post_init__` made it."""
+        return cast("ObjectsByResource", self._objects._objects)
+
     def _get_resources(self) -> list[kmock.resource]:
         """The resources served, and those with stored objects (kmock's rule), without a pass over every object."""
-        store = cast("ObjectsByResource", self._objects._objects)
-        return list({*self.resources, *(resource for resource, keys in store.keys_of.items() if keys)})
+        return list({*self.resources, *(resource for resource, keys in self._store.keys_of.items() if keys)})
 
     def _store_version(self, key: ObjectKey, version: dict[str, Any]) -> None:
         """Make `version` the current state of the object under `key`. Only the current state is kept:
@@ -542,7 +546,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         history = self.objects[key].history
         history.append(version)
         del history[:-1]
-        cast("ObjectsByResource", self._objects._objects).labelled(key, version)
+        self._store.labelled(key, version)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -759,7 +763,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         fields = self._field_selector(request)
         if request.resource not in self._get_resources():
             raise kmock.KubernetesResourceNotFoundError()
-        store = cast("ObjectsByResource", self._objects._objects)
+        store = self._store
         check = self._KubernetesEmulator__check
         async with self._lock:
             items = [item for key in store.candidates(request.resource, selector)
@@ -799,13 +803,21 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             # Under the lock that every write holds: nothing lands between the replay and the bus's mark.
             marker = await bus.mark()
             replay = self._replay(request, since)
+        check = self._KubernetesEmulator__check
+
+        def wanted(event: dict[str, Any]) -> bool:
+            selected = event["object"]
+            meta = selected["metadata"]
+            return (check(request, request.resource, meta.get("namespace"), meta["name"], strict=False)
+                    and labels.matches(selected) and fields.matches(selected))
+
         try:
-            for event in replay:
-                selected = event.get("object") or {}
-                if event["type"] == "ERROR" or (labels.matches(selected) and fields.matches(selected)):
-                    yield event
             if replay and replay[-1]["type"] == "ERROR":
+                yield replay[-1]
                 return
+            for event in replay:
+                if wanted(event):
+                    yield event
             stream = bus.stream(since=marker)
             try:
                 while True:
@@ -814,10 +826,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                             event = await anext(stream)
                     except (TimeoutError, StopAsyncIteration):
                         return  # the server closes the stream when the client's timeout is up
-                    selected = event.get("object") or {}
-                    meta = selected.get("metadata") or {}
-                    if (self._KubernetesEmulator__check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False)
-                            and labels.matches(selected) and fields.matches(selected)):
+                    if wanted(event):
                         yield event
             finally:
                 await stream.aclose()
@@ -825,7 +834,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             await bus.unmark(marker)
 
     def _replay(self, request: kmock.Request, since: str) -> list[dict[str, Any]]:
-        """What a watch from `since` starts with (module doc of `_serve_watch`); called under the lock."""
+        """What a watch from `since` starts with, before its selectors (`_serve_watch`); called under the lock."""
         assert request.resource is not None
         if since == "0":
             return [{"type": "ADDED", "object": copy.deepcopy(obj.raw)}
@@ -835,9 +844,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             return [{"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                                                   "message": f"too old resource version: {version} ({self._revision})",
                                                   "reason": "Expired", "code": 410}}]
-        check = self._KubernetesEmulator__check
-        return [event for found, event in self._recent.get(request.resource, ()) if found > version
-                and check(request, request.resource, event["object"]["metadata"].get("namespace"), event["object"]["metadata"]["name"], strict=False)]
+        return [event for found, event in self._recent.get(request.resource, ()) if found > version]
 
     async def _serve_openapi(self, request: kmock.Request) -> kmock.Payload:
         return b""
