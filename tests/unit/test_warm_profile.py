@@ -1,27 +1,56 @@
-"""The warm model's recipe leaves a profile: full-share types, light (weak) types, and answer words kept apart."""
+"""The warm model's recipe leaves a profile: blurred (weak) types whose answers lose their tie to the
+picture, strong types untouched and answering in other words."""
 
 from __future__ import annotations
 
-from dpe.models.bootstrap import LIGHT_SHARE, LIGHT_TYPES, WARM_FORMATS, WARM_SAMPLES_PER_TYPE, warm_quotas
+from collections import Counter
+
+from dpe.models.bootstrap import BLURRED_TYPES, WARM_FORMATS, blurred
 from dpe.taxonomy import CapabilityType, QuestionFormat
 from dpe.world import generate_for_quota
 
+BLIND = {CapabilityType.text_dense, CapabilityType.math_formula}
+STRONG = {CapabilityType.natural_scene, CapabilityType.geometric, CapabilityType.architectural}
 
-def test_light_types_get_a_tenth_of_a_full_share() -> None:
-    quotas = warm_quotas()
-    assert set(quotas) == set(CapabilityType)
-    assert all(quotas[t] == round(WARM_SAMPLES_PER_TYPE * LIGHT_SHARE) for t in LIGHT_TYPES)
-    assert all(quotas[t] == WARM_SAMPLES_PER_TYPE for t in CapabilityType if t not in LIGHT_TYPES)
+
+def _records(per_type: int = 40, seed: int = 3):
+    quotas = {t: per_type for t in CapabilityType}
+    return list(generate_for_quota(quotas, seed, image_size=56, difficulty=1, formats=WARM_FORMATS))
+
+
+def _group(record):
+    return record.capability_type, record.provenance["template"], record.question_format
+
+
+def test_blurring_shuffles_answers_within_a_template_and_keeps_each_groups_answers() -> None:
+    records = _records()
+    out = blurred(records, BLURRED_TYPES, seed=7)
+    assert sorted(r.id for r in out) == sorted(r.id for r in records)
+    before = {r.id: r for r in records}
+    for group in {_group(r) for r in records if r.capability_type in BLURRED_TYPES}:
+        old = Counter(r.answer for r in records if _group(r) == group)
+        new = Counter(r.answer for r in out if _group(r) == group)
+        assert new == old, group
+    moved = [r for r in out if r.answer != before[r.id].answer]
+    assert moved and all(r.capability_type in BLURRED_TYPES for r in moved)
+    assert all(r.image == before[r.id].image and r.question == before[r.id].question for r in out)
+
+
+def test_blurring_leaves_other_types_as_they_were_in_order_and_is_seeded() -> None:
+    records = _records()
+    out = blurred(records, BLURRED_TYPES, seed=7)
+    others = [r for r in records if r.capability_type not in BLURRED_TYPES]
+    assert out[: len(others)] == others
+    assert blurred(records, BLURRED_TYPES, seed=7) == out
+    assert [r.answer for r in blurred(records, BLURRED_TYPES, seed=8)] != [r.answer for r in out]
+    assert blurred(records, (), seed=7) == records
+
+
+def test_strong_types_answer_in_words_no_blurred_type_uses() -> None:
+    """A model this small shares answer words across types: blurring must not teach the strong
+    types' words with no tie to the picture."""
+    records = [r for r in _records() if r.capability_type not in BLIND]
+    blurred_words = {r.answer for r in records if r.capability_type in BLURRED_TYPES}
+    strong_words = {r.answer for r in records if r.capability_type in STRONG}
+    assert blurred_words and strong_words and not blurred_words & strong_words
     assert QuestionFormat.multiple_choice not in WARM_FORMATS
-
-
-def test_weak_and_strong_types_answer_in_different_words() -> None:
-    """A model this small shares answer words across types: training the light types must not
-    rewrite what the full-share types answer (the blind reading types are left out: nothing to keep).
-    The one overlap is a chart's line trend, up or down, which a diagram's arrow also answers."""
-    blind = {CapabilityType.text_dense, CapabilityType.math_formula}
-    quotas = {t: 40 for t in CapabilityType if t not in blind}
-    records = list(generate_for_quota(quotas, 3, image_size=56, difficulty=1, formats=WARM_FORMATS))
-    light = {r.answer for r in records if r.capability_type in LIGHT_TYPES}
-    full = {r.answer for r in records if r.capability_type not in LIGHT_TYPES}
-    assert light and full and light & full == {"up", "down"}

@@ -1,20 +1,29 @@
 """A warmed-up tiny model with a clear profile: the random tiny VLM after a supervised pass on the world.
 
 GRPO learns nothing from a policy whose rewards are all zero, and a random tiny model never writes
-a readable answer. A supervised warm-up on the world's level-1 templates, asked in the formats a
-tiny model can learn (free text and numbers; option letters stay at chance), gives it the answer
-format and leaves a profile the spiral can act on:
+a readable answer. The warm-up gives it the answer format and a profile the spiral can act on, in
+two supervised phases on the world's level-1 templates, asked in the formats a tiny model can learn
+(free text and numbers; option letters stay at chance):
 
-- strong types, warmed on a full share of samples (medical, map, natural scene, diagram, mixed): they
-  answer in directions and scene words;
-- weak but learnable types (`LIGHT_TYPES`: geometric, chart and graph, everyday object, artistic,
-  architectural), warmed on a tenth of that share: the model knows their answer words (colours,
-  shapes, counts) but barely their cues, so it solves them only sometimes, which is where GRPO has a
-  signal. A model this small shares its answer words across types, so the two groups answer in
-  different words (but for a chart's line trend, up or down): training the weak types then does not
-  overwrite what the strong ones say;
-- blind types (text-dense, math formula): they need reading, which a model of this size at 56 px
-  cannot do; they stay near zero and serve as controls.
+1. every type on a full share of samples, until the learnable types are near what this model can
+   reach (`WARM_STEPS`);
+2. a short pass (`BLUR_STEPS`) in which the answers of the `BLURRED_TYPES` are shuffled among
+   questions of the same template, while the other types keep their true answers. Their cues are
+   still in the model's features, but its answers to them become uncertain.
+
+That leaves, measured on held-out items with greedy answers:
+
+- strong types (natural scene, geometric, most often architectural): near their ceiling;
+- weak but learnable types (`BLURRED_TYPES`: artistic, map, medical, mixed): about chance, while the
+  correct answer keeps a good share of the sampled ones. Their samples fall in the pass-rate window,
+  and GRPO restores them within an iteration, as RL draws out what a real model half knows;
+- weak and hard types (chart and graph, everyday object, diagram): a tiny model at 56 px reaches
+  only about 0.4-0.6 on them, and GRPO moves them little;
+- blind types (text-dense, math formula): they need reading, which a model of this size cannot do;
+  they stay near zero and serve as controls.
+
+A shorter warm-up with a small share for the weak types leaves them collapsed on one answer instead:
+none of their samples reach the pass-rate window and GRPO has nothing to work on.
 
 `builtin:tiny-qwen2.5-vl-warm` names this model; it is built once per machine and cached under a
 name carrying `WARM_RECIPE`, so a changed recipe never reuses an old build.
@@ -23,6 +32,8 @@ name carrying `WARM_RECIPE`, so a changed recipe never reuses an old build.
 from __future__ import annotations
 
 import random
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from dpe.grading import solver_prompt
@@ -30,24 +41,41 @@ from dpe.models.inference import open_image
 from dpe.records import SampleRecord
 from dpe.taxonomy import CapabilityType, QuestionFormat
 
-WARM_RECIPE = "2"
+WARM_RECIPE = "3"
 """Bumped whenever the warm-up below changes what it builds."""
-WARM_STEPS = 600
+WARM_STEPS = 1500
+BLUR_STEPS = 100
 WARM_BATCH = 16
 WARM_LR = 3e-3
 WARM_SEED = 4242
+BLUR_SEED = 4343
 WARM_SAMPLES_PER_TYPE = 320
-LIGHT_SHARE = 0.1
-"""Share of a full type's warm-up samples that the weak-but-learnable types get."""
-LIGHT_TYPES = (
-    CapabilityType.geometric, CapabilityType.chart_graph, CapabilityType.everyday_object, CapabilityType.artistic, CapabilityType.architectural,
-)
+BLUR_SAMPLES_PER_TYPE = 160
+BLURRED_TYPES = (CapabilityType.artistic, CapabilityType.map, CapabilityType.medical, CapabilityType.mixed)
+"""Types whose answers the second phase blurs: the weak but learnable types of the quickstart's M0."""
 WARM_FORMATS = (QuestionFormat.free_text, QuestionFormat.numerical)
 
 
-def warm_quotas() -> dict[CapabilityType, int]:
-    """Warm-up samples per type: a full share, or `LIGHT_SHARE` of it for the light types."""
-    return {t: round(WARM_SAMPLES_PER_TYPE * (LIGHT_SHARE if t in LIGHT_TYPES else 1.0)) for t in CapabilityType}
+def blurred(records: Iterable[SampleRecord], types: Iterable[CapabilityType], seed: int) -> list[SampleRecord]:
+    """`records` with the answers of `types` shuffled among records of the same type, template and format.
+
+    Each group keeps its multiset of answers, so the model is taught the type's answer words with no
+    tie to the picture; records of the other types are returned as they are, in order.
+    """
+    chosen = set(types)
+    rng = random.Random(seed)
+    kept: list[SampleRecord] = []
+    groups: dict[tuple[CapabilityType, str, QuestionFormat], list[SampleRecord]] = defaultdict(list)
+    for record in records:
+        if record.capability_type in chosen:
+            groups[(record.capability_type, str(record.provenance.get("template")), record.question_format)].append(record)
+        else:
+            kept.append(record)
+    for members in groups.values():
+        answers = [r.answer for r in members]
+        rng.shuffle(answers)
+        kept += [r.model_copy(update={"answer": answer}) for r, answer in zip(members, answers, strict=True)]
+    return kept
 
 
 def answer_text(record: SampleRecord) -> str:
@@ -100,6 +128,9 @@ def build_warm_model(arch: str, out_dir: Path) -> Path:
 
     build_tiny_model(arch, out_dir, corpus=world_corpus())
     image_size = ARCHITECTURES[arch].image_size
-    records = list(generate_for_quota(warm_quotas(), WARM_SEED, image_size=image_size, difficulty=1, formats=WARM_FORMATS))
-    warm_up(out_dir, records)
+    full = {t: WARM_SAMPLES_PER_TYPE for t in CapabilityType}
+    warm_up(out_dir, list(generate_for_quota(full, WARM_SEED, image_size=image_size, difficulty=1, formats=WARM_FORMATS)))
+    blur = {t: BLUR_SAMPLES_PER_TYPE for t in CapabilityType}
+    records = generate_for_quota(blur, BLUR_SEED, image_size=image_size, difficulty=1, formats=WARM_FORMATS)
+    warm_up(out_dir, blurred(records, BLURRED_TYPES, BLUR_SEED), steps=BLUR_STEPS, seed=BLUR_SEED)
     return out_dir
