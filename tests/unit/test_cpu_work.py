@@ -1,4 +1,4 @@
-"""CPU work runs in worker threads by the calling sample's priority, oldest sample first."""
+"""CPU work runs in worker threads by the calling sample's rank, oldest sample first."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import threading
 import pytest
 
 from dpe import cpu_work
-from dpe.cpu_work import RankedThreads, run_ranked
-from dpe.llm import REQUEST_PRIORITY
+from dpe.cpu_work import SAMPLE_RANK, RankedThreads, run_ranked
 
 
 def test_queued_work_goes_lowest_priority_first_and_first_come_among_equals() -> None:
@@ -39,7 +38,7 @@ def test_a_cancelled_waiter_skips_its_work_and_errors_reach_the_caller() -> None
     assert ran == []
 
 
-def test_run_ranked_queues_by_the_callers_request_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_ranked_queues_by_the_callers_sample_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = RankedThreads(workers=1)
     monkeypatch.setattr(cpu_work, "RANKED", pool)
     gate = threading.Event()
@@ -49,7 +48,7 @@ def test_run_ranked_queues_by_the_callers_request_priority(monkeypatch: pytest.M
         order: list[int] = []
 
         async def sample(priority: int) -> None:
-            REQUEST_PRIORITY.set(priority)
+            SAMPLE_RANK.set(priority)
             await run_ranked(order.append, priority)
 
         jobs = [asyncio.ensure_future(sample(priority)) for priority in (3, 1, 2)]

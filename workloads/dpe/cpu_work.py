@@ -1,16 +1,17 @@
 """CPU work of many concurrent samples (decoding, hashing and encoding pictures), run in worker threads
-in the order of the samples' priority rather than in the order it arrives.
+in the order of the samples' rank rather than in the order it arrives.
 
 With a hundred samples in flight, their downloads land together, and a first-come queue (asyncio's
 default executor) makes every sample wait for every other sample's pictures before it can make its
-next remote call, so the endpoint idles while they all wait. Ranked by the sample's start order (the
-`REQUEST_PRIORITY` the endpoint limiter also serves by), the oldest samples' pictures go first and
-their calls start while the younger samples' pictures are still being processed.
+next remote call, so the endpoint idles while they all wait. Ranked by the sample's start order
+(`SAMPLE_RANK`), the oldest samples' pictures go first and their calls start while the younger
+samples' pictures are still being processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import os
@@ -19,9 +20,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from dpe.llm import REQUEST_PRIORITY
-
 T = TypeVar("T")
+
+SAMPLE_RANK: contextvars.ContextVar[int] = contextvars.ContextVar("dpe_sample_rank", default=0)
+"""Rank of the sample whose CPU work this is (lower goes first): the generation scheduler sets it to
+each sample's start order. A context variable, which asyncio copies into every task a sample
+spawns, so no call site has to pass it along."""
 
 WORKERS = min(32, (os.cpu_count() or 1) + 4)
 """Worker threads, as many as asyncio's default executor has: the work releases the interpreter
@@ -70,5 +74,5 @@ RANKED = RankedThreads()
 
 
 async def run_ranked(function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a worker thread, queued by the calling sample's priority."""
-    return await asyncio.wrap_future(RANKED.submit(REQUEST_PRIORITY.get(), lambda: function(*args)))
+    """`function(*args)` in a worker thread, queued by the calling sample's rank."""
+    return await asyncio.wrap_future(RANKED.submit(SAMPLE_RANK.get(), lambda: function(*args)))

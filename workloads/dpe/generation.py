@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dpe.cpu_work import SAMPLE_RANK
 from dpe.image_quality import DUPLICATE_DISTANCE, NearDuplicates, phash
 from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.store import ArtifactStore
@@ -345,7 +346,7 @@ class Generation:
         self.spent = 0.0
         self.stopped: str | None = None
         self.started = 0
-        """Tasks started by this process, in order: the priority of their endpoint calls."""
+        """Tasks started by this process, in order: the rank of their CPU work (`SAMPLE_RANK`)."""
         self.fingerprint = fingerprint
         self.duplicates = NearDuplicates(fingerprint.distance)
         self.contamination = NearDuplicates(fingerprint.distance)
@@ -425,9 +426,7 @@ class Generation:
             self.plan.types[task.capability_type].at_risk -= 1
 
     async def _run_one(self, task: SampleTask, order: int) -> None:
-        from dpe.llm import REQUEST_PRIORITY
-
-        REQUEST_PRIORITY.set(order)
+        SAMPLE_RANK.set(order)
         SAMPLE_AT_RISK.set(lambda: self._mark_at_risk(task))
         capability = task.capability_type
         try:

@@ -29,10 +29,9 @@ from dpe.llm.fencing import as_data
 from dpe.llm.images import image_part
 from dpe.llm.limits import (
     BURST_SECONDS,
-    REQUEST_PRIORITY,
     EndpointLimiter,
+    FairSlots,
     LimiterRegistry,
-    PrioritySlots,
     TokenBucket,
 )
 from dpe.llm.structured import (
@@ -51,18 +50,17 @@ __all__ = [
     "CHAT_RETRY",
     "MAX_JSON_DEPTH",
     "MAX_REPLY_BYTES",
-    "REQUEST_PRIORITY",
     "BudgetExceeded",
     "ChatClient",
     "ChatReply",
     "EndpointLimiter",
     "FailureKind",
+    "FairSlots",
     "InvalidReply",
     "LLMError",
     "LimiterRegistry",
     "Message",
     "PermanentLLMError",
-    "PrioritySlots",
     "ReplyFormatError",
     "RetriesExhausted",
     "SpendLimit",

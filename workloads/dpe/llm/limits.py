@@ -8,9 +8,7 @@ limiter may be used from successive event loops (each `asyncio.run`), one at a t
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import heapq
-import itertools
+import collections
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -70,30 +68,25 @@ class Permit:
     used_tokens: int | None = None
 
 
-REQUEST_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("dpe_request_priority", default=0)
-"""Rank of the work a request belongs to (lower goes first when requests queue for an endpoint).
+class FairSlots:
+    """A counting semaphore that hands free slots to waiters in the order they came.
 
-The generation scheduler sets it to each sample's start order, so an endpoint serves the oldest
-samples' calls first: samples then finish one after another like a conveyor instead of all
-advancing together and finishing late. It lives in a context variable, which asyncio copies into
-every task a sample spawns, so no call site has to pass it along.
-"""
-
-
-class PrioritySlots:
-    """A counting semaphore that hands free slots to the lowest priority first (FIFO among equals)."""
+    An endpoint serves every sample in flight at the same pace: served oldest-sample-first, the
+    samples started last starved until the end and the job ended one whole sample's time after
+    the endpoint fell idle (measured in `benchmarks/agents_throughput`: 24 against 27 accepted per
+    simulated minute, spares starved the same way).
+    """
 
     def __init__(self, slots: int):
         self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self, priority: int) -> None:
+    async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        self._waiters.append(future)
         try:
             await future
         except asyncio.CancelledError:
@@ -103,7 +96,7 @@ class PrioritySlots:
 
     def release(self) -> None:
         while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
+            future = self._waiters.popleft()
             if not future.done():
                 future.set_result(None)
                 return
@@ -135,7 +128,7 @@ class EndpointLimiter:
         self._tokens = TokenBucket(tokens_per_minute, clock) if tokens_per_minute else None
         self._resume_at = clock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: PrioritySlots | None = None
+        self._slots: FairSlots | None = None
         self._pacing: asyncio.Lock | None = None
 
     @classmethod
@@ -150,12 +143,12 @@ class EndpointLimiter:
             sleep=sleep,
         )
 
-    def _primitives(self) -> tuple[PrioritySlots, asyncio.Lock]:
+    def _primitives(self) -> tuple[FairSlots, asyncio.Lock]:
         """The slots and lock of the running event loop (asyncio primitives bind to one loop)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._pacing is None or self._loop is not loop:
             self._loop = loop
-            self._slots = PrioritySlots(self.max_concurrency)
+            self._slots = FairSlots(self.max_concurrency)
             self._pacing = asyncio.Lock()
         return self._slots, self._pacing
 
@@ -167,7 +160,7 @@ class EndpointLimiter:
     async def slot(self, estimated_tokens: int) -> AsyncIterator[Permit]:
         """Admits one request: a free concurrency slot, the end of any pause, and rate tokens."""
         slots, pacing = self._primitives()
-        await slots.acquire(REQUEST_PRIORITY.get())
+        await slots.acquire()
         try:
             async with pacing:
                 while (wait := self._resume_at - self._clock()) > CLOCK_TOLERANCE_SECONDS:
