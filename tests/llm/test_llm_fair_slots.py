@@ -3,86 +3,66 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
-from dpe.llm import EndpointLimiter, FairSlots
+from dpe.llm import EndpointLimiter
 
-
-def test_free_slots_go_to_waiters_in_the_order_they_came() -> None:
-    async def scenario() -> list[int]:
-        slots = FairSlots(1)
-        await slots.acquire()
-        served: list[int] = []
-
-        async def wait(name: int) -> None:
-            await slots.acquire()
-            served.append(name)
-            slots.release()
-
-        waiters = []
-        for name in (5, 3, 9, 1):
-            waiters.append(asyncio.create_task(wait(name)))
-            await asyncio.sleep(0)
-        slots.release()
-        await asyncio.gather(*waiters)
-        return served
-
-    assert asyncio.run(scenario()) == [5, 3, 9, 1]
+Call = Callable[[str], Awaitable[None]]
 
 
-def test_a_newcomer_does_not_pass_a_waiter_when_a_slot_frees() -> None:
+def served_in_turn(arrivals: Callable[[Call], Awaitable[list[asyncio.Task[None]]]], late: tuple[str, ...] = ()) -> list[str]:
+    """With the only slot of an endpoint held, `arrivals` queues named calls (returning their tasks);
+    then the slot is freed, and its holder asks again at once for each of the `late` names (before the
+    woken waiter has run). The names in the order the calls got the slot."""
+
     async def scenario() -> list[str]:
-        slots = FairSlots(1)
-        await slots.acquire()
+        limiter = EndpointLimiter(max_concurrency=1)
         served: list[str] = []
+        release = asyncio.Event()
 
-        async def wait(name: str) -> None:
-            await slots.acquire()
-            served.append(name)
-            slots.release()
+        async def call(name: str) -> None:
+            async with limiter.slot(10):
+                served.append(name)
+                if name == "holder":
+                    await release.wait()
+            if name == "holder":
+                for newcomer in late:
+                    await call(newcomer)
 
-        queued = asyncio.create_task(wait("queued"))
+        holder = asyncio.create_task(call("holder"))
         await asyncio.sleep(0)
-        slots.release()
-        late = asyncio.create_task(wait("late"))
-        await asyncio.gather(queued, late)
-        return served
+        queued = await arrivals(call)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(holder, *queued, return_exceptions=True), timeout=5)
+        return served[1:]
 
-    assert asyncio.run(scenario()) == ["queued", "late"]
+    return asyncio.run(scenario())
+
+
+def test_queued_calls_are_served_first_come_first_served() -> None:
+    async def arrivals(call: Call) -> list[asyncio.Task[None]]:
+        tasks = []
+        for name in ("5", "3", "9", "1"):
+            tasks.append(asyncio.create_task(call(name)))
+            await asyncio.sleep(0)
+        return tasks
+
+    assert served_in_turn(arrivals) == ["5", "3", "9", "1"]
 
 
 def test_a_cancelled_waiter_does_not_keep_a_slot() -> None:
-    async def scenario() -> bool:
-        slots = FairSlots(1)
-        await slots.acquire()
-        doomed = asyncio.create_task(slots.acquire())
+    async def arrivals(call: Call) -> list[asyncio.Task[None]]:
+        doomed = asyncio.create_task(call("doomed"))
         await asyncio.sleep(0)
         doomed.cancel()
         await asyncio.sleep(0)
-        slots.release()
-        await asyncio.wait_for(slots.acquire(), timeout=1)
-        return True
+        return [doomed, asyncio.create_task(call("next"))]
 
-    assert asyncio.run(scenario())
+    assert served_in_turn(arrivals) == ["next"]
 
 
-def test_the_limiter_serves_queued_calls_first_come_first_served() -> None:
-    async def scenario() -> list[int]:
-        limiter = EndpointLimiter(max_concurrency=1)
-        order: list[int] = []
-        gate = asyncio.Event()
+def test_a_newcomer_does_not_pass_a_waiter_when_a_slot_frees() -> None:
+    async def arrivals(call: Call) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(call("queued"))]
 
-        async def call(name: int) -> None:
-            async with limiter.slot(10):
-                order.append(name)
-                await gate.wait()
-
-        tasks = []
-        for name in (0, 7, 2, 4):
-            tasks.append(asyncio.create_task(call(name)))
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.01)
-        gate.set()
-        await asyncio.gather(*tasks)
-        return order
-
-    assert asyncio.run(scenario()) == [0, 7, 2, 4]
+    assert served_in_turn(arrivals, late=("late",)) == ["queued", "late"]

@@ -30,7 +30,6 @@ from dpe.llm.images import image_part
 from dpe.llm.limits import (
     BURST_SECONDS,
     EndpointLimiter,
-    FairSlots,
     LimiterRegistry,
     TokenBucket,
 )
@@ -55,7 +54,6 @@ __all__ = [
     "ChatReply",
     "EndpointLimiter",
     "FailureKind",
-    "FairSlots",
     "InvalidReply",
     "LLMError",
     "LimiterRegistry",
