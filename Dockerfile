@@ -62,7 +62,9 @@ ARG ACCELERATE_VERSION=1.15.0
 ARG DATASETS_VERSION=5.2.0
 ARG VLLM_VERSION=0.31.0
 ARG DEEPSPEED_VERSION=0.19.8
-ARG OPENAI_VERSION=3.57.0
+ARG OPENAI_VERSION=3.63.0
+ARG HTTPX2_VERSION=2.17.0
+ARG HTTPCORE2_VERSION=2.17.0
 ARG MINIO_VERSION=7.2.20
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -76,7 +78,8 @@ RUN apt-get update \
 RUN python3 -m venv /opt/dpe \
     && printf '%s\n' "torch==${TORCH_VERSION}" "transformers==${TRANSFORMERS_VERSION}" "trl==${TRL_VERSION}" \
         "accelerate==${ACCELERATE_VERSION}" "datasets==${DATASETS_VERSION}" "vllm==${VLLM_VERSION}" \
-        "deepspeed==${DEEPSPEED_VERSION}" "openai==${OPENAI_VERSION}" "minio==${MINIO_VERSION}" \
+        "deepspeed==${DEEPSPEED_VERSION}" "openai==${OPENAI_VERSION}" "httpx2==${HTTPX2_VERSION}" \
+        "httpcore2==${HTTPCORE2_VERSION}" "minio==${MINIO_VERSION}" \
         > /opt/dpe/constraints.txt
 ENV PATH=/opt/dpe/bin:${PATH}
 # torch first: DeepSpeed's setup imports it, so DeepSpeed is built without isolation and without

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import openai
 from pydantic import BaseModel
 
@@ -118,7 +118,7 @@ class ReferencePipeline:
         self.client = openai.OpenAI(
             base_url=endpoint_url, api_key="reference", max_retries=0, timeout=REFERENCE_TIMEOUT_S
         )
-        self.http = httpx.Client(timeout=REFERENCE_DOWNLOAD_TIMEOUT_S)
+        self.http = httpx2.Client(timeout=REFERENCE_DOWNLOAD_TIMEOUT_S)
         self.search_url = search_url
 
     def close(self) -> None:
@@ -145,15 +145,15 @@ class ReferencePipeline:
         """The search API, then each result downloaded in turn; the first three that pass the gate."""
         try:
             hits = self.http.post(f"{self.search_url}/images", json={"q": query, "num": 10}).json()["images"]
-        except (httpx.HTTPError, ValueError, KeyError):
+        except (httpx2.HTTPError, ValueError, KeyError):
             return []
         kept: list[bytes] = []
         for hit in hits:
             try:
                 response = self.http.get(hit["imageUrl"])
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 continue
-            if response.status_code == httpx.codes.OK and SMALL_PICTURES.check(response.content).ok:
+            if response.status_code == httpx2.codes.OK and SMALL_PICTURES.check(response.content).ok:
                 kept.append(response.content)
             if len(kept) == REFERENCE_RESULTS_PER_QUERY:
                 break

@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-import httpcore
+import httpcore2
 import pytest
 from dpe.retry import Backoff
 from dpe.tools.fetch_guard import GuardedNetwork, IPAddress, refusal
@@ -89,13 +89,13 @@ class FakeDns:
         return [ipaddress.ip_address(a) for a in current]
 
 
-class StandIn(httpcore.AsyncNetworkBackend):
+class StandIn(httpcore2.AsyncNetworkBackend):
     """Plays every remote host: records the address a connection was asked for, and opens it to the
     local server instead."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
-        self._real = httpcore.AnyIOBackend()
+        self._real = httpcore2.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -103,8 +103,8 @@ class StandIn(httpcore.AsyncNetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
         self.asked.append(host)
         return await self._real.connect_tcp("127.0.0.1", port, timeout=timeout)
 

@@ -8,9 +8,9 @@ services through them. Two things make a check of the host name insufficient on 
 - a name resolved to check it and resolved again to connect can answer differently the second time
   (DNS rebinding), so the check must vet the very address the socket connects to.
 
-`GuardedNetwork` is an httpcore network backend that resolves a name once, refuses it if any answer is
+`GuardedNetwork` is an httpcore2 network backend that resolves a name once, refuses it if any answer is
 not public (`refusal` says why), and connects to a vetted address itself; `GuardedTransport` puts it
-under an httpx client. The URL keeps the name, so the Host header, the TLS server name and certificate
+under an httpx2 client. The URL keeps the name, so the Host header, the TLS server name and certificate
 check, and the connection pool's keys all stay those of the name. Downloads made this way never go
 through an HTTP(S)_PROXY from the environment: a proxy would resolve the name again, out of reach.
 """
@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-import httpcore
-import httpx
+import httpcore2
+import httpx2
 
 IPAddress = IPv4Address | IPv6Address
 Resolve = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -128,7 +128,7 @@ async def resolve_system(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
-class GuardedNetwork(httpcore.AsyncNetworkBackend):
+class GuardedNetwork(httpcore2.AsyncNetworkBackend):
     """Opens TCP connections for downloads: resolves once, vets every answer, connects to a vetted one.
 
     `allow_private` skips the vetting (tests against loopback servers) but still connects to the
@@ -141,11 +141,11 @@ class GuardedNetwork(httpcore.AsyncNetworkBackend):
         *,
         allow_private: bool = False,
         resolve: Resolve = resolve_system,
-        inner: httpcore.AsyncNetworkBackend | None = None,
+        inner: httpcore2.AsyncNetworkBackend | None = None,
     ):
         self.allow_private = allow_private
         self._resolve = resolve
-        self._inner = inner or httpcore.AnyIOBackend()
+        self._inner = inner or httpcore2.AnyIOBackend()
 
     async def _addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
         try:
@@ -156,11 +156,11 @@ class GuardedNetwork(httpcore.AsyncNetworkBackend):
             async with asyncio.timeout(timeout):
                 answers = await self._resolve(host, port)
         except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} took over {timeout} s") from None
+            raise httpcore2.ConnectTimeout(f"resolving {host} took over {timeout} s") from None
         except OSError as error:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from None
+            raise httpcore2.ConnectError(f"cannot resolve {host}: {error}") from None
         if not answers:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
+            raise httpcore2.ConnectError(f"{host} resolves to no address")
         return list(dict.fromkeys(answers))
 
     async def connect_tcp(
@@ -169,8 +169,8 @@ class GuardedNetwork(httpcore.AsyncNetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
         addresses = await self._addresses(host, port, timeout)
         if not self.allow_private:
             # Every answer, not only the one connected to: a name that mixes public and private
@@ -185,7 +185,7 @@ class GuardedNetwork(httpcore.AsyncNetworkBackend):
                 return await self._inner.connect_tcp(
                     str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
                 )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as error:
                 failure = error
         assert failure is not None
         raise failure
@@ -194,22 +194,22 @@ class GuardedNetwork(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+_ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
 )
-"""httpcore's errors as the httpx ones callers catch, most specific first."""
+"""httpcore2's errors as the httpx2 ones callers catch, most specific first."""
 
 
 @contextmanager
@@ -223,8 +223,8 @@ def _as_httpx_errors() -> Iterator[None]:
         raise
 
 
-class _Body(httpx.AsyncByteStream):
-    """A response body from httpcore's pool, its read errors raised as httpx's."""
+class _Body(httpx2.AsyncByteStream):
+    """A response body from httpcore2's pool, its read errors raised as httpx2's."""
 
     def __init__(self, stream: Any):
         self._stream = stream
@@ -238,25 +238,25 @@ class _Body(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport whose connections all go through a `GuardedNetwork` (HTTP/1.1, TLS verified).
+class GuardedTransport(httpx2.AsyncBaseTransport):
+    """An httpx2 transport whose connections all go through a `GuardedNetwork` (HTTP/1.1, TLS verified).
 
-    httpx's own transport cannot be given a network backend, hence this thin one over httpcore's pool.
+    httpx2's own transport cannot be given a network backend, hence this thin one over httpcore2's pool.
     """
 
-    def __init__(self, network: GuardedNetwork, limits: httpx.Limits):
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+    def __init__(self, network: GuardedNetwork, limits: httpx2.Limits):
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=network,
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        core_request = httpcore.Request(
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        core_request = httpcore2.Request(
             method=request.method,
-            url=httpcore.URL(
+            url=httpcore2.URL(
                 scheme=request.url.raw_scheme,
                 host=request.url.raw_host,
                 port=request.url.port,
@@ -268,7 +268,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         )
         with _as_httpx_errors():
             response = await self._pool.handle_async_request(core_request)
-        return httpx.Response(
+        return httpx2.Response(
             status_code=response.status,
             headers=response.headers,
             stream=_Body(response.stream),

@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+import httpx2
 
 from dpe import __version__
 from dpe.pool import POOL_THRESHOLDS, ImageFiles, PoolIndex, load_index, open_images
@@ -56,7 +56,7 @@ API_TIMEOUT = 30.0
 MAX_CONCURRENT_DOWNLOADS = 8
 """Downloads in flight at once within one search."""
 MAX_REDIRECTS = 3
-HTTP_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+HTTP_LIMITS = httpx2.Limits(max_connections=None, max_keepalive_connections=64)
 """The shared client's pool: no cap on connections (each search caps its own downloads, and a
 total cap would make concurrent samples queue behind each other), and enough kept alive for the
 API and the busiest image hosts to be reused across searches."""
@@ -233,7 +233,7 @@ class WebImageSearch(ImageSearch):
         self._api_retry = api_retry or Retrying(API_RETRY)
         self._download_retry = download_retry or Retrying(DOWNLOAD_RETRY)
         self._network = network or GuardedNetwork(allow_private=allow_private_hosts)
-        self._clients: tuple[httpx.AsyncClient, httpx.AsyncClient] | None = None
+        self._clients: tuple[httpx2.AsyncClient, httpx2.AsyncClient] | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -247,7 +247,7 @@ class WebImageSearch(ImageSearch):
     def _hits(self, body: Any) -> list[Hit]:
         """Result URLs and titles from the API's parsed JSON body, in ranking order."""
 
-    def _http(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+    def _http(self) -> tuple[httpx2.AsyncClient, httpx2.AsyncClient]:
         """The API and the download clients of the running event loop, shared by every search on it.
 
         A client per search would build a TLS context each time (about 20 ms of CPU loading the CA
@@ -263,8 +263,8 @@ class WebImageSearch(ImageSearch):
                 "timeout": self.download_timeout,
             }
             self._clients = (
-                httpx.AsyncClient(limits=HTTP_LIMITS, **settings),
-                httpx.AsyncClient(transport=GuardedTransport(self._network, HTTP_LIMITS), **settings),
+                httpx2.AsyncClient(limits=HTTP_LIMITS, **settings),
+                httpx2.AsyncClient(transport=GuardedTransport(self._network, HTTP_LIMITS), **settings),
             )
             self._client_loop = loop
         return self._clients
@@ -293,7 +293,7 @@ class WebImageSearch(ImageSearch):
     def _scrub(self, text: str) -> str:
         return redact(text, [self._api_key])[:ERROR_TEXT_LIMIT]
 
-    async def _ask(self, client: httpx.AsyncClient, query: str) -> list[Hit]:
+    async def _ask(self, client: httpx2.AsyncClient, query: str) -> list[Hit]:
         request = self._request(query)
         try:
             response = await client.request(
@@ -304,9 +304,9 @@ class WebImageSearch(ImageSearch):
                 headers=request.headers,
                 timeout=self.api_timeout,
             )
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             raise Transient("timeout") from None
-        except httpx.TransportError as error:
+        except httpx2.TransportError as error:
             raise Transient(f"connection failed ({type(error).__name__})") from None
         if is_transient_status(response.status_code):
             raise Transient.of_status(response.status_code, response.headers)
@@ -322,7 +322,7 @@ class WebImageSearch(ImageSearch):
             raise ToolError(f"{self.provider} search at {self.base_url} sent an unusable body: {error}") from None
 
     async def _download_first(
-        self, client: httpx.AsyncClient, query: str, hits: list[Hit], limit: int
+        self, client: httpx2.AsyncClient, query: str, hits: list[Hit], limit: int
     ) -> list[Candidate]:
         """Fetch all hits concurrently; keep the first `limit` in ranking order that pass."""
         unique: list[Hit] = []
@@ -352,7 +352,7 @@ class WebImageSearch(ImageSearch):
         return accepted
 
     async def _fetch(
-        self, client: httpx.AsyncClient, slots: asyncio.Semaphore, hit: Hit, query: str
+        self, client: httpx2.AsyncClient, slots: asyncio.Semaphore, hit: Hit, query: str
     ) -> Candidate | str:
         """The gated candidate for one hit, or the name of the reason it was dropped."""
         async with slots:
@@ -383,7 +383,7 @@ class WebImageSearch(ImageSearch):
             sharpness=verdict.sharpness,
         )
 
-    async def _download(self, client: httpx.AsyncClient, url: str) -> bytes:
+    async def _download(self, client: httpx2.AsyncClient, url: str) -> bytes:
         """One attempt: follow redirects (each hop through the client's address guard), stream the
         body under the byte cap."""
         try:
@@ -402,16 +402,16 @@ class WebImageSearch(ImageSearch):
             raise DownloadFailed(Failure.blocked_host, str(refused)) from None
         except TimeoutError:
             raise DownloadFailed(Failure.timeout, f"no complete answer within {self.download_timeout} s") from None
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             raise DownloadFailed(Failure.timeout) from None
-        except (httpx.HTTPError, httpx.InvalidURL) as error:
+        except (httpx2.HTTPError, httpx2.InvalidURL) as error:
             raise DownloadFailed(Failure.http_error, type(error).__name__) from None
 
-    async def _body(self, response: httpx.Response) -> bytes:
+    async def _body(self, response: httpx2.Response) -> bytes:
         status = response.status_code
         if is_transient_status(status):
             raise Transient.of_status(status, response.headers)
-        if status != httpx.codes.OK:
+        if status != httpx2.codes.OK:
             raise DownloadFailed(Failure.http_error, f"status {status}")
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type and not content_type.startswith("image/") and content_type not in NON_IMAGE_TYPES_ALLOWED:
