@@ -53,6 +53,7 @@ def test_a_sample_from_a_found_picture(world: AgentWorld) -> None:
     world.script.rate("new_element-1", True, 9.0)
     world.script.rate("seed", True, 10.0)
     [outcome] = world.run(make_task(seed_image=world.seed_image))
+    assert "seed" not in world.script.rated, "the seed picture is never rated: it is only an edit source"
 
     record = produced(outcome)
     assert record.id == "t-1"
@@ -75,7 +76,7 @@ def test_a_sample_from_a_found_picture(world: AgentWorld) -> None:
     keys = {c["key"]: c for c in provenance["candidates"]}
     assert set(keys) == {"related-1", "related-2", "new_element-1", "new_element-2", "seed"}
     assert keys["related-1"]["location"].endswith("/img/related-1.png")
-    assert keys["seed"]["score"] == 10.0
+    assert keys["seed"]["score"] is None and keys["seed"]["reason"].startswith("not rated")
     assert provenance["attempts"] == [
         {
             "question": record.question,
@@ -138,6 +139,7 @@ def test_the_seed_picture_is_used_only_after_editing(world: AgentWorld) -> None:
     assert [c["key"] for c in record.provenance["candidates"]] == ["seed"]
     assert record.provenance["image"]["origin"] == "edit"
     assert record.provenance["image"]["edited_from"] == ["seed"]
+    assert world.script.calls["image_selector"] == 1, "no rating of the lone seed picture; one of the edit's outputs"
 
 
 def test_search_results_that_copy_the_seed_picture_are_dropped(world: AgentWorld) -> None:
@@ -299,10 +301,10 @@ def test_searches_run_concurrently_and_one_call_rates_every_candidate(world: Age
     assert min(first[1], second[1]) - max(first[0], second[0]) > delay / 2, "the two searches overlapped"
     assert world.script.calls["image_selector"] == 1
     [request] = requests_of(world.server, "image_selector")
-    assert len(image_parts(request.body or {})) == 2 * RESULTS_PER_QUERY + 1, "the found pictures and the seed's"
+    assert len(image_parts(request.body or {})) == 2 * RESULTS_PER_QUERY, "the found pictures, not the seed's"
     for name in ("related-1", "related-2", "new_element-1", "new_element-2"):
         assert world.script.rated[name] == 1
-    assert {c["key"] for c in produced(outcome).provenance["candidates"]} >= {"related-1", "seed"}, "each keeps its own rating"
+    assert {c["key"] for c in produced(outcome).provenance["candidates"]} >= {"related-1", "seed"}, "each keeps its own entry"
 
 
 def test_a_selector_reply_leaving_a_picture_out_is_asked_again(world: AgentWorld) -> None:

@@ -63,6 +63,15 @@ def test_the_edit_shortlist_is_the_best_rated_first() -> None:
     assert [item.score for item in shortlist] == sorted((item.score for item in shortlist), reverse=True)
 
 
+def test_the_unrated_seed_picture_keeps_its_place_on_a_full_shortlist() -> None:
+    seed = Rated(option("seed", Origin.seed), None, "not rated")
+    items = [seed] + [rated(f"p{n}", float(n + 1)) for n in range(MAX_EDIT_CANDIDATES + 2)]
+    shortlist = edit_shortlist(items)
+    assert len(shortlist) == MAX_EDIT_CANDIDATES
+    assert shortlist[-1] is seed
+    assert [item.option.key for item in shortlist[:-1]] == [f"p{n}" for n in range(MAX_EDIT_CANDIDATES + 1, 2, -1)]
+
+
 def test_repeats_and_copies_of_the_seed_are_dropped() -> None:
     seed_hash = 0b1111_0000
     options = [

@@ -88,6 +88,10 @@ AGREEMENT_FORMATS = frozenset({QuestionFormat.multiple_choice, QuestionFormat.nu
 """Formats whose gold answer must also match the validator's own answer under `dpe.grading`
 (free text is left to the validator's judgement, since paraphrases do not grade as equal)."""
 PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
+SEED_NOT_RATED = "not rated: the seed picture is only ever a source for an edit"
+"""Why the seed picture has no rating. It is never used unedited, so a rating would only order it
+among the edit planner's pictures, and the edit planner looks at every picture itself: rating it
+would cost a picture's tokens and seconds in every sample's selector call for that alone."""
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 T = TypeVar("T")
@@ -245,11 +249,14 @@ class AgentProvider:
         trace.plan = plan
 
         trace.enter(Stage.search)
-        options = await self._candidates(run, plan, seed)
+        found = await self._candidates(run, plan, seed)
         trace.enter(Stage.image_selector)
-        rated = await self._rate(run, plan, options)
+        rated = await self._rate(run, plan, found) if found else []
+        selector_failed = bool(rated) and all(item.rating is None for item in rated)
+        if seed is not None:
+            rated.append(Rated(seed, None, SEED_NOT_RATED))
         trace.candidates = [item.provenance(run.threshold) for item in rated]
-        if all(item.rating is None for item in rated):
+        if selector_failed:
             raise StepFailed(Stage.image_selector, f"no candidate could be rated: {rated[0].error}")
         chosen = best_usable(rated, run.threshold)
         operations: list[dict[str, Any]] = []
@@ -305,15 +312,14 @@ class AgentProvider:
     # -- images --------------------------------------------------------------------------------
 
     async def _candidates(self, run: SampleRun, plan: Plan, seed: ImageOption | None) -> list[ImageOption]:
-        """Both searches at once, merged without repeats, plus the seed picture (for editing only)."""
+        """Both searches at once, merged without repeats and without near-copies of the seed picture;
+        empty only when there is a seed picture to edit instead."""
         (related, related_log), (new, new_log) = await all_of(
             [self._search(Origin.related, plan.related_query), self._search(Origin.new_element, plan.new_element_query)]
         )
         run.trace.searches = [related_log, new_log]
         options = distinct([*related, *new], None if seed is None else seed.phash)
-        if seed is not None:
-            options.append(seed)
-        if not options:
+        if not options and seed is None:
             problems = "; ".join(entry["error"] for entry in run.trace.searches if entry.get("error")) or "no results"
             raise StepFailed(Stage.search, f"no candidate pictures ({problems})")
         return options

@@ -3,7 +3,8 @@
 A rating counts only when the selector calls the image usable AND its score reaches the type's
 threshold, compared in code: a threshold that only the selector's prompt states is a hint, not a
 rule. The seed image is a candidate (the edit planner may build on it) but is never used unedited,
-whatever the number of candidates, since a sample on its seed's own picture brings no new image.
+whatever the number of candidates, since a sample on its seed's own picture brings no new image; so
+it is not rated either, and always has a place on the edit shortlist.
 Search results that are near-copies of the seed image are the seed image by another route and are
 dropped for the same reason.
 """
@@ -136,5 +137,8 @@ def best_usable(rated: Sequence[Rated], threshold: float) -> Rated | None:
 
 
 def edit_shortlist(rated: Sequence[Rated]) -> list[Rated]:
-    """The candidates the edit planner sees: the best rated first, unrated ones last."""
-    return _ranked(rated)[:MAX_EDIT_CANDIDATES]
+    """The candidates the edit planner sees: the best rated first, unrated ones after them, and the
+    seed picture last, whatever the others' number."""
+    seeds = [item for item in rated if item.option.origin is Origin.seed]
+    found = _ranked([item for item in rated if item.option.origin is not Origin.seed])
+    return [*found[: MAX_EDIT_CANDIDATES - len(seeds)], *seeds]

@@ -15,7 +15,10 @@ accounted for:
   good (`FailureKind.oversized`) instead of holding and scanning tens of megabytes;
 - the `UsageLedger` and the `SpendLimit` are charged with each reply's tokens and cost.
 
-The retries of the `openai` client itself are off (`max_retries=0`): the policy here decides.
+Requests go straight over HTTP (httpx2) rather than through the `openai` SDK: the SDK's checking and
+copying of every message part cost twice the CPU of the exchange itself (about 1.5 ms a call, which
+adds up with a hundred samples in flight), and retries, limits and parsing are this module's anyway.
+Nothing is read from the environment but proxy settings: no OPENAI_* key, organisation or project.
 Keys never appear in messages or logs: the client keeps the key to itself and error text coming back
 from a server is passed through `dpe.secrets.redact` before it is raised.
 
@@ -35,8 +38,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import openai
+import httpx2
 
+from dpe import __version__
 from dpe.llm.errors import FailureKind, PermanentLLMError, RetriesExhausted
 from dpe.llm.events import log_event
 from dpe.llm.limits import EndpointLimiter
@@ -62,6 +66,8 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 IMAGE_TOKEN_ESTIMATE = 1000
 ERROR_TEXT_LIMIT = 300
+ERROR_BODY_BYTES = 64 * 1024
+"""Bytes of an error response read for its message; the rest is not waited for."""
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 """Largest response body read, in bytes: a million tokens of plain text, above any model's output
 limit (reasoning included), and small enough to hold and scan in a few seconds at worst."""
@@ -102,9 +108,12 @@ def _is_transient(error: Exception) -> bool:
     return isinstance(error, _Failed) and error.kind not in _NEVER_RETRIED
 
 
-def _server_message(error: openai.APIStatusError) -> str:
-    """The error message the server sent, if any, without the SDK's decoration."""
-    body = error.body
+def _server_message(raw: bytes) -> str:
+    """The error message in an error response's body: its `error.message` when it has one."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         if isinstance(inner, Mapping) and isinstance(inner.get("message"), str):
@@ -121,13 +130,25 @@ async def _capped_body(chunks: AsyncIterator[bytes]) -> bytes:
             body += chunk
             if len(body) > MAX_REPLY_BYTES:
                 break
-    # Errors of a streamed body come unwrapped from the SDK's HTTP library (httpx, or httpx2 in
-    # recent SDKs): whatever breaks the body mid-way is a broken connection, retried as one.
+    # Whatever breaks the body mid-way is a broken connection, retried as one.
     except Exception:
         raise _Failed(FailureKind.connection) from None
     if len(body) > MAX_REPLY_BYTES:
         raise _Failed(FailureKind.oversized, status=200, detail=f"stopped reading after {len(body)} bytes")
     return bytes(body)
+
+
+async def _error_body(chunks: AsyncIterator[bytes]) -> bytes:
+    """The start of an error response's body (enough for its message); empty when it breaks off."""
+    body = bytearray()
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) >= ERROR_BODY_BYTES:
+                break
+    except httpx2.HTTPError:
+        pass
+    return bytes(body[:ERROR_BODY_BYTES])
 
 
 @dataclass(frozen=True)
@@ -206,11 +227,8 @@ def estimate_prompt_tokens(messages: Sequence[Message]) -> int:
     return tokens
 
 
-# Headers the SDK would otherwise fill from the environment (OPENAI_ORG_ID, OPENAI_PROJECT_ID): an
-# organisation id meant for api.openai.com must not travel to another provider.
-# The SDK's types say str, but it documents Omit as the way to drop a header it would add.
-_NO_AMBIENT_HEADERS: dict[str, Any] = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
-_NO_AUTHORIZATION: dict[str, Any] = {"Authorization": openai.Omit()}
+USER_AGENT = f"dpe/{__version__}"
+CHAT_PATH = "/chat/completions"
 
 
 class ChatClient:
@@ -218,7 +236,7 @@ class ChatClient:
 
     `api_key` is the resolved key (see `dpe.secrets.resolve_secret`) or None (or empty) for endpoints
     that need none; then no Authorization header is sent. Keys, organisation and project ids from the
-    SDK's environment variables (OPENAI_API_KEY, ...) are never used: they belong to another provider.
+    `openai` SDK's environment variables (OPENAI_API_KEY, ...) are never used: they belong to another provider.
     Without a `limiter` the client gets one of its own; pass `LimiterRegistry.limiter(endpoint)` to
     share the endpoint's limits with other clients. Without a `ledger` the client keeps its own.
     """
@@ -249,8 +267,8 @@ class ChatClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._api: openai.AsyncOpenAI | None = None
-        self._api_loop: asyncio.AbstractEventLoop | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"ChatClient(role={self.role!r}, model={self.endpoint.model!r}, base_url={self.endpoint.base_url!r})"
@@ -263,25 +281,23 @@ class ChatClient:
 
     async def aclose(self) -> None:
         """Closes the HTTP connections of the current event loop."""
-        if self._api is not None and self._api_loop is asyncio.get_running_loop():
-            await self._api.close()
-        self._api = None
-        self._api_loop = None
+        if self._http is not None and self._http_loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+        self._http_loop = None
 
-    def _sdk(self) -> openai.AsyncOpenAI:
-        """The SDK client of the running event loop (its connection pool belongs to one loop)."""
+    def _client(self) -> httpx2.AsyncClient:
+        """The HTTP client of the running event loop (its connection pool belongs to one loop),
+        keeping alive as many connections as the endpoint admits requests at once."""
         loop = asyncio.get_running_loop()
-        if self._api is None or self._api_loop is not loop:
-            self._api = openai.AsyncOpenAI(
-                base_url=self.endpoint.base_url,
-                api_key=self._api_key or "",
-                admin_api_key="",
-                max_retries=0,
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx2.AsyncClient(
                 timeout=self.endpoint.timeout_seconds,
-                default_headers=_NO_AMBIENT_HEADERS,
+                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=self.endpoint.max_concurrency),
+                follow_redirects=False,
             )
-            self._api_loop = loop
-        return self._api
+            self._http_loop = loop
+        return self._http
 
     def _where(self) -> str:
         return f"{self.endpoint.base_url} (model {self.endpoint.model})"
@@ -312,8 +328,6 @@ class ChatClient:
         }
         if json_mode:
             request["response_format"] = {"type": "json_object"}
-        if self._api_key is None:
-            request["extra_headers"] = _NO_AUTHORIZATION
         estimate = estimate_prompt_tokens(messages)
         numbers = itertools.count(1)
         last: list[FailedAttempt] = []
@@ -408,25 +422,29 @@ class ChatClient:
     async def _exchange(self, request: dict[str, Any]) -> bytes:
         """One HTTP exchange: the body of a successful response, read up to `MAX_REPLY_BYTES`.
 
-        The body is streamed rather than left to the SDK, which would hold all of it before parsing.
+        The body is streamed, so a reply over the cap is refused without being held whole.
         """
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        url = self.endpoint.base_url.rstrip("/") + CHAT_PATH
         try:
-            async with self._sdk().chat.completions.with_streaming_response.create(**request) as response:
+            async with self._client().stream("POST", url, content=json.dumps(request).encode(), headers=headers) as response:
+                if response.status_code >= 400:
+                    raise _Failed(
+                        classify_status(response.status_code),
+                        status=response.status_code,
+                        retry_after=retry_after_seconds(response.headers),
+                        detail=_server_message(await _error_body(response.aiter_bytes())),
+                    )
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
                     raise _Failed(FailureKind.oversized, status=200, detail=f"the reply declares {declared} bytes")
-                return await _capped_body(response.iter_bytes())
-        except openai.APITimeoutError:
+                return await _capped_body(response.aiter_bytes())
+        except httpx2.TimeoutException:
             raise _Failed(FailureKind.timeout) from None
-        except openai.APIConnectionError:
+        except httpx2.HTTPError:
             raise _Failed(FailureKind.connection) from None
-        except openai.APIStatusError as error:
-            raise _Failed(
-                classify_status(error.status_code),
-                status=error.status_code,
-                retry_after=retry_after_seconds(error.response.headers),
-                detail=_server_message(error),
-            ) from None
 
     def _refused(self, failure: _Failed) -> PermanentLLMError:
         detail = redact(failure.detail, [self._api_key])[:ERROR_TEXT_LIMIT]
