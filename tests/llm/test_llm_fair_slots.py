@@ -1,4 +1,5 @@
-"""Queued requests for an endpoint are served in the order they came, whichever sample sent them."""
+"""Queued requests for an endpoint are served in the order they came, whichever sample sent them,
+moved ahead by a bounded lead for the steps of its work the caller has done."""
 
 from __future__ import annotations
 
@@ -66,3 +67,40 @@ def test_a_newcomer_does_not_pass_a_waiter_when_a_slot_frees() -> None:
         return [asyncio.create_task(call("queued"))]
 
     assert served_in_turn(arrivals, late=("late",)) == ["queued", "late"]
+
+
+def test_a_request_further_along_passes_earlier_arrivals_by_at_most_its_lead() -> None:
+    async def scenario(gap: float) -> list[str]:
+        now = [0.0]
+        limiter = EndpointLimiter(max_concurrency=1, clock=lambda: now[0])
+        async with limiter.slot(10):
+            now[0] += 10.0  # one finished request sets the typical hold: 10 s
+        assert limiter.queue_lead(0) == 0.0
+        assert limiter.queue_lead(2) == 10.0, "half a typical hold per step"
+        served: list[str] = []
+        release = asyncio.Event()
+
+        async def call(name: str, progress: int) -> None:
+            async with limiter.slot(10, progress=progress):
+                served.append(name)
+                if name == "holder":
+                    await release.wait()
+
+        holder = asyncio.create_task(call("holder", 0))
+        await asyncio.sleep(0)
+        first_step = asyncio.create_task(call("first step", 0))
+        await asyncio.sleep(0)
+        now[0] += gap
+        third_step = asyncio.create_task(call("third step", 2))
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(holder, first_step, third_step), timeout=5)
+        return served[1:]
+
+    assert asyncio.run(scenario(9.0)) == ["third step", "first step"], "within its lead: served first"
+    assert asyncio.run(scenario(11.0)) == ["first step", "third step"], "beyond its lead: waits its turn"
+
+
+def test_without_a_finished_request_there_is_no_lead() -> None:
+    limiter = EndpointLimiter(max_concurrency=4)
+    assert limiter.queue_lead(4) == 0.0

@@ -32,6 +32,17 @@ class Role(StrEnum):
     validator = "validator"
 
 
+PIPELINE_STEP: dict[Role, int] = {
+    Role.planner: 0,
+    Role.image_selector: 1,
+    Role.edit_planner: 2,
+    Role.question_generator: 3,
+    Role.validator: 4,
+}
+"""Where each role's calls come in a sample's pipeline: a call further along is moved ahead in the
+endpoint's queue (see `dpe.llm.EndpointLimiter`), so the samples in flight spread over the steps."""
+
+
 def role_endpoints(roles: AgentRoles) -> dict[Role, ModelEndpoint]:
     """The endpoint of every role, the planner's standing in for any role not configured."""
     configured = {role: getattr(roles, role.value) for role in Role}
@@ -80,6 +91,7 @@ class RoleClients:
                     ledger=ledger,
                     budget=budget,
                     retry=retry,
+                    progress=PIPELINE_STEP[role],
                 )
                 for role, endpoint in endpoints.items()
             }

@@ -251,6 +251,7 @@ class ChatClient:
         ledger: UsageLedger | None = None,
         budget: SpendLimit | None = None,
         retry: Backoff = CHAT_RETRY,
+        progress: int = 0,
         clock: Clock = time.monotonic,
         sleep: AsyncSleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -260,6 +261,9 @@ class ChatClient:
         self.ledger = ledger if ledger is not None else UsageLedger()
         self.budget = budget
         self.retry = retry
+        self.progress = progress
+        """Steps of a caller's work done before this client's calls, which move its requests ahead in
+        the endpoint's queue (`EndpointLimiter.slot`)."""
         if limiter is None:
             limiter = EndpointLimiter.for_endpoint(endpoint, clock=clock, sleep=sleep)
         self.limiter = limiter
@@ -373,7 +377,7 @@ class ChatClient:
             raise
 
     async def _request(self, request: dict[str, Any], estimate: int, attempt: int) -> ChatReply:
-        async with self.limiter.slot(estimate) as permit:
+        async with self.limiter.slot(estimate, progress=self.progress) as permit:
             started = self._clock()
             try:
                 # The SDK's own timeout bounds each read; this one bounds the whole exchange.

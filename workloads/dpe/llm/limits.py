@@ -8,7 +8,8 @@ limiter may be used from successive event loops (each `asyncio.run`), one at a t
 from __future__ import annotations
 
 import asyncio
-import collections
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -60,6 +61,45 @@ class TokenBucket:
         self._level = min(self._capacity, self._level - extra)
 
 
+LEAD_PER_STEP = 0.5
+"""How far a request moves ahead in the queue for each step of its work its caller has done, in
+typical request durations (the mean time a slot is held)."""
+HOLD_SMOOTHING = 0.1
+"""Weight of the newest slot hold in the running mean of hold times."""
+
+
+class OrderedSlots:
+    """A counting semaphore whose waiters get free slots in the order of a key (lowest first, ties in
+    arrival order). A freed slot goes straight to the next waiter, so no newcomer passes a waiter,
+    and a waiter cancelled just as it was handed a slot passes the slot on."""
+
+    def __init__(self, slots: int):
+        self._free = slots
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, key: float) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (key, next(self._arrivals), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():  # a cancelled waiter stays queued until it comes up, then is skipped
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 @dataclass
 class Permit:
     """One admitted request; the caller sets `used_tokens` from the reply's usage when it has one."""
@@ -74,11 +114,14 @@ class EndpointLimiter:
     A rate-limited reply pauses the whole endpoint (`pause`), not only the request that got it:
     the quota is shared, so the other requests would be refused too.
 
-    Queued requests get free slots first come first served (asyncio's semaphore wakes its waiters in
-    order and lets no newcomer pass them), so every sample in flight advances at the same pace. Served
-    oldest sample first, the samples started last starved until the end and the job ended one whole
-    sample's time after the endpoint fell idle (measured in `benchmarks/agents_throughput`: 24
-    against 27 accepted per simulated minute).
+    Queued requests get free slots in the order they came, each moved ahead by `LEAD_PER_STEP` of a
+    typical request's duration for every step of its work its caller has done (`slot(progress=...)`;
+    the agents pass their pipeline step). Served purely first come first served, every sample
+    advances at the same pace, so they all reach the token-heavy picture rating together and the
+    endpoint waits on its tokens-per-minute quota with slots free; a small lead for later steps
+    mixes the steps without letting them starve the first ones, which a strict order by step did
+    (the samples started last then ran alone at the end). Served oldest sample first, the samples
+    started last starved likewise. Measured in `benchmarks/agents_throughput`.
     """
 
     def __init__(
@@ -98,8 +141,10 @@ class EndpointLimiter:
         self._requests = TokenBucket(requests_per_minute, clock) if requests_per_minute else None
         self._tokens = TokenBucket(tokens_per_minute, clock) if tokens_per_minute else None
         self._resume_at = clock()
+        self._mean_hold = 0.0
+        """Running mean of how long a request holds its slot (0 until one has finished)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: OrderedSlots | None = None
         self._pacing: asyncio.Lock | None = None
 
     @classmethod
@@ -114,12 +159,12 @@ class EndpointLimiter:
             sleep=sleep,
         )
 
-    def _primitives(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
+    def _primitives(self) -> tuple[OrderedSlots, asyncio.Lock]:
         """The slots and lock of the running event loop (asyncio primitives bind to one loop)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._pacing is None or self._loop is not loop:
             self._loop = loop
-            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self._slots = OrderedSlots(self.max_concurrency)
             self._pacing = asyncio.Lock()
         return self._slots, self._pacing
 
@@ -127,11 +172,17 @@ class EndpointLimiter:
         """Holds back every request of this endpoint for `seconds` from now."""
         self._resume_at = max(self._resume_at, self._clock() + seconds)
 
+    def queue_lead(self, progress: int) -> float:
+        """Seconds a request of a caller `progress` steps into its work moves ahead in the queue."""
+        return progress * LEAD_PER_STEP * self._mean_hold
+
     @asynccontextmanager
-    async def slot(self, estimated_tokens: int) -> AsyncIterator[Permit]:
-        """Admits one request: a free concurrency slot, the end of any pause, and rate tokens."""
+    async def slot(self, estimated_tokens: int, *, progress: int = 0) -> AsyncIterator[Permit]:
+        """Admits one request: a free concurrency slot (in the queue's order, see the class), the
+        end of any pause, and rate tokens. `progress` is how many steps of its work the caller has done."""
         slots, pacing = self._primitives()
-        await slots.acquire()
+        await slots.acquire(self._clock() - self.queue_lead(progress))
+        granted = self._clock()
         try:
             async with pacing:
                 while (wait := self._resume_at - self._clock()) > CLOCK_TOLERANCE_SECONDS:
@@ -147,6 +198,8 @@ class EndpointLimiter:
                 if self._tokens is not None and permit.used_tokens is not None:
                     self._tokens.settle(permit.used_tokens - estimated_tokens)
         finally:
+            held = self._clock() - granted
+            self._mean_hold = held if self._mean_hold == 0 else self._mean_hold + HOLD_SMOOTHING * (held - self._mean_hold)
             slots.release()
 
 
