@@ -170,6 +170,26 @@ def test_spares_are_cancelled_unfinished_once_their_quota_fills(tmp_path: Path) 
     assert result["spent_usd"] == 0.25 * len(events)
 
 
+class AllAtOnce(WorldProvider):
+    """Every task, spares included, finishes at the same moment."""
+
+    async def produce(self, task: SampleTask) -> Produced | Failed:
+        await asyncio.sleep(0.05)
+        return await super().produce(task)
+
+
+def test_samples_finishing_together_are_all_stored_and_only_spares_cancelled(tmp_path: Path) -> None:
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 20})
+    ctx = context(run_file, StageName.generate, 1)
+    result = generate.run(ctx, lambda: (AllAtOnce(ctx.name, 56), 64, EXACT))
+    assert result["accepted"] == 20 and result["rejected"] == {}
+    assert len(accepted_ids(run_file)) == 20, "a sample counted as accepted was cancelled before it was stored"
+    stored = ctx.store.list(ctx.key("accepted") + "/")
+    events = [ctx.store.get_json(key) for key in ctx.store.list(ctx.key("rejected") + "/")]
+    assert len(stored) == 20 and result["cancelled_spares"] == len(events) > 0
+    assert all(e["reason_kind"] == "cancelled" for e in events)
+
+
 class FailingAtRisk(WorldProvider):
     """The first task of the largest type reports itself at risk once the first round has started,
     then waits briefly for another task to start before it fails; the others succeed later."""

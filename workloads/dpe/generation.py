@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dpe.cpu_work import SAMPLE_RANK
+from dpe.cpu_work import SAMPLE_RANK, run_ranked
 from dpe.image_quality import DUPLICATE_DISTANCE, NearDuplicates, phash
 from dpe.records import SampleRecord, read_records, records_to_parquet
 from dpe.store import ArtifactStore
@@ -352,6 +352,8 @@ class Generation:
         self.contamination = NearDuplicates(fingerprint.distance)
         self._running: dict[CapabilityType, set[asyncio.Task[None]]] = {t: set() for t in CapabilityType}
         self._at_risk: set[str] = set()
+        self._storing: set[asyncio.Task[None]] = set()
+        """Tasks whose sample is accepted and counted, still being written: never cancelled as spares."""
         self._wake: asyncio.Event | None = None
         """Set when a task reports it is at risk, so the scheduling loop looks for room for a spare."""
 
@@ -450,12 +452,22 @@ class Generation:
                 record = outcome.record.model_copy(
                     update={"provenance": {**outcome.record.provenance, "task_id": task.task_id, "cost_usd": outcome.cost_usd, "divergent": task.divergent}}
                 )
-                self.workspace.store.put_bytes(self.workspace.key("accepted", f"{task.task_id}.parquet"), records_to_parquet([record]))
+                # Counted in the same step as the checks, so two samples finishing together can
+                # neither both fill the last place nor pass the near-duplicate check against each
+                # other; then stored, shielded from the spare cancelling its own acceptance may cause.
                 self.duplicates.add(record.id, image_hash)
                 self.accepted[capability].append(record)
                 self.plan.types[capability].accepted += 1
-                if self.plan.full(capability):
-                    self._cancel_spares(capability)
+                current = asyncio.current_task()
+                assert current is not None
+                self._storing.add(current)
+                try:
+                    if self.plan.full(capability):
+                        self._cancel_spares(capability)
+                    data = await run_ranked(records_to_parquet, [record])
+                    self.workspace.store.put_bytes(self.workspace.key("accepted", f"{task.task_id}.parquet"), data)
+                finally:
+                    self._storing.discard(current)
                 return
             reason, stage = problem, "quality"
         else:
@@ -473,10 +485,10 @@ class Generation:
     def _cancel_spares(self, capability: CapabilityType) -> None:
         """Cancels the type's other running tasks once its quota is full. This runs in the same step
         as the acceptance that filled it, so no other task of the type can be accepted in between:
-        the cancelled ones are unfinished, and nothing finished is thrown away."""
-        current = asyncio.current_task()
+        the cancelled ones are unfinished, and nothing finished is thrown away (tasks storing an
+        accepted sample, this one included, are left to finish)."""
         for job in self._running[capability]:
-            if job is not current:
+            if job not in self._storing:
                 job.cancel()
 
     def _cancelled_cost(self, task: SampleTask) -> float:
