@@ -122,33 +122,34 @@ def _server_message(raw: bytes) -> str:
     return "" if body is None else str(body)
 
 
+async def _read_up_to(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A body's first bytes, at most `limit` and one chunk more (more than `limit` means it is longer)."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)
+
+
 async def _capped_body(chunks: AsyncIterator[bytes]) -> bytes:
     """The body of a response, refused (`FailureKind.oversized`) as soon as it passes `MAX_REPLY_BYTES`."""
-    body = bytearray()
     try:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > MAX_REPLY_BYTES:
-                break
+        body = await _read_up_to(chunks, MAX_REPLY_BYTES)
     # Whatever breaks the body mid-way is a broken connection, retried as one.
     except Exception:
         raise _Failed(FailureKind.connection) from None
     if len(body) > MAX_REPLY_BYTES:
         raise _Failed(FailureKind.oversized, status=200, detail=f"stopped reading after {len(body)} bytes")
-    return bytes(body)
+    return body
 
 
 async def _error_body(chunks: AsyncIterator[bytes]) -> bytes:
     """The start of an error response's body (enough for its message); empty when it breaks off."""
-    body = bytearray()
     try:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) >= ERROR_BODY_BYTES:
-                break
+        return (await _read_up_to(chunks, ERROR_BODY_BYTES))[:ERROR_BODY_BYTES]
     except httpx2.HTTPError:
-        pass
-    return bytes(body[:ERROR_BODY_BYTES])
+        return b""
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,10 @@ class ChatClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._url = endpoint.base_url.rstrip("/") + CHAT_PATH
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._api_key is not None:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._http: httpx2.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
 
@@ -332,12 +337,13 @@ class ChatClient:
         }
         if json_mode:
             request["response_format"] = {"type": "json_object"}
+        body = json.dumps(request).encode()  # once for every attempt, before a slot is held
         estimate = estimate_prompt_tokens(messages)
         numbers = itertools.count(1)
         last: list[FailedAttempt] = []
         try:
             return await retry_call_async(
-                lambda: self._attempt(request, estimate, next(numbers)),
+                lambda: self._attempt(body, estimate, next(numbers)),
                 backoff=self.retry,
                 is_transient=_is_transient,
                 sleep=self._sleep,
@@ -368,25 +374,25 @@ class ChatClient:
             delay_s=attempt.delay,
         )
 
-    async def _attempt(self, request: dict[str, Any], estimate: int, attempt: int) -> ChatReply:
+    async def _attempt(self, body: bytes, estimate: int, attempt: int) -> ChatReply:
         """One request; a failure is counted in the ledger before the retry loop sees it."""
         try:
-            return await self._request(request, estimate, attempt)
+            return await self._request(body, estimate, attempt)
         except _Failed as failure:
             self.ledger.record_failure(self.role, failure.kind)
             raise
 
-    async def _request(self, request: dict[str, Any], estimate: int, attempt: int) -> ChatReply:
+    async def _request(self, body: bytes, estimate: int, attempt: int) -> ChatReply:
         async with self.limiter.slot(estimate, progress=self.progress) as permit:
             started = self._clock()
             try:
-                # The SDK's own timeout bounds each read; this one bounds the whole exchange.
+                # The HTTP client's timeout bounds each read; this one bounds the whole exchange.
                 async with asyncio.timeout(self.endpoint.timeout_seconds):
-                    body = await self._exchange(request)
+                    reply = await self._exchange(body)
             except TimeoutError:
                 raise _Failed(FailureKind.timeout) from None
             latency = self._clock() - started
-            completion = _completion(body, estimate)
+            completion = _completion(reply, estimate)
             permit.used_tokens = completion.prompt_tokens + completion.completion_tokens
         cost = (
             completion.prompt_tokens * self.endpoint.input_usd_per_million_tokens
@@ -423,17 +429,12 @@ class ChatClient:
             model=completion.model,
         )
 
-    async def _exchange(self, request: dict[str, Any]) -> bytes:
-        """One HTTP exchange: the body of a successful response, read up to `MAX_REPLY_BYTES`.
-
-        The body is streamed, so a reply over the cap is refused without being held whole.
+    async def _exchange(self, body: bytes) -> bytes:
+        """One HTTP exchange of the encoded request `body`: the body of a successful response, read
+        up to `MAX_REPLY_BYTES`. The reply is streamed, so one over the cap is refused without being held whole.
         """
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        url = self.endpoint.base_url.rstrip("/") + CHAT_PATH
         try:
-            async with self._client().stream("POST", url, content=json.dumps(request).encode(), headers=headers) as response:
+            async with self._client().stream("POST", self._url, content=body, headers=self._headers) as response:
                 if response.status_code >= 400:
                     raise _Failed(
                         classify_status(response.status_code),
