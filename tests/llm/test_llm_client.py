@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -35,6 +36,7 @@ from dpe.llm import (
     image_part,
 )
 from dpe.spec import ModelEndpoint
+from dpe.tls import verified_context
 from dpe_testkit.openai_server import (
     FakeOpenAIServer,
     Outcome,
@@ -169,6 +171,18 @@ def test_client_survives_successive_event_loops(openai_server: FakeOpenAIServer)
     assert len(asyncio.run(burst())) == 5
     assert len(asyncio.run(burst())) == 5
     assert client.ledger.role("judge").calls == 10
+
+
+def test_clients_share_the_process_tls_context(openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA certificates for a verifying TLS context costs about 40 ms of CPU: one per
+    client, built at its first call, would stall every request in flight on the event loop."""
+    verified_context()
+    loads: list[object] = []
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *args, **kwargs: loads.append(args))
+    clients = [ChatClient(endpoint(openai_server), KEY, role=role) for role in ("planner", "validator")]
+    for client in clients:
+        asyncio.run(ask(client))
+    assert loads == []
 
 
 # -- retries --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,26 @@ def test_rejected_samples_are_replaced_and_counted(tmp_path: Path) -> None:
     assert result["rejected"]["duplicate"] > 0 and result["rejected"]["validator"] > 0
     rejected = ctx.store.list(ctx.key("rejected") + "/")
     assert len(rejected) == sum(result["rejected"].values())
+
+
+def test_samples_and_failures_are_written_off_the_event_loop(tmp_path: Path) -> None:
+    """A store write (fsyncs locally, a request on S3) on the loop's thread would stop every other
+    sample's replies from being read while it lasts."""
+    run_file = diagnosed(tmp_path, generate={"samplesPerIteration": 30})
+    ctx = context(run_file, StageName.generate, 1)
+    writers: dict[str, int] = {}
+    put_bytes = ctx.store.put_bytes
+
+    def recording(key: str, data: bytes) -> str:
+        writers[key] = threading.get_ident()
+        return put_bytes(key, data)
+
+    ctx.store.put_bytes = recording  # type: ignore[method-assign]
+    result = generate.run(ctx, lambda: (Sloppy(ctx.name), 1, EXACT))
+    assert result["accepted"] == 30 and sum(result["rejected"].values()) > 0
+    per_sample = {key: thread for key, thread in writers.items() if "/accepted/" in key or "/rejected/" in key}
+    assert len(per_sample) == 30 + sum(result["rejected"].values())
+    assert threading.get_ident() not in per_sample.values()
 
 
 SPARE_SECONDS = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 
 import pytest
 from dpe.image_quality import GateReason, Thresholds
@@ -13,6 +14,7 @@ from dpe.secrets import secret_env_name
 from dpe.spec import SearchTool, SecretKeyRef
 from dpe.tools.retry import PermanentToolError, Retrying, ToolUnavailable
 from dpe.tools.search import Failure, SearxngSearch, SerperSearch, WebImageSearch, open_search
+from dpe.tls import verified_context
 from dpe_testkit.pictures import blurred, encode, scene
 from dpe_testkit.search_server import SearchServer
 
@@ -193,6 +195,19 @@ def test_searches_on_one_event_loop_share_kept_alive_connections(search_server: 
     assert asyncio.run(twice()) == [1, 1]
     api_ports = {r.client_port for r in server.requests if r.path == "/images"}
     assert len(api_ports) == 1, "the second search reused the first one's connection to the API"
+
+
+def test_searchers_use_the_process_tls_context(search_server: SearchServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API and download clients take the one context built per process: loading the CA
+    certificates again per searcher, at its first search, would stall the event loop."""
+    server = search_server
+    server.answer(QUERY, _good(server, "pic", 50))
+    verified_context()
+    loads: list[object] = []
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *args, **kwargs: loads.append(args))
+    for _ in range(2):
+        assert len(asyncio.run(_searcher(server).search(QUERY, 1))) == 1
+    assert loads == []
 
 
 def test_a_searcher_serves_successive_event_loops(search_server: SearchServer) -> None:

@@ -14,7 +14,9 @@ attempts run out is reported as short.
 
 `Generation` is the scheduler that carries a plan out for one shard: it starts tasks concurrently,
 checks each produced sample (format, near-duplicates, contamination) and stores it the moment it
-passes, under `accepted/<task>.parquet`, or its failure under `rejected/<task>.json`. Task ids are
+passes, under `accepted/<task>.parquet`, or its failure under `rejected/<task>.json`, from a worker
+thread (a store write is fsyncs or an S3 request, milliseconds to tens of them in which the event
+loop would read no other sample's replies). Task ids are
 deterministic, so `restore` rebuilds counts, spend and task numbers from those objects after a
 crash, and the rerun ends with exactly the quota.
 """
@@ -356,6 +358,9 @@ class Generation:
         """Tasks whose sample is accepted and counted, still being written: never cancelled as spares."""
         self._wake: asyncio.Event | None = None
         """Set when a task reports it is at risk, so the scheduling loop looks for room for a spare."""
+        # pyarrow's first written table imports pandas, when installed (a quarter second of CPU):
+        # done here, before the loop, rather than on the first accepted sample while the others wait.
+        records_to_parquet([])
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -441,7 +446,7 @@ class Generation:
             self.spent += cost
             self.cancelled += 1
             reason = f"spare task no longer needed: the quota of {capability.value} was filled"
-            self._reject(task, CANCELLED, reason, CANCELLED, cost)
+            await self._reject(task, CANCELLED, reason, CANCELLED, cost)
             raise
         self._unmark(task)
         self.spent += outcome.cost_usd
@@ -465,7 +470,7 @@ class Generation:
                     if self.plan.full(capability):
                         self._cancel_spares(capability)
                     data = await run_ranked(records_to_parquet, [record])
-                    self.workspace.store.put_bytes(self.workspace.key("accepted", f"{task.task_id}.parquet"), data)
+                    await asyncio.to_thread(self.workspace.store.put_bytes, self.workspace.key("accepted", f"{task.task_id}.parquet"), data)
                 finally:
                     self._storing.discard(current)
                 return
@@ -474,10 +479,11 @@ class Generation:
             reason, stage = outcome.reason, outcome.stage
         kind = reason.split(":", 1)[0] if stage == "quality" else stage
         self.rejections[kind] += 1
-        self._reject(task, stage, reason, kind, outcome.cost_usd)
+        await self._reject(task, stage, reason, kind, outcome.cost_usd)
 
-    def _reject(self, task: SampleTask, stage: str, reason: str, kind: str, cost_usd: float) -> None:
-        self.workspace.store.put_json(
+    async def _reject(self, task: SampleTask, stage: str, reason: str, kind: str, cost_usd: float) -> None:
+        await asyncio.to_thread(
+            self.workspace.store.put_json,
             self.workspace.key("rejected", f"{task.task_id}.json"),
             {"task_id": task.task_id, "stage": stage, "reason": reason[:500], "reason_kind": kind, "cost_usd": cost_usd},
         )

@@ -56,6 +56,7 @@ from dpe.retry import (
 )
 from dpe.secrets import redact
 from dpe.spec import ModelEndpoint
+from dpe.tls import verified_context
 
 Message = Mapping[str, Any]
 
@@ -276,6 +277,7 @@ class ChatClient:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
         if self._api_key is not None:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._tls = verified_context()  # built here, once per process, not on the event loop
         self._http: httpx2.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
 
@@ -304,6 +306,7 @@ class ChatClient:
                 timeout=self.endpoint.timeout_seconds,
                 limits=httpx2.Limits(max_connections=None, max_keepalive_connections=self.endpoint.max_concurrency),
                 follow_redirects=False,
+                verify=self._tls,
             )
             self._http_loop = loop
         return self._http

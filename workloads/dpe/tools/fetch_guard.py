@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -244,9 +245,9 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
     httpx2's own transport cannot be given a network backend, hence this thin one over httpcore2's pool.
     """
 
-    def __init__(self, network: GuardedNetwork, limits: httpx2.Limits):
+    def __init__(self, network: GuardedNetwork, limits: httpx2.Limits, tls: ssl.SSLContext):
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context(),
+            ssl_context=tls,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

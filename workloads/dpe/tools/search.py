@@ -40,6 +40,7 @@ from dpe.retry import Backoff, is_transient_status
 from dpe.secrets import redact, resolve_secret
 from dpe.spec import SearchTool, Storage
 from dpe.store import ArtifactStore, StoreError
+from dpe.tls import verified_context
 from dpe.cpu_work import run_ranked
 from dpe.image_quality import DEFAULT_THRESHOLDS, DUPLICATE_DISTANCE, GateReason, Thresholds, gate_and_hash, hamming
 from dpe.tools.fetch_guard import BlockedDestination, GuardedNetwork, GuardedTransport
@@ -233,6 +234,7 @@ class WebImageSearch(ImageSearch):
         self._api_retry = api_retry or Retrying(API_RETRY)
         self._download_retry = download_retry or Retrying(DOWNLOAD_RETRY)
         self._network = network or GuardedNetwork(allow_private=allow_private_hosts)
+        self._tls = verified_context()  # built here, once per process, not on the event loop
         self._clients: tuple[httpx2.AsyncClient, httpx2.AsyncClient] | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -261,10 +263,11 @@ class WebImageSearch(ImageSearch):
                 "headers": {"User-Agent": USER_AGENT},
                 "follow_redirects": False,
                 "timeout": self.download_timeout,
+                "verify": self._tls,
             }
             self._clients = (
                 httpx2.AsyncClient(limits=HTTP_LIMITS, **settings),
-                httpx2.AsyncClient(transport=GuardedTransport(self._network, HTTP_LIMITS), **settings),
+                httpx2.AsyncClient(transport=GuardedTransport(self._network, HTTP_LIMITS, self._tls), **settings),
             )
             self._client_loop = loop
         return self._clients
