@@ -15,10 +15,10 @@ attempts run out is reported as short.
 `Generation` is the scheduler that carries a plan out for one shard: it starts tasks concurrently,
 checks each produced sample (format, near-duplicates, contamination) and stores it the moment it
 passes, under `accepted/<task>.parquet`, or its failure under `rejected/<task>.json`, from a worker
-thread (a store write is fsyncs or an S3 request, milliseconds to tens of them in which the event
-loop would read no other sample's replies). Task ids are
-deterministic, so `restore` rebuilds counts, spend and task numbers from those objects after a
-crash, and the rerun ends with exactly the quota.
+thread: a store write means fsyncs or an S3 request, milliseconds to tens of them in which the
+event loop would read no other sample's replies. Task ids are deterministic, so `restore`
+rebuilds counts, spend and task numbers from those objects after a crash, and the rerun ends with
+exactly the quota.
 """
 
 from __future__ import annotations
