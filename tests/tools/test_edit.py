@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dpe.records import PNG_SIGNATURE
+from dpe.image_quality import PNG_SIGNATURE
 from dpe.retry import Backoff
 from dpe.secrets import secret_env_name
 from dpe.spec import EditTool, SecretKeyRef

@@ -24,6 +24,8 @@ from itertools import combinations
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 MIN_SIDE = 512
 """Pixels the longer side must reach: at least one side at 512 px or more."""
 MIN_BYTES = 20_000

@@ -26,9 +26,8 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpe.image_quality import PNG_SIGNATURE
 from dpe.taxonomy import CapabilityType, QuestionFormat
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 OPTION_LETTERS = "ABCDEFGHIJ"
 """Letters naming multiple-choice options, in order; a question never has more options."""

@@ -10,6 +10,8 @@ from typing import Any
 
 from PIL import Image
 
+from dpe.image_quality import PNG_SIGNATURE
+
 DEFAULT_IMAGE_MAX_SIDE = 1024
 DEFAULT_IMAGE_MAX_BYTES = 1_000_000
 JPEG_QUALITIES = (90, 80, 70, 60, 50)
@@ -18,7 +20,6 @@ PNG_COMPRESS_LEVEL = 1
 it costs a fifth of the CPU of `optimize=True` (50 ms against 330) at much the same size; flat
 pictures (charts, diagrams) come out larger but still small (15 KB against 5 KB for a bar chart)."""
 MIN_IMAGE_SIDE = 16
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PICTURE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"bKGD"})
 """PNG chunks that only describe the picture. Any other (text, time stamps, EXIF, ICC profiles,
 animation, private chunks) may carry more than the picture, so a PNG holding one is re-encoded."""
