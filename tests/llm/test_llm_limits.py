@@ -25,6 +25,7 @@ from dpe.llm import (
     classify_status,
     estimate_prompt_tokens,
 )
+from dpe.llm.client import IMAGE_TOKEN_ESTIMATE
 from dpe.retry import Backoff, retry_after_seconds
 from dpe.spec import ModelEndpoint
 
@@ -197,7 +198,7 @@ def test_prompt_estimate_counts_text_and_images_not_base64() -> None:
         {"role": "system", "content": "x" * 400},
         {"role": "user", "content": [image, {"type": "text", "text": "y" * 40}]},
     ]
-    assert estimate_prompt_tokens(messages) == 4 + 100 + 4 + 1000 + 10
+    assert estimate_prompt_tokens(messages) == 4 + 100 + 4 + IMAGE_TOKEN_ESTIMATE + 10
 
 
 def test_ledger_is_safe_across_threads_and_snapshots_plain_data() -> None:

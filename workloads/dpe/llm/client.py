@@ -65,7 +65,11 @@ TOKENS_PER_MILLION = 1_000_000
 # plus a fixed overhead per message and per image; the bucket is corrected with the real usage.
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
-IMAGE_TOKEN_ESTIMATE = 1000
+IMAGE_TOKEN_ESTIMATE = 765
+"""Prompt tokens counted per attached picture before a call: the most OpenAI bills for a picture at
+high detail within `DEFAULT_IMAGE_MAX_SIDE` (four 512-px tiles at 170 plus 85). Admission waits
+for this many tokens in the bucket and the reply's usage settles the difference, so a larger
+guess only holds requests back while the token quota binds."""
 ERROR_TEXT_LIMIT = 300
 ERROR_BODY_BYTES = 64 * 1024
 """Bytes of an error response read for its message; the rest is not waited for."""
