@@ -252,8 +252,8 @@ class WebImageSearch(ImageSearch):
     def _http(self) -> tuple[httpx2.AsyncClient, httpx2.AsyncClient]:
         """The API and the download clients of the running event loop, shared by every search on it.
 
-        A client per search would build a TLS context each time (about 20 ms of CPU loading the CA
-        certificates) and open fresh connections to the API for every query. The API is the
+        A client per search would open fresh connections to the API for every query; both clients
+        verify with the process's one TLS context (`dpe.tls`). The API is the
         configured service (in-cluster for SearXNG, maybe behind the environment's proxy), so only
         downloads go through the address guard.
         """
