@@ -35,6 +35,9 @@ reference runs in a child process of its own. Pictures are small (128x96) and ma
 starts. CPU work is not compressed, so it weighs more here than at real latencies; CPU seconds per
 accepted sample are reported for every run.
 
+`schedule_model` replays the same job as discrete events (no processes, CPU or HTTP), to compare
+scheduling policies more finely than the measurement's run-to-run spread allows.
+
 Run: python -m benchmarks.agents_throughput [--samples N] [--time-scale S] [--seed K] [--ref-workers 10,20,32,64,128]
      [--cpu-load N] [--repeats R] [--results FILE] [--json-dir DIR]
 """

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -36,14 +36,15 @@ algorithm against the client's delayed ACK adds 40 ms to every answer."""
 class TokenWindow:
     """A tokens-per-window quota: admission needs the prompt's tokens, the reply's are billed after."""
 
-    def __init__(self, limit: int, window_s: float):
+    def __init__(self, limit: float, window_s: float, clock: Callable[[], float] = time.monotonic):
         self._capacity = float(limit)
         self._rate = limit / window_s
         self._level = self._capacity
-        self._updated = time.monotonic()
+        self._clock = clock
+        self._updated = clock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._level = min(self._capacity, self._level + (now - self._updated) * self._rate)
         self._updated = now
 
