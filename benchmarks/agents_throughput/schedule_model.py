@@ -187,12 +187,9 @@ class Model:
     def start_samples(self) -> None:
         while len(self.live) < self.in_flight_limit:
             accepted = sum(p.accepted for p in self.plan.types.values())
-            capability = self.plan.next_type(failure_rate(self.failed, self.failed + accepted))
+            capability = self.plan.start_next(failure_rate(self.failed, self.failed + accepted))
             if capability is None:
                 return
-            plan = self.plan.types[capability]
-            plan.in_flight += 1
-            plan.attempts += 1
             self.started += 1
             sample = SampleState(self.started, capability)
             sample.chain = self.chain(sample)

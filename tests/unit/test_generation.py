@@ -61,9 +61,7 @@ def test_seed_draw_is_not_the_first_rows() -> None:
 def test_plan_never_puts_more_in_flight_than_a_type_needs() -> None:
     plan = QuotaPlan.from_quotas({CapabilityType.map: 2, CapabilityType.medical: 1})
     started = []
-    while (capability := plan.next_type()) is not None:
-        plan.types[capability].in_flight += 1
-        plan.types[capability].attempts += 1
+    while (capability := plan.start_next()) is not None:
         started.append(capability)
     assert sorted(started) == sorted([CapabilityType.map, CapabilityType.map, CapabilityType.medical])
 
@@ -114,9 +112,7 @@ def test_the_last_samples_of_a_type_each_have_a_spare() -> None:
 def test_spares_start_only_once_every_need_is_covered() -> None:
     plan = QuotaPlan.from_quotas({CapabilityType.map: 20, CapabilityType.medical: 2})
     started = []
-    while (capability := plan.next_type(0.1)) is not None:
-        plan.types[capability].in_flight += 1
-        plan.types[capability].attempts += 1
+    while (capability := plan.start_next(0.1)) is not None:
         started.append(capability)
     assert started[:22].count(CapabilityType.map) == 20, "needed tasks first"
     assert sorted(started[22:]) == sorted([CapabilityType.map] * 3 + [CapabilityType.medical] * 2), "10% more, the last two covered"

@@ -217,6 +217,15 @@ class QuotaPlan:
                 return max(wanted, key=lambda item: (item[0], -order.index(item[1])))[1]
         return None
 
+    def start_next(self, spare_rate: float = 0.0) -> CapabilityType | None:
+        """The type `next_type` picks, with a task of it counted as started and in flight; None when
+        no task should start."""
+        capability = self.next_type(spare_rate)
+        if capability is not None:
+            self.types[capability].in_flight += 1
+            self.types[capability].attempts += 1
+        return capability
+
     def full(self, capability: CapabilityType) -> bool:
         plan = self.types[capability]
         return plan.accepted >= plan.quota
@@ -554,12 +563,9 @@ class Generation:
                 if self._over_budget():
                     self.stopped = "budget"
                     break
-                capability = self.plan.next_type(self._spare_rate())
+                capability = self.plan.start_next(self._spare_rate())
                 if capability is None:
                     break
-                plan = self.plan.types[capability]
-                plan.in_flight += 1
-                plan.attempts += 1
                 self.started += 1
                 job = asyncio.create_task(self._run_one(self._task(capability), self.started))
                 running.add(job)
