@@ -34,6 +34,8 @@ pytestmark = pytest.mark.s3
 NAMESPACE = "dpe"
 STAGES = ("diagnose", "generate", "score", "train", "evaluate")
 RUN_TIMEOUT = 300.0
+FINAL_EVENT_TIMEOUT = 30.0
+"""Seconds the final Event may land after the final status (the operator posts Events in batches)."""
 
 
 def endpoint(s3_server: Any) -> str:
@@ -58,6 +60,16 @@ def conditions(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def run_events(e2e: E2ECluster, run: str) -> list[dict[str, Any]]:
     """The run's own Events (kopf's log lines left out)."""
     return [e for e in e2e.events(NAMESPACE, run) if e["reason"] != "Logging"]
+
+
+def events_through(e2e: E2ECluster, run: str, last: str) -> list[dict[str, Any]]:
+    """The run's own Events once the one with reason `last` is among them: the operator posts a
+    run's final Event after writing its final status, so it can land just after the phase is seen."""
+    def found() -> list[dict[str, Any]] | None:
+        events = run_events(e2e, run)
+        return events if any(e["reason"] == last for e in events) else None
+
+    return e2e.wait(f"the {last} Event of {run}", found, FINAL_EVENT_TIMEOUT)
 
 
 def pod_logs(e2e: E2ECluster, run: str) -> str:
@@ -91,7 +103,7 @@ def test_the_cpu_example_runs_to_success(e2e: E2ECluster, s3_server: Any, run_se
     assert status["bestModelUri"] in (trained, "builtin:tiny-qwen2.5-vl")
     jobs = run_jobs(e2e, "cpu")
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(["cpu-i0-evaluate-a1", *(f"cpu-i1-{s}-a1" for s in STAGES)])
-    reasons = Counter(e["reason"] for e in run_events(e2e, "cpu"))
+    reasons = Counter(e["reason"] for e in events_through(e2e, "cpu", "RunSucceeded"))
     assert reasons["StageStarted"] == reasons["StageSucceeded"] == 6 and reasons["RunSucceeded"] == 1
     assert reasons["IterationStarted"] == 2
     store = e2e.store(bucket)
@@ -354,7 +366,7 @@ def test_a_failed_run_shows_the_stages_own_error(e2e: E2ECluster, s3_server: Any
     ), message
     assert f"no model files under {missing}" in message and "(PodFailurePolicy: " in message
     assert conditions(run)["Failed"]["message"] == message
-    failed = [e["message"] for e in run_events(e2e, "broken") if e["reason"] in ("StageFailed", "RunFailed")]
+    failed = [e["message"] for e in events_through(e2e, "broken", "RunFailed") if e["reason"] in ("StageFailed", "RunFailed")]
     assert len(failed) >= 2 and all(f"no model files under {missing}" in text for text in failed)
     assert all(j["metadata"]["name"].endswith("-a1") for j in run_jobs(e2e, "broken")), "a permanent failure is not retried"
 
