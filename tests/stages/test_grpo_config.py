@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dpe.spec import TrainSettings
-from dpe.stages.grpo_config import batching, grpo_arguments, grpo_config
+from dpe.spec import RolloutBackend, TrainSettings
+from dpe.stages.grpo_config import (
+    CHECKPOINTING_HEADROOM,
+    ModelShape,
+    batching,
+    grpo_arguments,
+    grpo_config,
+    needs_gradient_checkpointing,
+    rollout_backend,
+    sequence_tokens,
+    update_memory_bytes,
+)
 
 PAPER = TrainSettings()
 """The spec's defaults are the paper's settings: 512 prompts per step, 128 per update, 8 completions each."""
@@ -49,7 +59,9 @@ def test_paper_settings_clip_and_optimise_as_the_paper(world_size: int, tmp_path
     assert arguments["temperature"] == 1.0 and arguments["top_p"] == 0.99 and arguments["max_completion_length"] == 4096
     assert arguments["num_generations"] == 8 and arguments["reward_weights"] == [0.9, 0.1]
     assert arguments["bf16"] is True and arguments["gradient_checkpointing"] is True
-    assert str(arguments["deepspeed"]).endswith("zero3.json")
+    assert arguments["optim"] == "adamw_torch_fused"
+    # ZeRO shards over processes: with one there is nothing to shard.
+    assert str(arguments.get("deepspeed")).endswith("zero3.json") if world_size > 1 else "deepspeed" not in arguments
     assert arguments["shuffle_dataset"] is True and arguments["seed"] == 0
 
 
@@ -120,3 +132,64 @@ def test_the_spec_defaults_are_the_papers() -> None:
 def test_settings_that_cannot_be_honoured_are_refused(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         TrainSettings.model_validate(settings)
+
+
+@pytest.mark.parametrize(
+    "setting, cpu, backend",
+    [
+        (RolloutBackend.auto, False, RolloutBackend.static_cache),
+        (RolloutBackend.auto, True, RolloutBackend.transformers),
+        (RolloutBackend.transformers, False, RolloutBackend.transformers),
+        (RolloutBackend.static_cache, True, RolloutBackend.static_cache),
+        (RolloutBackend.vllm_server, False, RolloutBackend.vllm_server),
+    ],
+)
+def test_auto_rollouts_take_the_static_cache_on_gpus_only(setting: RolloutBackend, cpu: bool, backend: RolloutBackend, tmp_path: Path) -> None:
+    settings = PAPER.model_copy(update={"rollout_backend": setting})
+    assert rollout_backend(settings, cpu=cpu) is backend
+    arguments = grpo_arguments(settings, tmp_path, cpu=cpu, world_size=1)
+    assert arguments.get("use_vllm", False) is (backend is RolloutBackend.vllm_server)
+
+
+def test_cpu_runs_keep_the_plain_optimiser_and_no_checkpointing(tmp_path: Path) -> None:
+    arguments = grpo_arguments(PAPER, tmp_path, cpu=True, world_size=1)
+    assert "optim" not in arguments and "deepspeed" not in arguments and arguments["gradient_checkpointing"] is False
+
+
+@pytest.mark.parametrize("setting, expected", [(None, True), (True, True), (False, False)])
+def test_checkpointing_stays_on_until_measured_unless_the_spec_says(setting: bool | None, expected: bool, tmp_path: Path) -> None:
+    arguments = grpo_arguments(PAPER.model_copy(update={"gradient_checkpointing": setting}), tmp_path, cpu=False, world_size=8)
+    assert arguments["gradient_checkpointing"] is expected
+
+
+QWEN_3B = ModelShape(parameters=3_754_622_976, trainable=3_754_622_976, parameter_bytes=2, layers=36, hidden=2048, intermediate=11008, vocab=151_936)
+"""Qwen2.5-VL-3B as released (bf16, vision encoder included)."""
+GIB = 2**30
+
+
+def test_the_memory_estimate_adds_states_activations_and_logits() -> None:
+    shape = ModelShape(parameters=100, trainable=60, parameter_bytes=2, layers=3, hidden=4, intermediate=8, vocab=10)
+    plain = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=False)
+    # 200 weights + 360 (gradients and two moments of 60) + 10 tokens x 3 layers x (16x4 + 8x8) + 10 x 10 x 10.
+    assert plain == 200 + 360 + 10 * 3 * 128 + 1000
+    assert update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=0, world_size=1, checkpointing=False) == plain + 200
+    checkpointed = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=True)
+    assert checkpointed == 200 + 360 + 10 * 2 * 4 * 3 + 10 * 128 + 1000
+    zero3 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=3, world_size=4, checkpointing=False)
+    assert zero3 == (200 + 360 + 200) // 4 + 10 * 3 * 128 + 1000
+    zero2 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=2, world_size=4, checkpointing=False)
+    assert zero2 == 200 + 360 // 4 + 10 * 3 * 128 + 1000
+
+
+def test_checkpointing_is_needed_only_where_the_update_would_not_fit() -> None:
+    settings = PAPER.model_copy(update={"max_completion_length": 1024, "beta": 0.0})
+    tokens = sequence_tokens(settings, 448 * 448, 28 * 28)
+    assert tokens == 256 + 512 + 1024
+    short = dict(micro_batch=1, sequence_tokens=tokens, world_size=1)
+    held = update_memory_bytes(QWEN_3B, reference_model=False, zero_stage=0, checkpointing=False, **short)  # type: ignore[arg-type]
+    assert 25 * GIB < held < 60 * GIB
+    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=141 * GIB, **short) is False  # type: ignore[arg-type]
+    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=int(held / CHECKPOINTING_HEADROOM) - 1, **short) is True  # type: ignore[arg-type]
+    # The paper's longest sequences (2048^2 pixels, 4096 tokens) at 4 per micro-batch need it on any card.
+    paper = sequence_tokens(PAPER, 2048 * 2048, 28 * 28)
+    assert needs_gradient_checkpointing(QWEN_3B, PAPER, micro_batch=4, sequence_tokens=paper, world_size=1, device_bytes=141 * GIB) is True

@@ -106,6 +106,17 @@ def pixel_bounds(processor: Any, min_pixels: int, max_pixels: int) -> tuple[int,
     return min(min_pixels, high), high
 
 
+PIXELS_PER_TOKEN = (14 * 2) ** 2
+"""Pixels one visual token covers in Qwen-VL (14-px patches merged 2 x 2), for processors that do not say."""
+
+
+def pixels_per_token(processor: Any) -> int:
+    """Pixels of a picture behind one visual token of `processor`'s model."""
+    image_processor = getattr(processor, "image_processor", None)
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    return (patch * merge) ** 2 if isinstance(patch, int) and isinstance(merge, int) else PIXELS_PER_TOKEN
+
+
 def bound_pixels(image: Any, min_pixels: int, max_pixels: int) -> Any:
     """`image` (a PIL image) scaled, aspect ratio kept, so that its area lies within
     [min_pixels, max_pixels]; an image already inside is returned as it is.

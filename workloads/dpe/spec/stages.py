@@ -222,7 +222,13 @@ class ScoreSettings(SpecModel):
 class RolloutBackend(StrEnum):
     """Where GRPO rollouts are generated."""
 
+    auto = "auto"
+    """static-cache on GPUs, transformers on CPUs."""
     transformers = "transformers"
+    """TRL's default: Hugging Face generate over the batch with every prompt repeated, uncompiled."""
+    static_cache = "static-cache"
+    """Each prompt prefilled once (vision encoder included), its completions decoded over a static KV
+    cache, the decode step compiled (CUDA graphs) on GPUs."""
     vllm_colocate = "vllm-colocate"
     vllm_server = "vllm-server"
 
@@ -273,8 +279,8 @@ class TrainSettings(SpecModel):
     """Accuracy and format weights of the reward."""
     bf16: Bool = True
     """bfloat16 mixed precision."""
-    gradient_checkpointing: Bool = True
-    """Recompute activations to save memory."""
+    gradient_checkpointing: Bool | None = None
+    """Recompute activations to save memory; unset, only where the update's estimated memory would not fit the GPU without it."""
     freeze_vision_tower: Bool = False
     """Keep the vision encoder (with its patch merger) fixed: no gradients, not in the optimiser."""
     min_pixels: Annotated[Count, Field(le=MAX_IMAGE_SIDE**2)] = 512 * 512
@@ -291,7 +297,7 @@ class TrainSettings(SpecModel):
     """GPUs per node; torchrun starts one process per GPU."""
     deepspeed_stage: Literal[0, 2, 3] = 3
     """DeepSpeed ZeRO stage; 0 disables DeepSpeed."""
-    rollout_backend: RolloutBackend = RolloutBackend.transformers
+    rollout_backend: RolloutBackend = RolloutBackend.auto
     """Rollout engine; the vLLM modes need vLLM in the image."""
     execution: Execution | None = None
     """Overrides of spec.execution for this stage's Job."""

@@ -15,6 +15,12 @@ Mapping of the paper's settings (EasyR1) onto GRPOConfig:
 - `loss_type="dapo"`: token-mean over the accumulated update batch, EasyR1's `token-mean`;
   `num_iterations=1`: one pass over each rollout (EasyR1's `ppo_epochs` 1).
 
+Speed on GPUs. Rollouts take the static-cache path (`dpe.stages.rollout`) unless the spec names
+another backend; the optimiser is PyTorch's fused AdamW (one kernel for all parameters instead of a
+loop over them); DeepSpeed ZeRO runs only with several processes (with one there is nothing to
+shard, only its overhead); and with `gradient_checkpointing` unset, activations are recomputed only
+when `needs_gradient_checkpointing` estimates that the update would not fit the card without it.
+
 Batches. One GRPO step of the paper samples `prompts_per_step` prompts (512), generates
 `num_generations` (8) completions each, and makes `prompts_per_step / prompts_per_update` (4)
 optimiser updates of `prompts_per_update` x `num_generations` (1024) sequences each. Each training
@@ -99,6 +105,89 @@ def batching(settings: TrainSettings, world_size: int) -> Batching:
     return Batching(world_size=world, micro_batch=micro, accumulation=share // micro, updates_per_step=updates)
 
 
+def rollout_backend(settings: TrainSettings, *, cpu: bool) -> RolloutBackend:
+    """The backend the settings' rollouts run on here (`auto`: static-cache on GPUs, transformers on CPUs)."""
+    if settings.rollout_backend is RolloutBackend.auto:
+        return RolloutBackend.transformers if cpu else RolloutBackend.static_cache
+    return settings.rollout_backend
+
+
+CHECKPOINTING_HEADROOM = 0.85
+"""Share of the card's memory an update may plan to fill without recomputing activations; the rest
+is for the allocator's fragmentation, the rollout's KV cache and the CUDA context."""
+PROMPT_TEXT_TOKENS = 512
+"""Tokens a training prompt's text takes at most beside its picture (chat template and solver instruction)."""
+LOGIT_BYTES = 10
+"""Bytes per vocabulary entry and token for the loss: bf16 logits, their fp32 copy and its log-softmax."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory estimate reads of the policy model."""
+
+    parameters: int
+    trainable: int
+    parameter_bytes: int
+    """Bytes per parameter as loaded (2 for bf16)."""
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        """The shape of a loaded model (its parameters counted whole under ZeRO-3)."""
+        text = model.config.get_text_config()
+        parameters = trainable = 0
+        element = 2
+        for parameter in model.parameters():
+            count = int(getattr(parameter, "ds_numel", parameter.numel()))
+            parameters += count
+            trainable += count if parameter.requires_grad else 0
+            element = parameter.element_size()
+        return cls(parameters, trainable, element, text.num_hidden_layers, text.hidden_size, text.intermediate_size, text.vocab_size)
+
+
+def update_memory_bytes(shape: ModelShape, *, micro_batch: int, sequence_tokens: int, reference_model: bool, zero_stage: int,
+                        world_size: int, checkpointing: bool) -> int:
+    """Bytes one training process holds at the peak of an update (an estimate).
+
+    Model states: weights, gradients and AdamW's two moments of the trainable parameters, the frozen
+    ones' weights, and a reference model for the KL term; ZeRO-3 shards all of them over the
+    processes, ZeRO-2 the gradients and moments. Activations, after Korthikanti et al. (2022) with
+    attention scores not kept (SDPA): per token and layer, 16 x hidden + 8 x intermediate bytes for a
+    SwiGLU block in bf16; with checkpointing, each layer's input (2 x hidden) and one layer in full.
+    Logits: `LOGIT_BYTES` per vocabulary entry and token.
+    """
+    world = max(world_size, 1)
+    weights = shape.parameters * shape.parameter_bytes
+    trained = shape.trainable * shape.parameter_bytes * 3
+    reference = weights if reference_model else 0
+    if zero_stage == 3:
+        states = (weights + trained + reference) // world
+    elif zero_stage == 2:
+        states = weights + reference + trained // world
+    else:
+        states = weights + trained + reference
+    tokens = micro_batch * sequence_tokens
+    full_layer = tokens * (16 * shape.hidden + 8 * shape.intermediate)
+    activations = tokens * 2 * shape.hidden * shape.layers + full_layer if checkpointing else full_layer * shape.layers
+    return states + activations + tokens * shape.vocab * LOGIT_BYTES
+
+
+def sequence_tokens(settings: TrainSettings, max_pixels: int, pixels_per_token: int) -> int:
+    """The longest training sequence: a picture at the pixel bound, the prompt's text and a whole completion."""
+    return max_pixels // pixels_per_token + PROMPT_TEXT_TOKENS + settings.max_completion_length
+
+
+def needs_gradient_checkpointing(shape: ModelShape, settings: TrainSettings, *, micro_batch: int, sequence_tokens: int, world_size: int,
+                                 device_bytes: int) -> bool:
+    """Whether the update must recompute activations to fit `device_bytes` (see `update_memory_bytes`)."""
+    held = update_memory_bytes(shape, micro_batch=micro_batch, sequence_tokens=sequence_tokens, reference_model=settings.beta > 0,
+                               zero_stage=settings.deepspeed_stage if world_size > 1 else 0, world_size=world_size, checkpointing=False)
+    return held > CHECKPOINTING_HEADROOM * device_bytes
+
+
 def deepspeed_config(stage: int) -> str | None:
     """Path of the shipped ZeRO config for `stage`, or None (no DeepSpeed)."""
     return None if stage == 0 else str(CONFIG_DIR / f"zero{stage}.json")
@@ -108,10 +197,13 @@ def grpo_arguments(settings: TrainSettings, output_dir: Path, *, cpu: bool, worl
     """The GRPOConfig arguments for `settings` (see the module docstring for the mapping)."""
     plan = batching(settings, world_size)
     options: dict[str, Any] = {}
-    if settings.rollout_backend is not RolloutBackend.transformers:
-        options.update(use_vllm=True, vllm_mode="colocate" if settings.rollout_backend is RolloutBackend.vllm_colocate else "server")
-    if not cpu and settings.deepspeed_stage:
-        options["deepspeed"] = deepspeed_config(settings.deepspeed_stage)
+    backend = rollout_backend(settings, cpu=cpu)
+    if backend in (RolloutBackend.vllm_colocate, RolloutBackend.vllm_server):
+        options.update(use_vllm=True, vllm_mode="colocate" if backend is RolloutBackend.vllm_colocate else "server")
+    if not cpu:
+        options["optim"] = "adamw_torch_fused"
+        if settings.deepspeed_stage and world_size > 1:
+            options["deepspeed"] = deepspeed_config(settings.deepspeed_stage)
     return dict(
         output_dir=str(output_dir),
         num_generations=settings.num_generations,
@@ -141,7 +233,8 @@ def grpo_arguments(settings: TrainSettings, output_dir: Path, *, cpu: bool, worl
         report_to="none",
         bf16=settings.bf16 and not cpu,
         use_cpu=cpu,
-        gradient_checkpointing=settings.gradient_checkpointing and not cpu,
+        # Unset, checkpointing stays on until the stage has measured the model (needs_gradient_checkpointing).
+        gradient_checkpointing=settings.gradient_checkpointing is not False and not cpu,
         seed=settings.seed,
         dataloader_num_workers=0,
         **options,

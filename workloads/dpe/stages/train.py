@@ -40,9 +40,18 @@ from typing import Any
 from dpe.grading import GradeMethod, format_score, grade_extracted, solver_prompt
 from dpe.grading.cleaning import last_boxed
 from dpe.records import SampleRecord, read_records
-from dpe.spec import StageName, TrainSettings
+from dpe.spec import RolloutBackend, StageName, TrainSettings
 from dpe.stages.context import StageContext
-from dpe.stages.grpo_config import batching, freeze_vision_tower, grpo_config
+from dpe.stages.grpo_config import (
+    ModelShape,
+    batching,
+    freeze_vision_tower,
+    grpo_config,
+    needs_gradient_checkpointing,
+    rollout_backend,
+    sequence_tokens,
+)
+from dpe.stages.rollout import static_cache_trainer
 from dpe.store import IntegrityError, NotFound, tree
 
 __all__ = ["accuracy_reward", "boxed_answer", "format_reward", "grpo_config", "grpo_trainer", "run", "training_dataset", "training_rows"]
@@ -275,25 +284,41 @@ def grpo_trainer(
     model_dir: Path, records: list[SampleRecord], settings: TrainSettings, processor: Any, config: Any, callbacks: list[Any] | None = None
 ) -> tuple[Any, int | None]:
     """TRL's GRPOTrainer as this stage trains: its rewards, its rows (images scaled into the settings' pixel
-    bounds), the vision encoder frozen when the settings ask. Returns the trainer and the parameters frozen
-    (None when nothing was frozen)."""
+    bounds), its rollout backend (`StaticCacheTrainer` for static-cache rollouts), the vision encoder
+    frozen when the settings ask, and on a GPU with `gradient_checkpointing` unset, checkpointing only
+    where the update would not fit without it. Returns the trainer and the parameters frozen (None
+    when nothing was frozen)."""
     from trl import GRPOTrainer
 
-    from dpe.models.processor import pixel_bounds
+    from dpe.models.processor import pixel_bounds, pixels_per_token
+
+    cpu = bool(config.use_cpu)
+    static = rollout_backend(settings, cpu=cpu) is RolloutBackend.static_cache
+    trainer_class, options = (static_cache_trainer(), {"compile_decode": not cpu}) if static else (GRPOTrainer, {})
 
     # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
     # on the left, so the two only line up (image tokens included) when the processor does too.
     processor.tokenizer.padding_side = "left"
     bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
-    trainer = GRPOTrainer(
+    trainer = trainer_class(
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
         args=config,
         train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
         processing_class=processor,
         callbacks=callbacks,
+        **options,
     )
     frozen = freeze_vision_tower(trainer.model) if settings.freeze_vision_tower else None
+    if settings.gradient_checkpointing is None and not cpu:
+        import torch
+
+        # The Trainer turns checkpointing on when training starts, so the measured model decides it here.
+        config.gradient_checkpointing = needs_gradient_checkpointing(
+            ModelShape.of(trainer.model), settings, micro_batch=config.per_device_train_batch_size,
+            sequence_tokens=sequence_tokens(settings, bounds[1], pixels_per_token(processor)),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")), device_bytes=torch.cuda.get_device_properties(0).total_memory,
+        )
     return trainer, frozen
 
 
@@ -339,6 +364,8 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     trainer, frozen = grpo_trainer(model_dir, records, settings, processor, config, _callbacks(ctx, metrics, ranks))
     if frozen is not None:
         ctx.log.info(json.dumps({"event": "vision_tower_frozen", "parameters": frozen}))
+    ctx.log.info(json.dumps({"event": "train_path", "rollout_backend": rollout_backend(settings, cpu=cpu).value,
+                             "gradient_checkpointing": bool(config.gradient_checkpointing), "optimizer": str(config.optim)}))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
     seconds = time.monotonic() - started

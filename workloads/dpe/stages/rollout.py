@@ -1,0 +1,179 @@
+"""Group rollouts for GRPO: each prompt's vision encoder and prefill run once, its completions decode
+over a static KV cache.
+
+GRPO samples `num_generations` completions of every prompt. TRL's default rollout repeats each prompt
+that many times and calls Hugging Face `generate` on the padded batch, so the vision encoder and the
+prompt's prefill run once per completion, and every decode step runs eagerly over a cache that grows
+(TRL turns generation's compilation off). `GroupRollout` keeps TRL's inputs, sampling settings and
+outputs, and changes how they are computed:
+
+1. rows of the batch that hold the same prompt and the same picture form a group (TRL repeats each
+   prompt in consecutive rows);
+2. one row per group is prefilled, all prompt tokens but the last, vision encoder included;
+3. that cache is copied into a static one, each row repeated as often as its group, sized to the
+   prompt plus `max_new_tokens` (rounded up to `CACHE_LENGTH_STEP`, never shrinking, so one compiled
+   decode step serves every rollout of the run);
+4. `generate` goes on from there: it reads the last prompt token of every row, then decodes. With a
+   static cache on a GPU, `generate` compiles the decode step (`torch.compile`, "reduce-overhead": CUDA
+   graphs); on a CPU it runs eagerly.
+
+The model's 3-D rotary positions (Qwen-VL's `rope_deltas`, one per row) are repeated with the rows
+for the decode and cleared afterwards, so a training forward pass recomputes its own.
+
+`StaticCacheTrainer` plugs this into TRL's `GRPOTrainer`: its rollouts on the transformers path go
+through `GroupRollout`; the vLLM paths, tool calls that return images, loss, KL, clipping and
+logging stay TRL's.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+CACHE_LENGTH_STEP = 256
+"""Static caches are sized in steps of this many tokens (see the module docstring)."""
+
+PROMPT_FIELDS = ("input_ids", "attention_mask")
+PER_IMAGE_FIELDS = ("pixel_values", "image_grid_thw")
+"""Fields `generate` takes for the pictures; the prefill reads them, the decode needs them no more."""
+
+Row = TypeVar("Row")
+
+
+def consecutive_groups(rows: Sequence[Row], same: Callable[[Row, Row], bool]) -> list[int]:
+    """Sizes of the runs of consecutive rows that are `same` as the run's first row, in order."""
+    sizes: list[int] = []
+    first: Row | None = None
+    for row in rows:
+        if sizes and same(first, row):  # type: ignore[arg-type]
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+            first = row
+    return sizes
+
+
+def cache_length(needed: int, previous: int = 0) -> int:
+    """Tokens a static cache holds for `needed`: rounded up to the step, and never less than before."""
+    return max(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, previous)
+
+
+def row_pictures(inputs: dict[str, Any]) -> list[Any] | None:
+    """Each row's pixel patches, when the batch has exactly one picture per row; [] for text only;
+    None when rows hold several pictures (or videos), which the grouping does not split."""
+    if any(key.endswith("_videos") or key == "video_grid_thw" for key in inputs):
+        return None
+    if "pixel_values" not in inputs:
+        return []
+    grids = inputs.get("image_grid_thw")
+    rows = inputs["input_ids"].shape[0]
+    if grids is None or grids.shape[0] != rows:
+        return None
+    return list(inputs["pixel_values"].split(grids.prod(-1).tolist()))
+
+
+def _same_prompt(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+    import torch
+
+    (ids_a, pixels_a), (ids_b, pixels_b) = a, b
+    if not torch.equal(ids_a, ids_b):
+        return False
+    return pixels_a is None and pixels_b is None or pixels_a is not None and pixels_b is not None and torch.equal(pixels_a, pixels_b)
+
+
+class GroupRollout:
+    """Rollouts that prefill each distinct prompt once and decode over a static KV cache."""
+
+    def __init__(self, *, compile_decode: bool) -> None:
+        self.compile_decode = compile_decode
+        """Let `generate` compile the decode step (it does so on GPUs only)."""
+        self.cache: Any = None
+        self.cache_rows = 0
+        self.cache_tokens = 0
+
+    def _static_cache(self, model: Any, rows: int, tokens: int) -> Any:
+        """A static cache of `rows` x at least `tokens`, the previous one emptied when it fits (the compiled
+        decode step keeps working on the same buffers)."""
+        from transformers import StaticCache
+
+        if self.cache is not None and self.cache_rows == rows and self.cache_tokens >= tokens:
+            self.cache.reset()
+            return self.cache
+        self.cache_tokens = cache_length(tokens, self.cache_tokens)
+        self.cache_rows = rows
+        self.cache = StaticCache(config=model.config, max_cache_len=self.cache_tokens)
+        return self.cache
+
+    def generate(self, model: Any, generation_config: Any, inputs: dict[str, Any], decode: Callable[..., Any] | None = None) -> Any:
+        """Prompt and completion ids of every row, as `model.generate(**inputs, generation_config=...)`
+        returns them (see the module docstring for how they are computed). `decode` is the `generate`
+        that goes on from the prefilled cache (the model's own by default); a batch whose rows hold
+        several pictures goes to it whole."""
+        import torch
+        from transformers import DynamicCache
+
+        decode = decode or model.generate
+        pictures = row_pictures(inputs)
+        if pictures is None:
+            return decode(**inputs, generation_config=generation_config)
+        ids = inputs["input_ids"]
+        rows, length = ids.shape
+        sizes = consecutive_groups(list(zip(ids, pictures or [None] * rows, strict=True)), _same_prompt)
+        firsts = torch.tensor([0, *sizes[:-1]], device=ids.device).cumsum(0)
+        repeats = torch.tensor(sizes, device=ids.device)
+        per_row = {k: v for k, v in inputs.items() if k not in PER_IMAGE_FIELDS and torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows}
+        prefill = {k: v[firsts, :-1] if v.dim() > 1 and v.shape[1] == length else v[firsts] for k, v in per_row.items()}
+        if pictures:
+            prefill["pixel_values"] = torch.cat([pictures[int(i)] for i in firsts])
+            prefill["image_grid_thw"] = inputs["image_grid_thw"][firsts]
+        config = copy.deepcopy(generation_config)
+        config.disable_compile = not self.compile_decode
+        config.cache_implementation = None
+        base = getattr(model, "model", model)
+        with torch.no_grad():
+            prompt_cache = DynamicCache(config=model.config)
+            model(**prefill, past_key_values=prompt_cache, use_cache=True)
+            static = self._static_cache(model, rows, length + config.max_new_tokens)
+            positions = torch.arange(length - 1, device=ids.device)
+            for index, layer in enumerate(prompt_cache.layers):
+                static.update(layer.keys.repeat_interleave(repeats, 0), layer.values.repeat_interleave(repeats, 0), index, {"cache_position": positions})
+            deltas = getattr(base, "rope_deltas", None)
+            try:
+                if deltas is not None:
+                    base.rope_deltas = deltas.repeat_interleave(repeats, 0)
+                return decode(**per_row, past_key_values=static, generation_config=config)
+            finally:
+                if deltas is not None:
+                    base.rope_deltas = None
+
+
+@functools.cache
+def static_cache_trainer() -> type:
+    """`StaticCacheTrainer`: TRL's GRPOTrainer whose transformers rollouts are `GroupRollout`'s."""
+    from trl import GRPOTrainer
+
+    class StaticCacheTrainer(GRPOTrainer):  # type: ignore[misc]
+        """GRPOTrainer whose rollouts on the transformers path prefill each prompt once and decode over
+        a static KV cache (`GroupRollout`); `compile_decode` lets generation compile the decode step."""
+
+        def __init__(self, *args: Any, compile_decode: bool, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.group_rollout = GroupRollout(compile_decode=compile_decode)
+
+        def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any, num_generations: int, has_tool_images: bool = False) -> Any:
+            if self.use_vllm or self.use_transformers_continuous_batching or has_tool_images:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            # TRL pads the prompts, calls the policy's `generate` and cuts the completions at their
+            # end of sequence; the policy's `generate` is this rollout's for the call.
+            policy = self.accelerator.unwrap_model(self.model)
+            own = functools.partial(type(policy).generate, policy)
+            policy.generate = lambda generation_config=None, **inputs: self.group_rollout.generate(policy, generation_config, inputs, own)
+            try:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            finally:
+                del policy.generate
+
+    return StaticCacheTrainer
+
