@@ -125,8 +125,8 @@ def test_rows_with_several_pictures_go_to_generate_whole() -> None:
 
 
 def test_the_train_stage_trains_through_static_cache_rollouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """The stage with `rolloutBackend: static-cache` on CPU (uncompiled): TRL's trainer, its rollouts
-    made by the group rollout, the steps and rewards recorded as on TRL's own path."""
+    """The stage with `rolloutBackend: static-cache` and `groupByLength` on CPU (uncompiled): TRL's
+    trainer, its rollouts made by the group rollout, the steps and rewards recorded as on TRL's own path."""
     import json
     import logging
 
@@ -141,7 +141,7 @@ def test_the_train_stage_trains_through_static_cache_rollouts(tmp_path: Path, mo
     caplog.set_level(logging.INFO)
     settings = {"numGenerations": 4, "learningRate": 1.0e-3, "beta": 0.0, "maxSteps": 2, "promptsPerStep": 4, "promptsPerUpdate": 2,
                 "microBatchSize": 2, "maxCompletionLength": 6, "checkpointEverySteps": 10, "bf16": False, "deepspeedStage": 0,
-                "rolloutBackend": "static-cache"}
+                "rolloutBackend": "static-cache", "groupByLength": True}
     ctx = context(write_run(tmp_path, train=settings), StageName.train, 1)
     ctx.store.put_bytes(ctx.stage_key(StageName.score, "train.parquet"), records_to_parquet(generate(None, 8, 5, image_size=56, difficulties=[1])))
     rollouts: list[int] = []
@@ -159,4 +159,4 @@ def test_the_train_stage_trains_through_static_cache_rollouts(tmp_path: Path, mo
     # Two rollouts of 4 prompts x 4 completions each.
     assert rollouts == [16, 16]
     paths = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("dpe") and '"train_path"' in r.getMessage()]
-    assert paths and paths[0]["rollout_backend"] == "static-cache"
+    assert paths and paths[0]["rollout_backend"] == "static-cache" and paths[0]["group_by_length"] is True

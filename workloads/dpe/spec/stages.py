@@ -281,6 +281,8 @@ class TrainSettings(SpecModel):
     """bfloat16 mixed precision."""
     gradient_checkpointing: Bool | None = None
     """Recompute activations to save memory; unset, only where the update's estimated memory would not fit the GPU without it."""
+    group_by_length: Bool | None = None
+    """Micro-batches of sequences of similar length within each update, every forward pass cut to its rows' real tokens (no padding work); unset, on GPUs."""
     freeze_vision_tower: Bool = False
     """Keep the vision encoder (with its patch merger) fixed: no gradients, not in the optimiser."""
     min_pixels: Annotated[Count, Field(le=MAX_IMAGE_SIDE**2)] = 512 * 512

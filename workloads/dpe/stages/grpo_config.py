@@ -16,7 +16,8 @@ Mapping of the paper's settings (EasyR1) onto GRPOConfig:
   `num_iterations=1`: one pass over each rollout (EasyR1's `ppo_epochs` 1).
 
 Speed on GPUs. Rollouts take the static-cache path (`dpe.stages.rollout`) unless the spec names
-another backend; the optimiser is PyTorch's fused AdamW (one kernel for all parameters instead of a
+another backend; update batches skip padding work (`dpe.stages.update_batches`) unless
+`group_by_length` is false; the optimiser is PyTorch's fused AdamW (one kernel for all parameters instead of a
 loop over them); DeepSpeed ZeRO runs only with several processes (with one there is nothing to
 shard, only its overhead); and with `gradient_checkpointing` unset, activations are recomputed only
 when `needs_gradient_checkpointing` estimates that the update would not fit the card without it.
@@ -110,6 +111,11 @@ def rollout_backend(settings: TrainSettings, *, cpu: bool) -> RolloutBackend:
     if settings.rollout_backend is RolloutBackend.auto:
         return RolloutBackend.transformers if cpu else RolloutBackend.static_cache
     return settings.rollout_backend
+
+
+def group_by_length(settings: TrainSettings, *, cpu: bool) -> bool:
+    """Whether update batches skip padding work here (unset: on GPUs)."""
+    return (not cpu) if settings.group_by_length is None else settings.group_by_length
 
 
 CHECKPOINTING_HEADROOM = 0.85

@@ -20,15 +20,12 @@ outputs, and changes how they are computed:
 The model's 3-D rotary positions (Qwen-VL's `rope_deltas`, one per row) are repeated with the rows
 for the decode and cleared afterwards, so a training forward pass recomputes its own.
 
-`StaticCacheTrainer` plugs this into TRL's `GRPOTrainer`: its rollouts on the transformers path go
-through `GroupRollout`; the vLLM paths, tool calls that return images, loss, KL, clipping and
-logging stay TRL's.
+`dpe.stages.fast_trainer` plugs this into TRL's `GRPOTrainer`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -147,33 +144,4 @@ class GroupRollout:
             finally:
                 if deltas is not None:
                     base.rope_deltas = None
-
-
-@functools.cache
-def static_cache_trainer() -> type:
-    """`StaticCacheTrainer`: TRL's GRPOTrainer whose transformers rollouts are `GroupRollout`'s."""
-    from trl import GRPOTrainer
-
-    class StaticCacheTrainer(GRPOTrainer):  # type: ignore[misc]
-        """GRPOTrainer whose rollouts on the transformers path prefill each prompt once and decode over
-        a static KV cache (`GroupRollout`); `compile_decode` lets generation compile the decode step."""
-
-        def __init__(self, *args: Any, compile_decode: bool, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.group_rollout = GroupRollout(compile_decode=compile_decode)
-
-        def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any, num_generations: int, has_tool_images: bool = False) -> Any:
-            if self.use_vllm or self.use_transformers_continuous_batching or has_tool_images:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-            # TRL pads the prompts, calls the policy's `generate` and cuts the completions at their
-            # end of sequence; the policy's `generate` is this rollout's for the call.
-            policy = self.accelerator.unwrap_model(self.model)
-            own = functools.partial(type(policy).generate, policy)
-            policy.generate = lambda generation_config=None, **inputs: self.group_rollout.generate(policy, generation_config, inputs, own)
-            try:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-            finally:
-                del policy.generate
-
-    return StaticCacheTrainer
 

@@ -47,11 +47,13 @@ from dpe.stages.grpo_config import (
     batching,
     freeze_vision_tower,
     grpo_config,
+    group_by_length,
     needs_gradient_checkpointing,
     rollout_backend,
     sequence_tokens,
 )
-from dpe.stages.rollout import static_cache_trainer
+from dpe.stages.fast_trainer import fast_grpo_trainer
+from dpe.stages.rollout import GroupRollout
 from dpe.store import IntegrityError, NotFound, tree
 
 __all__ = ["accuracy_reward", "boxed_answer", "format_reward", "grpo_config", "grpo_trainer", "run", "training_dataset", "training_rows"]
@@ -283,31 +285,29 @@ def _export(ctx: StageContext, model_dir: Path, target: Path, processor: Any) ->
 def grpo_trainer(
     model_dir: Path, records: list[SampleRecord], settings: TrainSettings, processor: Any, config: Any, callbacks: list[Any] | None = None
 ) -> tuple[Any, int | None]:
-    """TRL's GRPOTrainer as this stage trains: its rewards, its rows (images scaled into the settings' pixel
-    bounds), its rollout backend (`StaticCacheTrainer` for static-cache rollouts), the vision encoder
-    frozen when the settings ask, and on a GPU with `gradient_checkpointing` unset, checkpointing only
-    where the update would not fit without it. Returns the trainer and the parameters frozen (None
-    when nothing was frozen)."""
-    from trl import GRPOTrainer
-
+    """TRL's GRPOTrainer as this stage trains (`FastGRPOTrainer`): its rewards, its rows (images scaled into
+    the settings' pixel bounds), its rollout backend and update batches, the vision encoder frozen when
+    the settings ask, and on a GPU with `gradient_checkpointing` unset, checkpointing only where the
+    update would not fit without it. Returns the trainer and the parameters frozen (None when nothing
+    was frozen)."""
     from dpe.models.processor import pixel_bounds, pixels_per_token
 
     cpu = bool(config.use_cpu)
     static = rollout_backend(settings, cpu=cpu) is RolloutBackend.static_cache
-    trainer_class, options = (static_cache_trainer(), {"compile_decode": not cpu}) if static else (GRPOTrainer, {})
 
     # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
     # on the left, so the two only line up (image tokens included) when the processor does too.
     processor.tokenizer.padding_side = "left"
     bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
-    trainer = trainer_class(
+    trainer = fast_grpo_trainer()(
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
         args=config,
         train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
         processing_class=processor,
         callbacks=callbacks,
-        **options,
+        group_rollout=GroupRollout(compile_decode=not cpu) if static else None,
+        group_by_length=group_by_length(settings, cpu=cpu),
     )
     frozen = freeze_vision_tower(trainer.model) if settings.freeze_vision_tower else None
     if settings.gradient_checkpointing is None and not cpu:
@@ -365,6 +365,7 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
     if frozen is not None:
         ctx.log.info(json.dumps({"event": "vision_tower_frozen", "parameters": frozen}))
     ctx.log.info(json.dumps({"event": "train_path", "rollout_backend": rollout_backend(settings, cpu=cpu).value,
+                             "group_by_length": trainer.group_by_length,
                              "gradient_checkpointing": bool(config.gradient_checkpointing), "optimizer": str(config.optim)}))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
