@@ -170,26 +170,37 @@ GIB = 2**30
 def test_the_memory_estimate_adds_states_activations_and_logits() -> None:
     shape = ModelShape(parameters=100, trainable=60, parameter_bytes=2, layers=3, hidden=4, intermediate=8, vocab=10)
     plain = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=False)
-    # 200 weights + 360 (gradients and two moments of 60) + 10 tokens x 3 layers x (16x4 + 8x8) + 10 x 10 x 10.
-    assert plain == 200 + 360 + 10 * 3 * 128 + 1000
+    # 200 weights + 360 (gradients and two moments of 60) + 10 tokens x 3 layers x (16x4 + 8x8).
+    assert plain == 200 + 360 + 10 * 3 * 128
     assert update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=0, world_size=1, checkpointing=False) == plain + 200
     checkpointed = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=True)
-    assert checkpointed == 200 + 360 + 10 * 2 * 4 * 3 + 10 * 128 + 1000
+    assert checkpointed == 200 + 360 + 10 * 2 * 4 * 3 + 10 * 128
     zero3 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=3, world_size=4, checkpointing=False)
-    assert zero3 == (200 + 360 + 200) // 4 + 10 * 3 * 128 + 1000
+    assert zero3 == (200 + 360 + 200) // 4 + 10 * 3 * 128
     zero2 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=2, world_size=4, checkpointing=False)
-    assert zero2 == 200 + 360 // 4 + 10 * 3 * 128 + 1000
+    assert zero2 == 200 + 360 // 4 + 10 * 3 * 128
 
 
 def test_checkpointing_is_needed_only_where_the_update_would_not_fit() -> None:
     settings = PAPER.model_copy(update={"max_completion_length": 1024, "beta": 0.0})
-    tokens = sequence_tokens(settings, 448 * 448, 28 * 28)
+    tokens = sequence_tokens(settings, 256)
     assert tokens == 256 + 512 + 1024
     short = dict(micro_batch=1, sequence_tokens=tokens, world_size=1)
     held = update_memory_bytes(QWEN_3B, reference_model=False, zero_stage=0, checkpointing=False, **short)  # type: ignore[arg-type]
     assert 25 * GIB < held < 60 * GIB
     assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=141 * GIB, **short) is False  # type: ignore[arg-type]
     assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=int(held / CHECKPOINTING_HEADROOM) - 1, **short) is True  # type: ignore[arg-type]
-    # The paper's longest sequences (2048^2 pixels, 4096 tokens) at 4 per micro-batch need it on any card.
-    paper = sequence_tokens(PAPER, 2048 * 2048, 28 * 28)
+    # The paper's longest sequences (a 2048^2 picture, 4096 tokens) at 4 per micro-batch need it on any card.
+    paper = sequence_tokens(PAPER, (2048 // 28 + 1) ** 2)
     assert needs_gradient_checkpointing(QWEN_3B, PAPER, micro_batch=4, sequence_tokens=paper, world_size=1, device_bytes=141 * GIB) is True
+
+
+def test_picture_tokens_round_each_side_up_to_whole_token_squares() -> None:
+    from types import SimpleNamespace
+
+    from dpe.models.processor import picture_tokens
+
+    assert picture_tokens(None, 512, 512) == 19 * 19  # Qwen-VL: 28-px squares
+    assert picture_tokens(None, 56, 84) == 2 * 3
+    wide = SimpleNamespace(image_processor=SimpleNamespace(patch_size=16, merge_size=2))
+    assert picture_tokens(wide, 64, 65) == 2 * 3

@@ -106,15 +106,17 @@ def pixel_bounds(processor: Any, min_pixels: int, max_pixels: int) -> tuple[int,
     return min(min_pixels, high), high
 
 
-PIXELS_PER_TOKEN = (14 * 2) ** 2
-"""Pixels one visual token covers in Qwen-VL (14-px patches merged 2 x 2), for processors that do not say."""
+TOKEN_SIDE = 14 * 2
+"""Side in pixels of the square one visual token covers in Qwen-VL (14-px patches merged 2 x 2), for processors that do not say."""
 
 
-def pixels_per_token(processor: Any) -> int:
-    """Pixels of a picture behind one visual token of `processor`'s model."""
+def picture_tokens(processor: Any, width: int, height: int) -> int:
+    """Visual tokens of a `width` x `height` picture for `processor`'s model, rounded up (its processor
+    rounds each side to a whole number of token squares)."""
     image_processor = getattr(processor, "image_processor", None)
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
-    return (patch * merge) ** 2 if isinstance(patch, int) and isinstance(merge, int) else PIXELS_PER_TOKEN
+    side = patch * merge if isinstance(patch, int) and isinstance(merge, int) else TOKEN_SIDE
+    return -(-width // side) * -(-height // side)
 
 
 def bound_pixels(image: Any, min_pixels: int, max_pixels: int) -> Any:

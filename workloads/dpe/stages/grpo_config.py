@@ -123,8 +123,6 @@ CHECKPOINTING_HEADROOM = 0.85
 is for the allocator's fragmentation, the rollout's KV cache and the CUDA context."""
 PROMPT_TEXT_TOKENS = 512
 """Tokens a training prompt's text takes at most beside its picture (chat template and solver instruction)."""
-LOGIT_BYTES = 10
-"""Bytes per vocabulary entry and token for the loss: bf16 logits, their fp32 copy and its log-softmax."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ def update_memory_bytes(shape: ModelShape, *, micro_batch: int, sequence_tokens:
     processes, ZeRO-2 the gradients and moments. Activations, after Korthikanti et al. (2022) with
     attention scores not kept (SDPA): per token and layer, 16 x hidden + 8 x intermediate bytes for a
     SwiGLU block in bf16; with checkpointing, each layer's input (2 x hidden) and one layer in full.
-    Logits: `LOGIT_BYTES` per vocabulary entry and token.
+    No (tokens x vocabulary) logits: TRL scores tokens through a fused LM head, in tiles.
     """
     world = max(world_size, 1)
     weights = shape.parameters * shape.parameter_bytes
@@ -178,12 +176,12 @@ def update_memory_bytes(shape: ModelShape, *, micro_batch: int, sequence_tokens:
     tokens = micro_batch * sequence_tokens
     full_layer = tokens * (16 * shape.hidden + 8 * shape.intermediate)
     activations = tokens * 2 * shape.hidden * shape.layers + full_layer if checkpointing else full_layer * shape.layers
-    return states + activations + tokens * shape.vocab * LOGIT_BYTES
+    return states + activations
 
 
-def sequence_tokens(settings: TrainSettings, max_pixels: int, pixels_per_token: int) -> int:
-    """The longest training sequence: a picture at the pixel bound, the prompt's text and a whole completion."""
-    return max_pixels // pixels_per_token + PROMPT_TEXT_TOKENS + settings.max_completion_length
+def sequence_tokens(settings: TrainSettings, picture_tokens: int) -> int:
+    """The longest training sequence: the largest picture's tokens, the prompt's text and a whole completion."""
+    return picture_tokens + PROMPT_TEXT_TOKENS + settings.max_completion_length
 
 
 def needs_gradient_checkpointing(shape: ModelShape, settings: TrainSettings, *, micro_batch: int, sequence_tokens: int, world_size: int,

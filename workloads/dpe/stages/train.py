@@ -290,7 +290,7 @@ def grpo_trainer(
     the settings ask, and on a GPU with `gradient_checkpointing` unset, checkpointing only where the
     update would not fit without it. Returns the trainer and the parameters frozen (None when nothing
     was frozen)."""
-    from dpe.models.processor import pixel_bounds, pixels_per_token
+    from dpe.models.processor import picture_tokens, pixel_bounds
 
     cpu = bool(config.use_cpu)
     static = rollout_backend(settings, cpu=cpu) is RolloutBackend.static_cache
@@ -299,11 +299,12 @@ def grpo_trainer(
     # on the left, so the two only line up (image tokens included) when the processor does too.
     processor.tokenizer.padding_side = "left"
     bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
+    rows = training_rows(records, pixel_bounds=bounds)
     trainer = fast_grpo_trainer()(
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
         args=config,
-        train_dataset=training_dataset(training_rows(records, pixel_bounds=bounds)),
+        train_dataset=training_dataset(rows),
         processing_class=processor,
         callbacks=callbacks,
         group_rollout=GroupRollout(compile_decode=not cpu) if static else None,
@@ -316,7 +317,7 @@ def grpo_trainer(
         # The Trainer turns checkpointing on when training starts, so the measured model decides it here.
         config.gradient_checkpointing = needs_gradient_checkpointing(
             ModelShape.of(trainer.model), settings, micro_batch=config.per_device_train_batch_size,
-            sequence_tokens=sequence_tokens(settings, bounds[1], pixels_per_token(processor)),
+            sequence_tokens=sequence_tokens(settings, max(picture_tokens(processor, *row["image"].size) for row in rows)),
             world_size=int(os.environ.get("WORLD_SIZE", "1")), device_bytes=torch.cuda.get_device_properties(0).total_memory,
         )
     return trainer, frozen
