@@ -258,6 +258,7 @@ def run_arm(name: str, args: argparse.Namespace, model_dir: Path, processor: Any
     if not cpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    held = None if cpu else round(torch.cuda.memory_allocated() / 2**30, 2)
     trainer, configured = build_arm(name, args, model_dir, processor, records, work, cpu)
     eos = processor.tokenizer.eos_token_id
     bias = end_of_sequence_bias(trainer.model, {k: v.to(trainer.model.device) for k, v in probe.items()}, eos, args.mean_completion)
@@ -277,10 +278,12 @@ def run_arm(name: str, args: argparse.Namespace, model_dir: Path, processor: Any
         "rollout": "static-cache" if getattr(trainer, "group_rollout", None) is not None else "transformers",
         "group_by_length": bool(getattr(trainer, "group_by_length", False)),
         "peak_memory_gib": None if cpu else round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "memory_held_at_start_gib": held,
         "text_matmul_params": text_params,
         "vision_matmul_params": vision_params,
         **configured,
     }
+    trainer.accelerator.free_memory()
     del trainer, meter
     gc.collect()
     if not cpu:
@@ -334,6 +337,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("update, mean seconds", "mean_update_seconds"), ("mean completion length", "mean_completion_length"),
         ("**completion tokens per second (whole steps)**", "completion_tokens_per_second"), ("tokens per second (whole steps)", "tokens_per_second"),
         ("update TFLOP/s", "update_tflops"), ("**update MFU**", "update_mfu"), ("peak GPU memory, GiB", "peak_memory_gib"),
+        ("GPU memory held at the arm's start, GiB", "memory_held_at_start_gib"),
         ("gradient checkpointing", "gradient_checkpointing"), ("rollout", "rollout"), ("update batches by length", "group_by_length"),
     ]
     table = ["| measure | TRL's default path | the train stage |", "|---|---:|---:|"]

@@ -367,7 +367,8 @@ def run(ctx: StageContext, *, work_dir: Path | None = None) -> dict[str, Any]:
         ctx.log.info(json.dumps({"event": "vision_tower_frozen", "parameters": frozen}))
     ctx.log.info(json.dumps({"event": "train_path", "rollout_backend": rollout_backend(settings, cpu=cpu).value,
                              "group_by_length": trainer.group_by_length,
-                             "gradient_checkpointing": bool(config.gradient_checkpointing), "optimizer": str(config.optim)}))
+                             "gradient_checkpointing": bool(config.gradient_checkpointing),
+                             "optimizer": str(getattr(config.optim, "value", config.optim))}))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_path)
     seconds = time.monotonic() - started
