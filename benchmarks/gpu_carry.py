@@ -69,6 +69,9 @@ def download(directory: Path) -> int:
 
 
 def install(directory: Path, target: Path) -> int:
+    if sys.version_info[:2] != tuple(int(part) for part in TARGET["python"].split(".")):
+        print(f"the wheels are for Python {TARGET['python']}, this is {sys.version.split()[0]}", file=sys.stderr)
+        return 1
     listed = subprocess.run([sys.executable, "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True).stdout
     installed = {canonical(entry["name"]): entry["version"] for entry in json.loads(listed)}
     wheels = sorted(path.name for path in directory.glob("*.whl"))

@@ -5,7 +5,8 @@
     python -m benchmarks.grpo_gpu --tiny --steps 1 --warmup 1 ...              # the same code on CPU (tests)
 
 Run from the repository root (PYTHONPATH=workloads where the dpe package is not installed;
-`benchmarks/gpu_carry.sh` brings what a GPU machine lacks).
+`benchmarks/gpu_carry.py` brings what a GPU machine lacks). 7B with the stage's KL term needs more
+memory than an H100 has; measure it on an H200.
 
 The model: Qwen2.5-VL-3B or 7B as released (text and vision shapes, tied embeddings for 3B,
 vocabulary 151,936 or 152,064), random bf16 weights, built from its config and saved, with the
@@ -32,9 +33,11 @@ one optimiser update per step:
 Measured per arm, over the steps after `--warmup`: whole-step seconds (CUDA synchronised), the
 rollout's share (generation, rewards and the old and reference log-probabilities), the update's
 (forward and backward of every micro-batch and the optimiser step); completion and total tokens per
-second of whole steps; the update's model FLOP utilisation, 6 x (text matmul parameters x real
-tokens + vision matmul parameters x picture patches) per second against the card's dense bf16 peak;
-and the peak GPU memory.
+second of whole steps; the update's model FLOP utilisation, 6 x (the language model's matmul
+parameters x real tokens + the LM head's x completion tokens, the only ones TRL scores + the vision
+encoder's x picture patches) per second against the card's dense bf16 peak; and the peak GPU
+memory. The arms sample as their configs say (top-p 1.0 for TRL's defaults, the paper's 0.99 for the
+stage, which costs the stage a sort over the vocabulary at every decode step).
 """
 
 from __future__ import annotations
@@ -109,14 +112,14 @@ def save_real_size_model(size: str, tokenizer: Any, directory: Path) -> Path:
     return directory
 
 
-def matmul_params(model: Any) -> tuple[int, int]:
-    """Parameters in matrix multiplies per text token and per picture patch: the language model's
-    2-D weights and the LM head (embeddings are lookups), and the vision encoder's weights."""
+def matmul_params(model: Any) -> tuple[int, int, int]:
+    """Parameters in matrix multiplies: per text token the language model's 2-D weights (embeddings
+    are lookups), per scored token the LM head's, per picture patch the vision encoder's."""
+    head = model.get_output_embeddings().weight
     vision = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and ".visual." in f".{name}")
-    text = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and ".visual." not in f".{name}" and "embed_tokens" not in name)
-    if model.config.get_text_config().tie_word_embeddings or getattr(model.config, "tie_word_embeddings", False):
-        text += model.get_output_embeddings().weight.numel()
-    return text, vision
+    body = sum(p.numel() for name, p in model.named_parameters()
+               if p.dim() == 2 and ".visual." not in f".{name}" and "embed_tokens" not in name and p is not head)
+    return body, head.numel(), vision
 
 
 def end_of_sequence_bias(model: Any, inputs: dict[str, Any], eos: int, mean_length: float) -> float:
@@ -184,14 +187,15 @@ class Meter:
         return time.perf_counter()
 
 
-def summary(steps: list[dict[str, float]], text_params: int, vision_params: int, peak_tflops: float | None) -> dict[str, Any]:
+def summary(steps: list[dict[str, float]], params: tuple[int, int, int], peak_tflops: float | None) -> dict[str, Any]:
     """Totals over the measured steps: throughput of whole steps, and the update's FLOP rate."""
     seconds = sum(s["step_seconds"] for s in steps)
     rollout = sum(s["rollout_seconds"] for s in steps)
     update = seconds - rollout
     completion = sum(s["completion_tokens"] for s in steps)
     tokens = completion + sum(s["prompt_tokens"] for s in steps)
-    flops = 6 * (text_params * tokens + vision_params * sum(s["patches"] for s in steps))
+    body, head, vision = params
+    flops = 6 * (body * tokens + head * completion + vision * sum(s["patches"] for s in steps))
     tflops = flops / update / 1e12 if update > 0 else 0.0
     return {
         "steps_measured": len(steps),
@@ -202,7 +206,7 @@ def summary(steps: list[dict[str, float]], text_params: int, vision_params: int,
         "mean_completion_length": round(completion / sum(s["sequences"] for s in steps), 1),
         "completion_tokens_per_second": round(completion / seconds, 1),
         "tokens_per_second": round(tokens / seconds, 1),
-        "update_tflops": round(tflops, 2),
+        "update_tflops": float(f"{tflops:.4g}"),
         "update_mfu": None if peak_tflops is None else round(tflops / peak_tflops, 4),
     }
 
@@ -267,10 +271,10 @@ def run_arm(name: str, args: argparse.Namespace, model_dir: Path, processor: Any
             add_bias(model, eos, bias)
     meter = Meter(trainer, cuda=not cpu)
     trainer.train()
-    text_params, vision_params = matmul_params(trainer.model)
+    params = matmul_params(trainer.model)
     measured = meter.steps[args.warmup :]
     result = {
-        **summary(measured, text_params, vision_params, peak_tflops),
+        **summary(measured, params, peak_tflops),
         "warmup_step_seconds": [round(s["step_seconds"], 3) for s in meter.steps[: args.warmup]],
         "eos_bias": round(bias, 3),
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
@@ -279,8 +283,7 @@ def run_arm(name: str, args: argparse.Namespace, model_dir: Path, processor: Any
         "group_by_length": bool(getattr(trainer, "group_by_length", False)),
         "peak_memory_gib": None if cpu else round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "memory_held_at_start_gib": held,
-        "text_matmul_params": text_params,
-        "vision_matmul_params": vision_params,
+        "matmul_params": dict(zip(("language_model", "lm_head", "vision"), params, strict=True)),
         **configured,
     }
     trainer.accelerator.free_memory()
@@ -301,6 +304,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from dpe.stages.train import training_rows
     from dpe.world import generate
 
+    expected = {"transformers": ("5.17.", transformers.__version__), "trl": ("1.16.0", trl.__version__)}
+    wrong = [f"{name} {found} (this benchmark's path was built for {want}*)" for name, (want, found) in expected.items() if not found.startswith(want)]
+    if wrong:
+        raise SystemExit("grpo_gpu: " + "; ".join(wrong))
     work = Path(tempfile.mkdtemp(prefix="grpo-gpu-"))
     tiny_dir = build_tiny_model("qwen2.5-vl", work / "tiny")
     processor = load_processor(tiny_dir)
@@ -370,12 +377,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mean-completion", type=float, default=512.0)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=2, help="steps run first and left out")
-    parser.add_argument("--steps", type=int, default=3, help="steps measured")
+    parser.add_argument("--steps", type=int, default=3, help="steps measured (at least 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--from-json", type=Path, default=None, help="read a report instead of measuring")
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/grpo_gpu.json and the RESULTS.md section")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     report = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
     print(json.dumps(report))

@@ -4,6 +4,7 @@ a package already there at the wheel's version is not installed again."""
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ def test_only_missing_or_other_versions_are_installed() -> None:
     assert gpu_carry.to_install(wheels, installed) == ["trl-1.16.0-py3-none-any.whl", "dill-0.4.1-py3-none-any.whl"]
 
 
-def test_install_leaves_packages_already_there_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_leaves_packages_already_there_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Wheels at this environment's own versions: `pip list` has them all, so nothing is installed."""
+    monkeypatch.setitem(gpu_carry.TARGET, "python", "{}.{}".format(*sys.version_info[:2]))
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     for name in ("pydantic", "pydantic-core", "trl"):
@@ -39,3 +41,8 @@ def test_every_needed_package_is_installed_here() -> None:
     """`download` takes the versions of this environment, so each must be installed in it."""
     for name in gpu_carry.NEEDED:
         assert importlib.metadata.version(name)
+
+
+def test_install_refuses_another_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(gpu_carry.TARGET, "python", "2.7")
+    assert gpu_carry.main(["install", "--wheels", str(tmp_path), "--target", str(tmp_path / "site")]) == 1

@@ -34,7 +34,7 @@ def test_both_arms_run_tiny_on_cpu_and_report(tmp_path: Path) -> None:
     assert "TRL's default path" in text and "completion tokens per second" in text and report["command"] in text
 
 
-def test_matmul_parameters_count_the_tied_head_once_and_the_vision_encoder_apart() -> None:
+def test_matmul_parameters_count_the_head_apart_tied_or_not_and_the_vision_encoder_apart() -> None:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -45,8 +45,13 @@ def test_matmul_parameters_count_the_tied_head_once_and_the_vision_encoder_apart
     for tied in (True, False):
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config={**text, "tie_word_embeddings": tied}, vision_config=vision,
                                                                     tie_word_embeddings=tied))
-        text_params, vision_params = grpo_gpu.matmul_params(model)
-        layer = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and ".layers." in n and "visual" not in n)
-        assert text_params == layer + 64 * 16
+        body, head, vision_params = grpo_gpu.matmul_params(model)
+        assert body == sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and ".layers." in n and "visual" not in n)
+        assert head == 64 * 16
         assert vision_params == sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and "visual" in n)
         assert torch.is_tensor(model.get_output_embeddings().weight)
+
+
+def test_too_few_steps_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        grpo_gpu.main(["--tiny", "--steps", "0"])

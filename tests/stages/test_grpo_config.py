@@ -14,6 +14,7 @@ from dpe.stages.grpo_config import (
     CHECKPOINTING_HEADROOM,
     ModelShape,
     batching,
+    compile_decode,
     grpo_arguments,
     grpo_config,
     needs_gradient_checkpointing,
@@ -162,37 +163,63 @@ def test_checkpointing_stays_on_until_measured_unless_the_spec_says(setting: boo
     assert arguments["gradient_checkpointing"] is expected
 
 
-QWEN_3B = ModelShape(parameters=3_754_622_976, trainable=3_754_622_976, parameter_bytes=2, layers=36, hidden=2048, intermediate=11008, vocab=151_936)
+QWEN_3B = ModelShape(parameters=3_754_622_976, trainable=3_754_622_976, parameter_bytes=2, layers=36, hidden=2048, intermediate=11008,
+                     vision_layers=32, vision_hidden=1280, vision_intermediate=3420)
 """Qwen2.5-VL-3B as released (bf16, vision encoder included)."""
 GIB = 2**30
 
 
-def test_the_memory_estimate_adds_states_activations_and_logits() -> None:
-    shape = ModelShape(parameters=100, trainable=60, parameter_bytes=2, layers=3, hidden=4, intermediate=8, vocab=10)
-    plain = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=False)
-    # 200 weights + 360 (gradients and two moments of 60) + 10 tokens x 3 layers x (16x4 + 8x8).
+def test_the_memory_estimate_adds_states_and_activations() -> None:
+    shape = ModelShape(parameters=100, trainable=60, parameter_bytes=2, layers=3, hidden=4, intermediate=8)
+    common = dict(micro_batch=2, sequence_tokens=5, picture_tokens=0, world_size=1)
+    plain = update_memory_bytes(shape, reference_model=False, zero_stage=0, checkpointing=False, **common)  # type: ignore[arg-type]
+    # 200 weights + 360 (gradients and two moments of 60, in bf16) + 10 tokens x 3 layers x (16x4 + 8x8).
     assert plain == 200 + 360 + 10 * 3 * 128
-    assert update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=0, world_size=1, checkpointing=False) == plain + 200
-    checkpointed = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=0, world_size=1, checkpointing=True)
+    assert update_memory_bytes(shape, reference_model=True, zero_stage=0, checkpointing=False, **common) == plain + 200  # type: ignore[arg-type]
+    checkpointed = update_memory_bytes(shape, reference_model=False, zero_stage=0, checkpointing=True, **common)  # type: ignore[arg-type]
     assert checkpointed == 200 + 360 + 10 * 2 * 4 * 3 + 10 * 128
-    zero3 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=True, zero_stage=3, world_size=4, checkpointing=False)
-    assert zero3 == (200 + 360 + 200) // 4 + 10 * 3 * 128
-    zero2 = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, reference_model=False, zero_stage=2, world_size=4, checkpointing=False)
-    assert zero2 == 200 + 360 // 4 + 10 * 3 * 128
+    # ZeRO names a stage, but with one process there is no DeepSpeed (grpo_arguments leaves it out).
+    assert update_memory_bytes(shape, reference_model=False, zero_stage=3, checkpointing=False, **common) == plain  # type: ignore[arg-type]
+    sharded = dict(common, world_size=4)
+    zero3 = update_memory_bytes(shape, reference_model=True, zero_stage=3, checkpointing=False, **sharded)  # type: ignore[arg-type]
+    assert zero3 == (200 + 60 * 14 + 200) // 4 + 10 * 3 * 128
+    zero2 = update_memory_bytes(shape, reference_model=False, zero_stage=2, checkpointing=False, **sharded)  # type: ignore[arg-type]
+    assert zero2 == 200 + 60 * 14 // 4 + 10 * 3 * 128
+
+
+def test_the_vision_encoder_adds_its_patches_activations() -> None:
+    shape = ModelShape(parameters=100, trainable=60, parameter_bytes=2, layers=3, hidden=4, intermediate=8, vision_layers=2, vision_hidden=2,
+                       vision_intermediate=4)
+    without = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, picture_tokens=0, reference_model=False, zero_stage=0, world_size=1,
+                                  checkpointing=False)
+    with_pictures = update_memory_bytes(shape, micro_batch=2, sequence_tokens=5, picture_tokens=3, reference_model=False, zero_stage=0,
+                                        world_size=1, checkpointing=False)
+    # 2 rows x 3 picture tokens x 4 patches, through 2 blocks of 16x2 + 8x4 bytes per patch.
+    assert with_pictures - without == 24 * 2 * 64
 
 
 def test_checkpointing_is_needed_only_where_the_update_would_not_fit() -> None:
     settings = PAPER.model_copy(update={"max_completion_length": 1024, "beta": 0.0})
-    tokens = sequence_tokens(settings, 256)
-    assert tokens == 256 + 512 + 1024
-    short = dict(micro_batch=1, sequence_tokens=tokens, world_size=1)
-    held = update_memory_bytes(QWEN_3B, reference_model=False, zero_stage=0, checkpointing=False, **short)  # type: ignore[arg-type]
+    assert sequence_tokens(settings, 256) == 256 + 512 + 1024
+    short = dict(micro_batch=1, picture_tokens=256, world_size=1)
+    held = update_memory_bytes(QWEN_3B, sequence_tokens=sequence_tokens(settings, 256), reference_model=False, zero_stage=0, checkpointing=False,
+                               **short)  # type: ignore[arg-type]
     assert 25 * GIB < held < 60 * GIB
-    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=141 * GIB, **short) is False  # type: ignore[arg-type]
-    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=int(held / CHECKPOINTING_HEADROOM) - 1, **short) is True  # type: ignore[arg-type]
+    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=141 * GIB, rollout_cache=True, **short) is False  # type: ignore[arg-type]
+    tight = int(held / CHECKPOINTING_HEADROOM) + GIB
+    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=tight, rollout_cache=False, **short) is False  # type: ignore[arg-type]
+    # The rollout's cache takes its share of the same card.
+    assert needs_gradient_checkpointing(QWEN_3B, settings, device_bytes=tight, rollout_cache=True, **short) is True  # type: ignore[arg-type]
     # The paper's longest sequences (a 2048^2 picture, 4096 tokens) at 4 per micro-batch need it on any card.
-    paper = sequence_tokens(PAPER, (2048 // 28 + 1) ** 2)
-    assert needs_gradient_checkpointing(QWEN_3B, PAPER, micro_batch=4, sequence_tokens=paper, world_size=1, device_bytes=141 * GIB) is True
+    paper = (2048 // 28 + 1) ** 2
+    assert needs_gradient_checkpointing(QWEN_3B, PAPER, micro_batch=4, picture_tokens=paper, world_size=1, device_bytes=141 * GIB,
+                                        rollout_cache=True) is True
+
+
+@pytest.mark.parametrize("stage, world_size, cpu, compiled", [(3, 8, False, False), (3, 1, False, True), (2, 8, False, True), (0, 1, True, False)])
+def test_decode_is_compiled_on_gpus_unless_zero3_shards_the_weights(stage: int, world_size: int, cpu: bool, compiled: bool) -> None:
+    settings = PAPER.model_copy(update={"deepspeed_stage": stage})
+    assert compile_decode(settings, cpu=cpu, world_size=world_size) is compiled
 
 
 def test_picture_tokens_round_each_side_up_to_whole_token_squares() -> None:

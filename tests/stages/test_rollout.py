@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from dpe.stages.rollout import CACHE_LENGTH_STEP, GroupRollout, cache_length, consecutive_groups, row_pictures
+from dpe.stages.rollout import CACHE_LENGTH_STEP, GroupRollout, cache_length, consecutive_groups, groups_per_chunk, kv_bytes_per_token, row_pictures
 
 GROUP = 4
 
@@ -25,6 +25,14 @@ def test_the_static_cache_grows_in_steps_and_never_shrinks() -> None:
     assert cache_length(CACHE_LENGTH_STEP) == CACHE_LENGTH_STEP
     assert cache_length(CACHE_LENGTH_STEP + 1) == 2 * CACHE_LENGTH_STEP
     assert cache_length(10, previous=3 * CACHE_LENGTH_STEP) == 3 * CACHE_LENGTH_STEP
+
+
+def test_chunks_are_the_largest_equal_division_that_fits() -> None:
+    assert groups_per_chunk(16, 100) == 16
+    assert groups_per_chunk(16, 5) == 4
+    assert groups_per_chunk(12, 5) == 4
+    assert groups_per_chunk(7, 3) == 1
+    assert groups_per_chunk(5, 0) == 1
 
 
 def test_pictures_are_split_per_row_only_when_each_row_has_one() -> None:
@@ -85,6 +93,41 @@ def test_greedy_completions_equal_generate_over_the_repeated_batch(tiny: tuple[A
     # A second rollout reuses the emptied cache and gives the same completions.
     cache = rollout.cache
     assert torch.equal(rollout.generate(model, config, batch), expected) and rollout.cache is cache
+
+
+def test_a_rollout_over_the_budget_goes_in_chunks_with_the_same_completions(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
+    model, processor, rows = tiny
+    batch = repeated_batch(processor, rows)
+    config = generation_config(processor, do_sample=False)
+    with torch.no_grad():
+        expected = model.generate(**batch, generation_config=config)
+    one_group = GROUP * CACHE_LENGTH_STEP * 2 * kv_bytes_per_token(model.config, model.dtype.itemsize)
+    rollout = GroupRollout(compile_decode=False, cache_budget_bytes=one_group)
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True)
+    try:
+        got = rollout.generate(model, config, batch)
+    finally:
+        handle.remove()
+    # Three chunks of one prompt each (a prefill of 1 row, then decode steps of GROUP rows).
+    assert seen.count(1) == len(rows) and rollout.cache_rows == GROUP
+    width = min(got.shape[1], expected.shape[1])
+    assert torch.equal(got[:, :width], expected[:, :width])
+    assert bool((got[:, width:] == processor.tokenizer.pad_token_id).all()) and bool((expected[:, width:] == processor.tokenizer.pad_token_id).all())
+
+
+def test_text_only_rows_ignore_positions_left_by_an_earlier_pass(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
+    model, processor, rows = tiny
+    with torch.no_grad():
+        model(**repeated_batch(processor, rows))  # leaves rope_deltas for 12 rows of pictures
+    texts = [f"question number {i}" for i in range(2) for _ in range(GROUP)]
+    batch = dict(processor.tokenizer(texts, return_tensors="pt", padding=True))
+    config = generation_config(processor, do_sample=False)
+    got = GroupRollout(compile_decode=False).generate(model, config, batch)
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        expected = model.generate(**batch, generation_config=config)
+    assert torch.equal(got, expected)
 
 
 def test_prefill_runs_once_per_prompt_and_the_vision_encoder_once_per_picture(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:

@@ -88,7 +88,7 @@ def fast_grpo_trainer() -> type:
             rows, width = input_ids.shape
             keep_from = width - logits_to_keep
             row_pixels, row_grids = _row_pictures(pixels, grids, counts) if pixels is not None else ([], [])
-            order = sorted(range(rows), key=lambda row: int(attention_mask[row].sum()))
+            order = attention_mask.sum(1).argsort(stable=True).tolist()
             logps, entropies, aux = [], [], []
             for part in chunks(order, batch_size or rows):
                 index = torch.tensor(part, device=input_ids.device)

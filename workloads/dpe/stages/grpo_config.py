@@ -119,10 +119,18 @@ def group_by_length(settings: TrainSettings, *, cpu: bool) -> bool:
 
 
 CHECKPOINTING_HEADROOM = 0.85
-"""Share of the card's memory an update may plan to fill without recomputing activations; the rest
-is for the allocator's fragmentation, the rollout's KV cache and the CUDA context."""
+"""Share of the card's memory the update and the rollout's cache may plan to fill; the rest is for
+the allocator's fragmentation, the CUDA graphs' pool and the CUDA context."""
+ROLLOUT_CACHE_SHARE = 0.2
+"""Share of the card's memory a static-cache rollout's KV cache may hold (it stays allocated through
+the update, so the compiled decode step keeps its buffers); larger rollouts go in chunks."""
 PROMPT_TEXT_TOKENS = 512
 """Tokens a training prompt's text takes at most beside its picture (chat template and solver instruction)."""
+PATCHES_PER_PICTURE_TOKEN = 4
+"""Vision-encoder patches behind one picture token (Qwen-VL merges 2 x 2)."""
+ZERO_STATE_BYTES = 14
+"""Bytes per trainable parameter DeepSpeed keeps besides the bf16 weights: bf16 gradients and fp32
+master weights and AdamW moments."""
 
 
 @dataclass(frozen=True)
@@ -136,12 +144,15 @@ class ModelShape:
     layers: int
     hidden: int
     intermediate: int
-    vocab: int
+    vision_layers: int = 0
+    vision_hidden: int = 0
+    vision_intermediate: int = 0
 
     @classmethod
     def of(cls, model: Any) -> ModelShape:
         """The shape of a loaded model (its parameters counted whole under ZeRO-3)."""
         text = model.config.get_text_config()
+        vision = getattr(model.config, "vision_config", None)
         parameters = trainable = 0
         element = 2
         for parameter in model.parameters():
@@ -149,34 +160,45 @@ class ModelShape:
             parameters += count
             trainable += count if parameter.requires_grad else 0
             element = parameter.element_size()
-        return cls(parameters, trainable, element, text.num_hidden_layers, text.hidden_size, text.intermediate_size, text.vocab_size)
+        depth = getattr(vision, "depth", None) or getattr(vision, "num_hidden_layers", 0) or 0
+        return cls(parameters, trainable, element, text.num_hidden_layers, text.hidden_size, text.intermediate_size,
+                   depth, getattr(vision, "hidden_size", 0) or 0, getattr(vision, "intermediate_size", 0) or 0)
 
 
-def update_memory_bytes(shape: ModelShape, *, micro_batch: int, sequence_tokens: int, reference_model: bool, zero_stage: int,
+def _activations(tokens: int, layers: int, hidden: int, intermediate: int, checkpointing: bool) -> int:
+    """Activation bytes of `tokens` through `layers` blocks (see `update_memory_bytes`)."""
+    full_layer = tokens * (16 * hidden + 8 * intermediate)
+    return tokens * 2 * hidden * layers + full_layer if checkpointing else full_layer * layers
+
+
+def update_memory_bytes(shape: ModelShape, *, micro_batch: int, sequence_tokens: int, picture_tokens: int, reference_model: bool, zero_stage: int,
                         world_size: int, checkpointing: bool) -> int:
     """Bytes one training process holds at the peak of an update (an estimate).
 
-    Model states: weights, gradients and AdamW's two moments of the trainable parameters, the frozen
-    ones' weights, and a reference model for the KL term; ZeRO-3 shards all of them over the
-    processes, ZeRO-2 the gradients and moments. Activations, after Korthikanti et al. (2022) with
-    attention scores not kept (SDPA): per token and layer, 16 x hidden + 8 x intermediate bytes for a
-    SwiGLU block in bf16; with checkpointing, each layer's input (2 x hidden) and one layer in full.
-    No (tokens x vocabulary) logits: TRL scores tokens through a fused LM head, in tiles.
+    Model states: the weights, the reference model's for the KL term, and for the trainable
+    parameters gradients and AdamW's two moments in the weights' type, or under DeepSpeed
+    `ZERO_STATE_BYTES`; ZeRO-3 shards all of them over the processes, ZeRO-2 the gradients and
+    optimiser states. Activations, after Korthikanti et al. (2022) with attention scores not kept
+    (SDPA): per token (or picture patch) and layer, 16 x hidden + 8 x intermediate bytes for a block
+    in bf16, for the language model and the vision encoder; with checkpointing, each layer's input
+    (2 x hidden) and one layer in full. No (tokens x vocabulary) logits: TRL scores tokens through a
+    fused LM head, in tiles.
     """
     world = max(world_size, 1)
     weights = shape.parameters * shape.parameter_bytes
-    trained = shape.trainable * shape.parameter_bytes * 3
     reference = weights if reference_model else 0
-    if zero_stage == 3:
+    deepspeed = zero_stage > 0 and world > 1
+    trained = shape.trainable * (ZERO_STATE_BYTES if deepspeed else 3 * shape.parameter_bytes)
+    if deepspeed and zero_stage == 3:
         states = (weights + trained + reference) // world
-    elif zero_stage == 2:
+    elif deepspeed:
         states = weights + reference + trained // world
     else:
         states = weights + trained + reference
-    tokens = micro_batch * sequence_tokens
-    full_layer = tokens * (16 * shape.hidden + 8 * shape.intermediate)
-    activations = tokens * 2 * shape.hidden * shape.layers + full_layer if checkpointing else full_layer * shape.layers
-    return states + activations
+    text = _activations(micro_batch * sequence_tokens, shape.layers, shape.hidden, shape.intermediate, checkpointing)
+    patches = micro_batch * picture_tokens * PATCHES_PER_PICTURE_TOKEN
+    vision = _activations(patches, shape.vision_layers, shape.vision_hidden, shape.vision_intermediate, checkpointing) if shape.vision_layers else 0
+    return states + text + vision
 
 
 def sequence_tokens(settings: TrainSettings, picture_tokens: int) -> int:
@@ -184,12 +206,21 @@ def sequence_tokens(settings: TrainSettings, picture_tokens: int) -> int:
     return picture_tokens + PROMPT_TEXT_TOKENS + settings.max_completion_length
 
 
-def needs_gradient_checkpointing(shape: ModelShape, settings: TrainSettings, *, micro_batch: int, sequence_tokens: int, world_size: int,
-                                 device_bytes: int) -> bool:
-    """Whether the update must recompute activations to fit `device_bytes` (see `update_memory_bytes`)."""
-    held = update_memory_bytes(shape, micro_batch=micro_batch, sequence_tokens=sequence_tokens, reference_model=settings.beta > 0,
-                               zero_stage=settings.deepspeed_stage if world_size > 1 else 0, world_size=world_size, checkpointing=False)
-    return held > CHECKPOINTING_HEADROOM * device_bytes
+def needs_gradient_checkpointing(shape: ModelShape, settings: TrainSettings, *, micro_batch: int, picture_tokens: int, world_size: int,
+                                 device_bytes: int, rollout_cache: bool) -> bool:
+    """Whether the update must recompute activations to fit `device_bytes` beside the rollout's cache
+    when it has one (see `update_memory_bytes`)."""
+    held = update_memory_bytes(shape, micro_batch=micro_batch, sequence_tokens=sequence_tokens(settings, picture_tokens), picture_tokens=picture_tokens,
+                               reference_model=settings.beta > 0, zero_stage=settings.deepspeed_stage, world_size=world_size, checkpointing=False)
+    share = CHECKPOINTING_HEADROOM - (ROLLOUT_CACHE_SHARE if rollout_cache else 0.0)
+    return held > share * device_bytes
+
+
+def compile_decode(settings: TrainSettings, *, cpu: bool, world_size: int) -> bool:
+    """Whether static-cache rollouts compile their decode step: on GPUs, unless ZeRO-3 shards the
+    weights (it gathers them into new buffers for every rollout, which compiled CUDA graphs would
+    record anew each time)."""
+    return not cpu and not (settings.deepspeed_stage == 3 and world_size > 1)
 
 
 def deepspeed_config(stage: int) -> str | None:

@@ -12,7 +12,8 @@ outputs, and changes how they are computed:
 2. one row per group is prefilled, all prompt tokens but the last, vision encoder included;
 3. that cache is copied into a static one, each row repeated as often as its group, sized to the
    prompt plus `max_new_tokens` (rounded up to `CACHE_LENGTH_STEP`, never shrinking, so one compiled
-   decode step serves every rollout of the run);
+   decode step serves every rollout of the run); when the whole batch's cache would pass the
+   rollout's memory budget, the groups are generated in equal chunks that fit;
 4. `generate` goes on from there: it reads the last prompt token of every row, then decodes. With a
    static cache on a GPU, `generate` compiles the decode step (`torch.compile`, "reduce-overhead": CUDA
    graphs); on a CPU it runs eagerly.
@@ -57,6 +58,22 @@ def cache_length(needed: int, previous: int = 0) -> int:
     return max(-(-needed // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, previous)
 
 
+def groups_per_chunk(groups: int, fit: int) -> int:
+    """Groups generated together: the largest divisor of `groups` that is at most `fit` (at least 1), so
+    every chunk has as many rows and one cache and one compiled decode step serve them all."""
+    for size in range(max(min(fit, groups), 1), 0, -1):
+        if groups % size == 0:
+            return size
+    return 1
+
+
+def kv_bytes_per_token(config: Any, element_size: int) -> int:
+    """Bytes a static cache holds per row and token: keys and values of every layer."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * element_size
+
+
 def row_pictures(inputs: dict[str, Any]) -> list[Any] | None:
     """Each row's pixel patches, when the batch has exactly one picture per row; [] for text only;
     None when rows hold several pictures (or videos), which the grouping does not split."""
@@ -83,9 +100,11 @@ def _same_prompt(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
 class GroupRollout:
     """Rollouts that prefill each distinct prompt once and decode over a static KV cache."""
 
-    def __init__(self, *, compile_decode: bool) -> None:
+    def __init__(self, *, compile_decode: bool, cache_budget_bytes: int | None = None) -> None:
         self.compile_decode = compile_decode
         """Let `generate` compile the decode step (it does so on GPUs only)."""
+        self.cache_budget_bytes = cache_budget_bytes
+        """Most bytes the static cache may hold (None: no limit); larger batches go in chunks of groups."""
         self.cache: Any = None
         self.cache_rows = 0
         self.cache_tokens = 0
@@ -105,11 +124,10 @@ class GroupRollout:
 
     def generate(self, model: Any, generation_config: Any, inputs: dict[str, Any], decode: Callable[..., Any] | None = None) -> Any:
         """Prompt and completion ids of every row, as `model.generate(**inputs, generation_config=...)`
-        returns them (see the module docstring for how they are computed). `decode` is the `generate`
-        that goes on from the prefilled cache (the model's own by default); a batch whose rows hold
-        several pictures goes to it whole."""
+        returns them (see the module docstring for how they are computed; chunks that end sooner are
+        padded on the right). `decode` is the `generate` that goes on from the prefilled cache (the
+        model's own by default); a batch whose rows hold several pictures goes to it whole."""
         import torch
-        from transformers import DynamicCache
 
         decode = decode or model.generate
         pictures = row_pictures(inputs)
@@ -117,7 +135,36 @@ class GroupRollout:
             return decode(**inputs, generation_config=generation_config)
         ids = inputs["input_ids"]
         rows, length = ids.shape
-        sizes = consecutive_groups(list(zip(ids, pictures or [None] * rows, strict=True)), _same_prompt)
+        sizes = consecutive_groups(list(zip(ids.cpu(), pictures or [None] * rows, strict=True)), _same_prompt)
+        config = copy.deepcopy(generation_config)
+        config.disable_compile = not self.compile_decode
+        config.cache_implementation = None
+        tokens = length + config.max_new_tokens
+        fit = len(sizes)
+        if self.cache_budget_bytes is not None:
+            per_group = max(sizes) * cache_length(tokens, self.cache_tokens) * kv_bytes_per_token(model.config, model.dtype.itemsize)
+            fit = max(self.cache_budget_bytes // per_group, 1)
+        step = groups_per_chunk(len(sizes), fit)
+        outputs, start = [], 0
+        for first in range(0, len(sizes), step):
+            part = sizes[first : first + step]
+            end = start + sum(part)
+            # One picture per row here, so the picture grids are per row too.
+            chunk = {k: v[start:end] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v for k, v in inputs.items() if k != "pixel_values"}
+            outputs.append(self._generate_groups(model, config, chunk, pictures[start:end] if pictures else [], part, decode))
+            start = end
+        if len(outputs) == 1:
+            return outputs[0]
+        width = max(out.shape[1] for out in outputs)
+        return torch.cat([torch.nn.functional.pad(out, (0, width - out.shape[1]), value=config.pad_token_id) for out in outputs])
+
+    def _generate_groups(self, model: Any, config: Any, inputs: dict[str, Any], pictures: list[Any], sizes: list[int], decode: Callable[..., Any]) -> Any:
+        """One chunk: its groups' prompts prefilled once, the cache repeated per row, then `decode`."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = inputs["input_ids"]
+        rows, length = ids.shape
         firsts = torch.tensor([0, *sizes[:-1]], device=ids.device).cumsum(0)
         repeats = torch.tensor(sizes, device=ids.device)
         per_row = {k: v for k, v in inputs.items() if k not in PER_IMAGE_FIELDS and torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows}
@@ -125,17 +172,18 @@ class GroupRollout:
         if pictures:
             prefill["pixel_values"] = torch.cat([pictures[int(i)] for i in firsts])
             prefill["image_grid_thw"] = inputs["image_grid_thw"][firsts]
-        config = copy.deepcopy(generation_config)
-        config.disable_compile = not self.compile_decode
-        config.cache_implementation = None
         base = getattr(model, "model", model)
         with torch.no_grad():
+            # Positions from an earlier forward pass must not leak into this prefill's.
+            if hasattr(base, "rope_deltas"):
+                base.rope_deltas = None
             prompt_cache = DynamicCache(config=model.config)
-            model(**prefill, past_key_values=prompt_cache, use_cache=True)
+            model(**prefill, past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
             static = self._static_cache(model, rows, length + config.max_new_tokens)
             positions = torch.arange(length - 1, device=ids.device)
             for index, layer in enumerate(prompt_cache.layers):
                 static.update(layer.keys.repeat_interleave(repeats, 0), layer.values.repeat_interleave(repeats, 0), index, {"cache_position": positions})
+            del prompt_cache
             deltas = getattr(base, "rope_deltas", None)
             try:
                 if deltas is not None:
@@ -144,4 +192,3 @@ class GroupRollout:
             finally:
                 if deltas is not None:
                     base.rope_deltas = None
-

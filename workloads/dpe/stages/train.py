@@ -43,14 +43,15 @@ from dpe.records import SampleRecord, read_records
 from dpe.spec import RolloutBackend, StageName, TrainSettings
 from dpe.stages.context import StageContext
 from dpe.stages.grpo_config import (
+    ROLLOUT_CACHE_SHARE,
     ModelShape,
     batching,
+    compile_decode,
     freeze_vision_tower,
     grpo_config,
     group_by_length,
     needs_gradient_checkpointing,
     rollout_backend,
-    sequence_tokens,
 )
 from dpe.stages.fast_trainer import fast_grpo_trainer
 from dpe.stages.rollout import GroupRollout
@@ -294,12 +295,22 @@ def grpo_trainer(
 
     cpu = bool(config.use_cpu)
     static = rollout_backend(settings, cpu=cpu) is RolloutBackend.static_cache
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device_bytes = None
+    if not cpu:
+        import torch
+
+        device_bytes = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
 
     # TRL re-tokenizes prompts for the loss with the processor's own padding side; generation pads
     # on the left, so the two only line up (image tokens included) when the processor does too.
     processor.tokenizer.padding_side = "left"
     bounds = pixel_bounds(processor, settings.min_pixels, settings.max_pixels)
     rows = training_rows(records, pixel_bounds=bounds)
+    rollout = None
+    if static:
+        budget = None if device_bytes is None else int(ROLLOUT_CACHE_SHARE * device_bytes)
+        rollout = GroupRollout(compile_decode=compile_decode(settings, cpu=cpu, world_size=world_size), cache_budget_bytes=budget)
     trainer = fast_grpo_trainer()(
         model=str(model_dir),
         reward_funcs=[accuracy_reward, format_reward],
@@ -307,18 +318,16 @@ def grpo_trainer(
         train_dataset=training_dataset(rows),
         processing_class=processor,
         callbacks=callbacks,
-        group_rollout=GroupRollout(compile_decode=not cpu) if static else None,
+        group_rollout=rollout,
         group_by_length=group_by_length(settings, cpu=cpu),
     )
     frozen = freeze_vision_tower(trainer.model) if settings.freeze_vision_tower else None
-    if settings.gradient_checkpointing is None and not cpu:
-        import torch
-
+    if settings.gradient_checkpointing is None and device_bytes is not None:
         # The Trainer turns checkpointing on when training starts, so the measured model decides it here.
         config.gradient_checkpointing = needs_gradient_checkpointing(
             ModelShape.of(trainer.model), settings, micro_batch=config.per_device_train_batch_size,
-            sequence_tokens=sequence_tokens(settings, max(picture_tokens(processor, *row["image"].size) for row in rows)),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")), device_bytes=torch.cuda.get_device_properties(0).total_memory,
+            picture_tokens=max(picture_tokens(processor, *row["image"].size) for row in rows), world_size=world_size,
+            device_bytes=device_bytes, rollout_cache=static,
         )
     return trainer, frozen
 
