@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 CACHE_LENGTH_STEP = 256
 """Static caches are sized in steps of this many tokens (see the module docstring)."""
 
-PROMPT_FIELDS = ("input_ids", "attention_mask")
 PER_IMAGE_FIELDS = ("pixel_values", "image_grid_thw")
 """Fields `generate` takes for the pictures; the prefill reads them, the decode needs them no more."""
 
