@@ -78,12 +78,17 @@ def generation_config(processor: Any, **sampling: Any) -> Any:
     return GenerationConfig(max_new_tokens=10, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, disable_compile=True, **sampling)
 
 
-def test_greedy_completions_equal_generate_over_the_repeated_batch(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
-    model, processor, rows = tiny
+def greedy_by_generate(model: Any, processor: Any, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], Any, torch.Tensor]:
+    """The repeated batch, a greedy config, and `generate`'s own completions of it."""
     batch = repeated_batch(processor, rows)
     config = generation_config(processor, do_sample=False)
     with torch.no_grad():
-        expected = model.generate(**batch, generation_config=config)
+        return batch, config, model.generate(**batch, generation_config=config)
+
+
+def test_greedy_completions_equal_generate_over_the_repeated_batch(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
+    model, processor, rows = tiny
+    batch, config, expected = greedy_by_generate(model, processor, rows)
     rollout = GroupRollout(compile_decode=False)
 
     got = rollout.generate(model, config, batch)
@@ -97,10 +102,7 @@ def test_greedy_completions_equal_generate_over_the_repeated_batch(tiny: tuple[A
 
 def test_a_rollout_over_the_budget_goes_in_chunks_with_the_same_completions(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
     model, processor, rows = tiny
-    batch = repeated_batch(processor, rows)
-    config = generation_config(processor, do_sample=False)
-    with torch.no_grad():
-        expected = model.generate(**batch, generation_config=config)
+    batch, config, expected = greedy_by_generate(model, processor, rows)
     one_group = GROUP * CACHE_LENGTH_STEP * 2 * kv_bytes_per_token(model.config, model.dtype.itemsize)
     rollout = GroupRollout(compile_decode=False, cache_budget_bytes=one_group)
     seen: list[int] = []

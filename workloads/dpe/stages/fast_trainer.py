@@ -24,16 +24,6 @@ PER_TOKEN_FIELDS = ("mm_token_type_ids", "token_type_ids")
 """Per-row fields as wide as the sequences, cut with them."""
 
 
-def _row_pictures(pixel_values: Any, image_grid_thw: Any, num_images: list[int]) -> tuple[list[Any], list[Any]]:
-    """Each row's pixel patches and picture grids."""
-    per_image = image_grid_thw.prod(-1).tolist()
-    sections, start = [], 0
-    for count in num_images:
-        sections.append(sum(per_image[start : start + count]))
-        start += count
-    return list(pixel_values.split(sections)), list(image_grid_thw.split(num_images))
-
-
 @functools.cache
 def fast_grpo_trainer() -> type:
     """`FastGRPOTrainer`, the GRPOTrainer the train stage builds (see the module docstring)."""
@@ -87,7 +77,7 @@ def fast_grpo_trainer() -> type:
                                                                   compute_entropy, compute_aux_loss, **fields)
             rows, width = input_ids.shape
             keep_from = width - logits_to_keep
-            row_pixels, row_grids = _row_pictures(pixels, grids, counts) if pixels is not None else ([], [])
+            per_row = split_pixel_values_by_grid({"pixel_values": pixels, "image_grid_thw": grids, "num_images": counts}) if pixels is not None else {}
             order = attention_mask.sum(1).argsort(stable=True).tolist()
             logps, entropies, aux = [], [], []
             for part in chunks(order, batch_size or rows):
@@ -96,7 +86,8 @@ def fast_grpo_trainer() -> type:
                 first, end = real_columns(mask, keep_from)
                 kwargs: dict[str, Any] = {key: fields[key][index][:, first:end] for key in PER_TOKEN_FIELDS if fields.get(key) is not None}
                 if pixels is not None:
-                    kwargs.update(pixel_values=torch.cat([row_pixels[i] for i in part]), image_grid_thw=torch.cat([row_grids[i] for i in part]),
+                    kwargs.update(pixel_values=torch.cat([per_row["pixel_values"][i] for i in part]),
+                                  image_grid_thw=torch.cat([per_row["image_grid_thw"][i] for i in part]),
                                   num_images=[counts[i] for i in part])
                 out = super()._get_per_token_logps_and_entropies(model, input_ids[index][:, first:end], mask[:, first:end], end - keep_from, None,
                                                                  compute_entropy, compute_aux_loss, **kwargs)

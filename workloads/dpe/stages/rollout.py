@@ -152,8 +152,6 @@ class GroupRollout:
             chunk = {k: v[start:end] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == rows else v for k, v in inputs.items() if k != "pixel_values"}
             outputs.append(self._generate_groups(model, config, chunk, pictures[start:end] if pictures else [], part, decode))
             start = end
-        if len(outputs) == 1:
-            return outputs[0]
         width = max(out.shape[1] for out in outputs)
         return torch.cat([torch.nn.functional.pad(out, (0, width - out.shape[1]), value=config.pad_token_id) for out in outputs])
 
