@@ -6,6 +6,8 @@ processes, CPU or HTTP: the endpoint's slots and its request and token quotas (t
 limits), each sample's chain of calls with the scripted models' latencies, picture counts and odds
 (usable candidates, edits, validator rejections), and the real quota plan and spare rule of
 `dpe.generation`. A policy is the queue key a request gets, as `dpe.llm.EndpointLimiter` computes one.
+The oracle variants tell the scheduler each sample's fate when it starts (a foresight no real
+scheduler has), to bound what any scheduling could gain.
 
 It is a model, so it reports ratios between policies and what-ifs, each over several seeds, next to
 the model's figure for ours' policy; it does not replace the measurement. Left out: CPU (start-up,
@@ -71,12 +73,49 @@ def call(role: str, pictures: int) -> Call:
     return Call(role, seconds, text_in + pictures * IMAGE_TOKENS, text_out + profile.reasoning_tokens)
 
 
+@dataclass(frozen=True)
+class Fate:
+    """What the scripted models will make of one sample, drawn when it starts: whether a found
+    candidate is usable, whether its edit would be, and how many questions about its picture the
+    validator rejects before accepting one."""
+
+    usable: bool
+    edit_usable: bool
+    rejections: int
+
+    @classmethod
+    def draw(cls, scenario: Scenario, rng: random.Random, rejection_odds: Sequence[tuple[float, int]]) -> Fate:
+        usable = any(rng.random() < scenario.usable_share for _ in range(2 * scenario.results_per_query))
+        edit_usable = rng.random() < scenario.edited_usable_share
+        draw = rng.random()
+        return cls(usable, edit_usable, next((count for share, count in sorted(rejection_odds) if draw < share), 0))
+
+    def fails(self, scenario: Scenario) -> bool:
+        return not (self.usable or self.edit_usable) or self.rejections > scenario.max_regenerations
+
+    def calls(self, scenario: Scenario) -> list[tuple[Call, float]]:
+        """The sample's calls in order, each with the wait (search, edit) that follows it."""
+        candidates = 2 * scenario.results_per_query
+        steps = [(call("planner", 1), SEARCH_API_S + DOWNLOAD_S), (call("image_selector", candidates), 0.0)]
+        if not self.usable:
+            steps += [(call("edit_planner", EDIT_PLANNER_PICTURES), EDIT_S), (call("image_selector", 1), 0.0)]
+            if not self.edit_usable:
+                return steps
+        steps.append((call("observer", 1), 0.0))
+        rounds = min(self.rejections, scenario.max_regenerations) + 1
+        return steps + [(call("question_generator", 0), 0.0), (call("validator", 1), 0.0)] * rounds
+
+
 @dataclass
 class SampleState:
     """What a policy may look at: the sample's type, start order and how its chain has gone."""
 
     order: int
     capability: Any
+    fate: Fate | None = None
+    calls_done: int = 0
+    doomed: bool = False
+    """Known to fail from its start (the oracle variants): not counted against its type's need."""
     edited: bool = False
     rejections: int = 0
     at_risk: bool = False
@@ -103,6 +142,19 @@ def longest_remaining_first(weight: float = 0.5) -> Policy:
     return lambda model, sample, request: model.now - weight * (remaining[request.role] - 0.3 * sample.rejections) * model.typical_hold
 
 
+def critical_path_first(weight: float = 1.0) -> Policy:
+    """Arrival time less `weight` times the seconds of calls the sample has left, this one included,
+    as its true fate says: list scheduling by longest remaining path, with a foresight only the
+    model has (a real scheduler learns a sample's rejections one validation at a time)."""
+
+    def key(model: Model, sample: SampleState, request: Call) -> float:
+        assert sample.fate is not None
+        left = sum(step.seconds + wait for step, wait in sample.fate.calls(model.scenario)[sample.calls_done:])
+        return model.now - weight * left
+
+    return key
+
+
 def behind_first(weight: float, lead_per_step: float = LEAD_PER_STEP) -> Policy:
     """Ours, plus `weight` holds of lead for each pair of calls a sample has had to add (an edit, a rejection)."""
     base = step_lead(lead_per_step)
@@ -127,9 +179,12 @@ class Model:
     """One job: samples started up to the in-flight limit, their calls queued for the endpoint's slots."""
 
     def __init__(self, scenario: Scenario, policy: Policy, seed: int, *, hedge_questions: bool = False,
-                 rejections: Sequence[tuple[float, int]] = VALIDATOR_REJECTIONS):
+                 rejections: Sequence[tuple[float, int]] = VALIDATOR_REJECTIONS, oracle: str | None = None):
+        """`oracle`: the scheduler knows every sample's fate when it starts. "cover_failures": a
+        sample that will fail still runs (and costs), but its replacement starts beside it, and no
+        spares run; "skip_failures": it never runs, as if the method's failures cost nothing."""
         self.scenario, self.policy, self.rng = scenario, policy, random.Random(seed)
-        self.hedge_questions, self.rejection_odds = hedge_questions, rejections
+        self.hedge_questions, self.rejection_odds, self.oracle = hedge_questions, rejections, oracle
         limits = scenario.limits
         self.free = limits.max_concurrency
         self.now = self.quota_time = 0.0
@@ -151,34 +206,31 @@ class Model:
     # -- a sample's chain: ("call", [Call, ...]) runs calls at once; ("wait", s); ("risk", _); ("end", accepted)
 
     def chain(self, sample: SampleState) -> Iterator[tuple[str, Any]]:
-        scenario, rng = self.scenario, self.rng
+        scenario, fate = self.scenario, sample.fate
+        assert fate is not None
         yield "call", [call("planner", 1)]
         yield "wait", SEARCH_API_S + DOWNLOAD_S
-        candidates = 2 * scenario.results_per_query
-        usable = any(rng.random() < scenario.usable_share for _ in range(candidates))
-        yield "call", [call("image_selector", candidates)]
-        if not usable:
+        yield "call", [call("image_selector", 2 * scenario.results_per_query)]
+        if not fate.usable:
             sample.edited = True
             yield "call", [call("edit_planner", EDIT_PLANNER_PICTURES)]
             yield "wait", EDIT_S
             yield "call", [call("image_selector", 1)]
-            if rng.random() >= scenario.edited_usable_share:
+            if not fate.edit_usable:
                 yield "end", False
                 return
         yield "call", [call("observer", 1)]
-        draw = rng.random()
-        rejected = next((count for share, count in sorted(self.rejection_odds) if draw < share), 0)
         left = scenario.max_regenerations + 1
         while left > 0:
             together = 2 if self.hedge_questions and left >= 2 and self.free >= 2 and not self.queue else 1
             yield "call", [call("question_generator", 0)] * together
             yield "call", [call("validator", 1)] * together
-            if sample.rejections + together > rejected:
+            if sample.rejections + together > fate.rejections:
                 yield "end", True
                 return
             sample.rejections += together
             left -= together
-            if left == 1:
+            if left == 1 and not self.oracle:
                 yield "risk", None
         yield "end", False
 
@@ -187,11 +239,19 @@ class Model:
     def start_samples(self) -> None:
         while len(self.live) < self.in_flight_limit:
             accepted = sum(p.accepted for p in self.plan.types.values())
-            capability = self.plan.start_next(failure_rate(self.failed, self.failed + accepted))
+            rate = 0.0 if self.oracle else failure_rate(self.failed, self.failed + accepted)
+            capability = self.plan.start_next(rate)
             if capability is None:
                 return
             self.started += 1
-            sample = SampleState(self.started, capability)
+            sample = SampleState(self.started, capability, Fate.draw(self.scenario, self.rng, self.rejection_odds))
+            if self.oracle and sample.fate is not None and sample.fate.fails(self.scenario):
+                # Known to fail: its type's need stays open, so its replacement starts now.
+                self.plan.types[capability].in_flight -= 1
+                self.failed += 1
+                if self.oracle == "skip_failures":
+                    continue
+                sample.doomed = True
             sample.chain = self.chain(sample)
             self.live[sample.order] = sample
             self.step(sample.order)
@@ -231,7 +291,7 @@ class Model:
                 for other in [s for s in self.live.values() if s.capability is sample.capability]:
                     self.cancelled_s += other.spent_s
                     self.leave(other)
-        else:
+        elif not sample.doomed:
             self.failed += 1
         if self.plan.done():
             self.done_at = self.now
@@ -241,7 +301,7 @@ class Model:
     def leave(self, sample: SampleState) -> None:
         del self.live[sample.order]
         plan = self.plan.types[sample.capability]
-        plan.in_flight -= 1
+        plan.in_flight -= not sample.doomed
         plan.at_risk -= sample.at_risk
         for _ in range(sample.holding):
             self.release()
@@ -285,6 +345,7 @@ class Model:
         if sample is None:
             return
         sample.spent_s += request.seconds
+        sample.calls_done += 1
         sample.holding -= 1
         sample.pending -= 1
         self.release()
@@ -339,6 +400,14 @@ def variants() -> list[Variant]:
         Variant("hedged_questions", "ours, writing two questions at once while slots are free", step_lead(), {"hedge_questions": True}),
         Variant("no_token_quota", "ours, without the tokens-per-minute quota", step_lead(), scenario_change=no_token_quota),
         Variant("no_rejections", "ours, with every first question accepted", step_lead(), {"rejections": ()}),
+        Variant("critical_with_spares", "the longest remaining chain of calls first, from the true fates; ours' spares",
+                critical_path_first()),
+        Variant("oracle_cover", "oracle: each failure's replacement starts with it, no spares; ours' order", step_lead(), {"oracle": "cover_failures"}),
+        Variant("oracle_cover_critical", "oracle: as above, the longest remaining chain of calls served first",
+                critical_path_first(), {"oracle": "cover_failures"}),
+        Variant("oracle_skip", "oracle: samples that would fail never run, no spares; ours' order", step_lead(), {"oracle": "skip_failures"}),
+        Variant("oracle_skip_critical", "oracle: as above, the longest remaining chain of calls served first",
+                critical_path_first(), {"oracle": "skip_failures"}),
     ]
 
 
