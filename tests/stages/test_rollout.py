@@ -100,6 +100,36 @@ def test_greedy_completions_equal_generate_over_the_repeated_batch(tiny: tuple[A
     assert torch.equal(rollout.generate(model, config, batch), expected) and rollout.cache is cache
 
 
+def test_the_compiled_decode_step_gives_the_same_completions_and_compiles_once_for_other_prompt_lengths(
+    tiny: tuple[Any, Any, list[dict[str, Any]]],
+) -> None:
+    """`generate` compiles the decode step over our static cache on GPUs only; here it is made to do
+    so on the CPU (`_compile_all_devices`), so the compiled path (cache positions, repeated Qwen-VL
+    rope deltas) is checked before it ever meets a GPU. A second rollout of as many rows with longer
+    prompts reuses the compiled graph."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model, processor, rows = tiny
+    batch, config, expected = greedy_by_generate(model, processor, rows)
+    config.compile_config = CompileConfig(mode="default")
+    config.compile_config._compile_all_devices = True
+    rollout = GroupRollout(compile_decode=True)
+    graphs = counters["stats"]["unique_graphs"]
+
+    assert torch.equal(rollout.generate(model, config, batch), expected)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > graphs, "the decode step was not compiled"
+
+    longer = [dict(row) for row in rows]
+    longer[0]["prompt"] = [{**turn, "content": [*turn["content"], {"type": "text", "text": "Answer in a few words."}]} if turn["role"] == "user" else turn
+                           for turn in rows[0]["prompt"]]
+    batch, _, expected = greedy_by_generate(model, processor, longer)
+    assert torch.equal(rollout.generate(model, config, batch), expected)
+    assert counters["stats"]["unique_graphs"] == compiled
+    torch._dynamo.reset()
+
+
 def test_a_rollout_over_the_budget_goes_in_chunks_with_the_same_completions(tiny: tuple[Any, Any, list[dict[str, Any]]]) -> None:
     model, processor, rows = tiny
     batch, config, expected = greedy_by_generate(model, processor, rows)
