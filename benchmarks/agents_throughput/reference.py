@@ -37,6 +37,13 @@ REFERENCE_BACKOFF_CAP_S = 30.0
 REFERENCE_MAX_TOKENS = 8192
 REFERENCE_RESULTS_PER_QUERY = 3
 REFERENCE_MAX_EDIT_CANDIDATES = 6
+REFERENCE_PICTURES_PER_DESCRIPTION = 3
+"""The reference's edit planner describes its candidates in calls of three pictures before choosing."""
+DESCRIBER_PROMPT = (
+    "Role: picture describer\n\n"
+    "Describe each numbered picture above in 3-5 sentences: its subject, colours, composition, style and quality, "
+    "and the details a question could be asked about. Reply with JSON: {\"descriptions\": [one string per picture, in order]}."
+)
 REFERENCE_WINDOW_PER_WORKER = 2
 """The reference keeps twice as many samples submitted as it has worker threads (20 for its 10)."""
 ReplyT = TypeVar("ReplyT")
@@ -91,6 +98,10 @@ class Candidate:
     @property
     def usable(self) -> bool:
         return self.rating is not None and self.rating.usable
+
+
+class Descriptions(BaseModel):
+    descriptions: list[str]
 
 
 class ReplyUnusable(Exception):
@@ -225,6 +236,8 @@ class ReferencePipeline:
         shown = [(Rated(c.option, c.rating), c.part) for c in shortlist]
         request = prompts.edit_planner(plan, capability, shown, local=True, refusal=None)
         try:
+            described = self._describe(shortlist)
+            request[-1]["content"].append({"type": "text", "text": "Descriptions of the pictures:\n" + "\n".join(described)})
             choice = self.ask("edit_planner", request, parsed(LocalEditPlan))
             time.sleep(self.scenario.seconds(EDIT_S))
             inputs = [shortlist[index].option.data for index in choice.indices(len(shortlist))]
@@ -236,6 +249,15 @@ class ReferencePipeline:
             output.rating = self._rate(plan, capability, threshold, output)
         best = max(outputs, key=lambda c: c.score)
         return (best, result.operations) if best.rating is not None and best.score > 0 else (fallback, [])
+
+    def _describe(self, shortlist: Sequence[Candidate]) -> list[str]:
+        """The reference's first step of edit planning: every candidate described, three to a call."""
+        described: list[str] = []
+        for first in range(0, len(shortlist), REFERENCE_PICTURES_PER_DESCRIPTION):
+            parts = [c.part for c in shortlist[first : first + REFERENCE_PICTURES_PER_DESCRIPTION]]
+            request = [{"role": "user", "content": [*parts, {"type": "text", "text": DESCRIBER_PROMPT}]}]
+            described += self.ask("picture_describer", request, parsed(Descriptions)).descriptions
+        return described
 
 
 def parse_free_plan(text: str) -> tuple[CapabilityType, Plan]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import median
 
 from benchmarks.agents_throughput.measures import Bound, SideResult, Sweep
-from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, ROLE_PROFILES, SEARCH_API_S, Scenario
+from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, REFERENCE_ONLY_ROLES, ROLE_PROFILES, SEARCH_API_S, Scenario
 from benchmarks.reporting import markers, replace_section
 
 SECTION = "agents_throughput"
@@ -81,6 +81,7 @@ def section(result: Sweep) -> str:
     scenario, limits = result.scenario, result.scenario.limits
     latencies = ", ".join(f"{role} {profile.latency_s:g} s" + (f" (+{profile.per_extra_picture_s:g} s per picture beyond the first)"
                                                                   if profile.per_extra_picture_s else "")
+                          + (" (the reference's only)" if role in REFERENCE_ONLY_ROLES else "")
                           for role, profile in ROLE_PROFILES.items())
     quota_text = ", ".join(f"{name} {quota}" for name, quota in result.quotas.items())
     target = LOADED_TARGET_RATIO if result.cpu_load else TARGET_RATIO

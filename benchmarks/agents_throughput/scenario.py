@@ -24,6 +24,7 @@ class RoleProfile:
 ROLE_PROFILES: dict[str, RoleProfile] = {
     "planner": RoleProfile(20.0, 1500),
     "image_selector": RoleProfile(4.0, 0, per_extra_picture_s=1.5),
+    "picture_describer": RoleProfile(6.0, 400, per_extra_picture_s=2.0),
     "edit_planner": RoleProfile(20.0, 1500),
     "observer": RoleProfile(12.0, 600),
     "question_generator": RoleProfile(18.0, 1500),
@@ -33,7 +34,13 @@ ROLE_PROFILES: dict[str, RoleProfile] = {
 (observer and generator), qwen3-vl-plus (selector); latencies typical of such models' replies. A
 selector reply rating several pictures writes one short verdict (60-80 tokens) per picture: at the
 50 tokens a second such a model decodes, plus the picture's prefill, about 1.5 s each; the rest of
-the 4 s of a one-picture reply (queueing, prefill, the first token) is paid once per call."""
+the 4 s of a one-picture reply (queueing, prefill, the first token) is paid once per call. The
+picture describer is the reference's alone (its edit planner first describes the candidates, three
+to a call): 3-5 sentences a picture (about 100 tokens) and a short thought, from the edit planner's
+model, about 2 s a picture beyond the first and 6 s for one, so a call of three takes half the edit
+planner's 20 s."""
+REFERENCE_ONLY_ROLES = frozenset({"picture_describer"})
+"""Roles only the reference calls (ours' edit planner looks at the pictures in its one call)."""
 SEARCH_API_S = 1.5
 DOWNLOAD_S = 0.5
 EDIT_S = 15.0

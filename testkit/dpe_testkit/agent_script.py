@@ -24,11 +24,13 @@ MARKERS = {
     "planner": "planner",
     "image selector": "image_selector",
     "edit planner": "edit_planner",
+    "picture describer": "picture_describer",
     "observer": "observer",
     "question generator": "question_generator",
     "validator": "validator",
 }
-"""The marker line's name -> the role name tests use (the observer is the generator's first stage)."""
+"""The marker line's name -> the role name tests use (the observer is the generator's first stage;
+the picture describer is the agents benchmark's re-creation of the reference's edit planning)."""
 _MARKER = re.compile(r"^Role: (.+)$", re.MULTILINE)
 _FORMAT = re.compile(r"^Question format: (\w+)$", re.MULTILINE)
 _PROPOSED = re.compile(r"^Proposed answer:\n<data>\n(.*)\n</data>$", re.MULTILINE)
@@ -157,6 +159,9 @@ class AgentScript:
 
     def _edit_planner(self, body: dict[str, Any]) -> dict[str, Any]:
         return LOCAL_EDIT if '"operations"' in first_text(body) else GENERATIVE_EDIT
+
+    def _picture_describer(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"descriptions": [f"Picture {n}: {OBSERVATION}" for n in range(1, len(image_parts(body)) + 1)]}
 
     def _observer(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"description": OBSERVATION}

@@ -106,3 +106,35 @@ def test_a_tiny_sweep_fills_every_quota_and_reports(tmp_path: Path, capsys: pyte
     assert text.count(benchmark.SECTION_START) == 1 and benchmark.command_line(sweep.scenario) in text
     benchmark.record(sweep, results)
     assert results.read_text().count(benchmark.SECTION_START) == 1
+
+
+def test_the_reference_describes_its_edit_candidates_three_to_a_call_before_planning_the_edit() -> None:
+    """The reference's edit planning against the scripted agents on a fake endpoint (its models are
+    paid APIs): five candidates take two description calls (three pictures, then two), and the edit
+    planner's request carries the five descriptions."""
+    from dpe_testkit.agent_script import AgentScript, requests_of
+    from dpe_testkit.openai_server import FakeOpenAIServer, image_parts
+
+    from benchmarks.agents_throughput.reference import Candidate, ReferencePipeline
+    from benchmarks.agents_throughput.world import picture
+    from dpe.agents.replies import Plan, Rating
+    from dpe.agents.selection import ImageOption, Origin
+    from dpe.llm import image_part
+    from dpe.taxonomy import CapabilityType, QuestionFormat
+
+    candidates = [Candidate(ImageOption(f"related-{n}", Origin.related, picture(n)), image_part(picture(n)),
+                            Rating.model_construct(usable=False, score=4.0 - n / 10, reason="unclear")) for n in range(5)]
+    plan = Plan(question_format=QuestionFormat.multiple_choice, plan_summary="Ask which bar is tallest.",
+                related_query="bar chart", new_element_query="red arrow", edit_goal="mark the tallest bar")
+    with FakeOpenAIServer(AgentScript()) as server:
+        pipeline = ReferencePipeline(Scenario(time_scale=0.001), server.base_url, "http://127.0.0.1:9", "brief")
+        try:
+            chosen, operations = pipeline._edit(plan, CapabilityType.chart_graph, 6.0, candidates, candidates[0])
+        finally:
+            pipeline.close()
+        described = requests_of(server, "picture_describer")
+        planned = requests_of(server, "edit_planner")
+
+    assert [len(image_parts(r.body)) for r in described] == [3, 2]
+    assert len(planned) == 1 and planned[0].body["messages"][-1]["content"][-1]["text"].count("Picture ") == 5
+    assert chosen.option.origin is Origin.edit and operations
