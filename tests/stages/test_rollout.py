@@ -105,14 +105,16 @@ def test_the_compiled_decode_step_gives_the_same_completions_and_compiles_once_f
 ) -> None:
     """`generate` compiles the decode step over our static cache on GPUs only; here it is made to do
     so on the CPU (`_compile_all_devices`), so the compiled path (cache positions, repeated Qwen-VL
-    rope deltas) is checked before it ever meets a GPU. A second rollout of as many rows with longer
-    prompts reuses the compiled graph."""
+    rope deltas) is traced and checked before it ever meets a GPU. A second rollout of as many rows
+    with longer prompts reuses the compiled graph. The backend is `aot_eager`: Dynamo's tracing and
+    guards and AOTAutograd's graph, as on the GPU, without Inductor's C++ code for this machine's CPU
+    (which depends on the compiler and vector instructions found there)."""
     from torch._dynamo.utils import counters
     from transformers import CompileConfig
 
     model, processor, rows = tiny
     batch, config, expected = greedy_by_generate(model, processor, rows)
-    config.compile_config = CompileConfig(mode="default")
+    config.compile_config = CompileConfig(backend="aot_eager", mode=None)
     config.compile_config._compile_all_devices = True
     rollout = GroupRollout(compile_decode=True)
     graphs = counters["stats"]["unique_graphs"]
