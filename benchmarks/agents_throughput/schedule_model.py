@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, ROLE_PROFILES, SEARCH_API_S, Scenario, quotas_for
+from benchmarks.agents_throughput.scenario import DOWNLOAD_S, EDIT_S, REFERENCE_ONLY_ROLES, ROLE_PROFILES, SEARCH_API_S, Scenario, quotas_for
 from benchmarks.agents_throughput.scripted_models import IMAGE_TOKENS, VALIDATOR_REJECTIONS
 from benchmarks.agents_throughput.world import TokenWindow
 from dpe.agents.roles import PIPELINE_STEP, SAMPLES_PER_ENDPOINT_SLOT, Role
@@ -93,15 +93,23 @@ class Fate:
     def fails(self, scenario: Scenario) -> bool:
         return not (self.usable or self.edit_usable) or self.rejections > scenario.max_regenerations
 
-    def calls(self, scenario: Scenario) -> list[tuple[Call, float]]:
-        """The sample's calls in order, each with the wait (search, edit) that follows it."""
-        candidates = 2 * scenario.results_per_query
-        steps = [(call("planner", 1), SEARCH_API_S + DOWNLOAD_S), (call("image_selector", candidates), 0.0)]
+    def preparation(self, scenario: Scenario) -> list[tuple[Call, float]]:
+        """The calls before the first question, each with the wait (search, edit) that follows it:
+        plan, rating, the edit when no candidate is usable, and the observation unless the edit
+        is unusable too (the sample then ends there)."""
+        steps = [(call("planner", 1), SEARCH_API_S + DOWNLOAD_S), (call("image_selector", 2 * scenario.results_per_query), 0.0)]
         if not self.usable:
             steps += [(call("edit_planner", EDIT_PLANNER_PICTURES), EDIT_S), (call("image_selector", 1), 0.0)]
             if not self.edit_usable:
                 return steps
-        steps.append((call("observer", 1), 0.0))
+        return [*steps, (call("observer", 1), 0.0)]
+
+    def calls(self, scenario: Scenario) -> list[tuple[Call, float]]:
+        """The sample's calls in order, each with the wait that follows it (two questions at once
+        aside, which depend on the endpoint's state)."""
+        steps = self.preparation(scenario)
+        if not (self.usable or self.edit_usable):
+            return steps
         rounds = min(self.rejections, scenario.max_regenerations) + 1
         return steps + [(call("question_generator", 0), 0.0), (call("validator", 1), 0.0)] * rounds
 
@@ -191,7 +199,7 @@ class Model:
         minutes = limits.window_s / 60
         self.tokens = TokenWindow(limits.tokens_per_minute * minutes, limits.window_s, clock=lambda: self.quota_time)
         self.requests = TokenWindow(limits.requests_per_minute * minutes, limits.window_s, clock=lambda: self.quota_time)
-        self.typical_hold = statistics.mean(profile.latency_s for profile in ROLE_PROFILES.values())
+        self.typical_hold = statistics.mean(profile.latency_s for role, profile in ROLE_PROFILES.items() if role not in REFERENCE_ONLY_ROLES)
         self.plan = QuotaPlan.from_quotas(quotas_for(scenario.samples))
         self.in_flight_limit = SAMPLES_PER_ENDPOINT_SLOT * limits.max_concurrency
         self.done_at: float | None = None
@@ -208,18 +216,14 @@ class Model:
     def chain(self, sample: SampleState) -> Iterator[tuple[str, Any]]:
         scenario, fate = self.scenario, sample.fate
         assert fate is not None
-        yield "call", [call("planner", 1)]
-        yield "wait", SEARCH_API_S + DOWNLOAD_S
-        yield "call", [call("image_selector", 2 * scenario.results_per_query)]
-        if not fate.usable:
-            sample.edited = True
-            yield "call", [call("edit_planner", EDIT_PLANNER_PICTURES)]
-            yield "wait", EDIT_S
-            yield "call", [call("image_selector", 1)]
-            if not fate.edit_usable:
-                yield "end", False
-                return
-        yield "call", [call("observer", 1)]
+        for request, wait in fate.preparation(scenario):
+            sample.edited |= request.role == "edit_planner"
+            yield "call", [request]
+            if wait:
+                yield "wait", wait
+        if not (fate.usable or fate.edit_usable):
+            yield "end", False
+            return
         left = scenario.max_regenerations + 1
         while left > 0:
             together = 2 if self.hedge_questions and left >= 2 and self.free >= 2 and not self.queue else 1

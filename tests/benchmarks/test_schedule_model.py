@@ -147,3 +147,11 @@ def test_the_command_line_writes_every_variant(tmp_path: Path, capsys: pytest.Ca
     assert set(written["variants"]) == {variant.name for variant in model.variants()}
     assert written["variants"]["ours"]["relative_to_ours"] == 1.0
     assert "--seeds 2" in written["command"] and "hedged_questions" in capsys.readouterr().out
+
+
+def test_the_typical_hold_is_ours_roles_mean_latency() -> None:
+    from benchmarks.agents_throughput.scenario import REFERENCE_ONLY_ROLES
+
+    ours = [profile.latency_s for role, profile in ROLE_PROFILES.items() if role not in REFERENCE_ONLY_ROLES]
+    assert REFERENCE_ONLY_ROLES and len(ours) < len(ROLE_PROFILES)
+    assert model.Model(SMALL, model.step_lead(), seed=0).typical_hold == pytest.approx(sum(ours) / len(ours))
